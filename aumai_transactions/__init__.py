@@ -1,0 +1,56 @@
+"""aumai-transactions: ACID-like transactions for multi-agent operations.
+
+Steps run in order; when one fails, the completed ones are undone by their
+compensating actions, in reverse order, exactly once, with a durable journal and
+crash recovery when a durable store is used.
+"""
+
+from ._version import __version__
+from .errors import (
+    CorruptRecordError,
+    LeaseConflictError,
+    LeaseLostError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+    TransactionError,
+    TransactionTimeoutError,
+)
+from .handlers import ActionHandler, StepContext
+from .manager import TransactionManager
+from .models import (
+    RetryPolicy,
+    StepStatus,
+    Transaction,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+)
+from .saga import SagaOrchestrator
+from .stores import Lease, MemoryStore, Store, open_store
+
+__all__ = [
+    "ActionHandler",
+    "CorruptRecordError",
+    "Lease",
+    "LeaseConflictError",
+    "LeaseLostError",
+    "MemoryStore",
+    "RetryPolicy",
+    "SagaOrchestrator",
+    "SchemaVersionError",
+    "StepContext",
+    "StepStatus",
+    "Store",
+    "StoreError",
+    "StoreUnavailableError",
+    "Transaction",
+    "TransactionError",
+    "TransactionManager",
+    "TransactionResult",
+    "TransactionState",
+    "TransactionStep",
+    "TransactionTimeoutError",
+    "__version__",
+    "open_store",
+]

@@ -1,0 +1,496 @@
+"""The engine: drives one transaction through its forward and compensation passes.
+
+It knows the journal only through the Store protocol. Rules it keeps:
+
+* a step's (or compensation's) intent is durably recorded before its handler runs;
+  its completion is recorded after, folded into the next durable write;
+* every transaction state change is recorded before the next action;
+* compensation is finalization: it runs shielded from cancellation, under its own
+  time bound, and an outer cancellation is re-raised once it is done;
+* a write rejected for a stale lease stops the driver at once: no further handler runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import types
+from collections.abc import Coroutine, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import anyio
+
+from .errors import LeaseLostError, StoreError
+from .handlers import HandlerRegistry, StepContext
+from .models import (
+    RecoveryPolicy,
+    RetryPolicy,
+    StepStatus,
+    Transaction,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+    json_problem,
+    utcnow,
+)
+from .stores import Lease, Store
+
+__all__ = ["EngineOptions", "TransactionDriver"]
+
+logger = logging.getLogger("aumai_transactions")
+
+_PENDING = StepStatus.PENDING
+_RUNNING = StepStatus.RUNNING
+_COMPLETED = StepStatus.COMPLETED
+_FAILED = StepStatus.FAILED
+
+# Steps whose forward action may have happened: what recovery must undo.
+_MAY_HAVE_RUN = frozenset(
+    {
+        StepStatus.RUNNING,
+        StepStatus.COMPLETED,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATION_FAILED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Settings a manager hands to every driver it starts."""
+
+    owner: str
+    lease_ttl: float = 30.0
+    compensation_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_attempts=3, initial_delay=0.1)
+    )
+    compensation_timeout: float = 60.0
+    max_recovery_attempts: int = 3
+
+
+class _StepFailed(Exception):
+    """A step's handler failed for good (after its retries)."""
+
+    def __init__(self, step: TransactionStep) -> None:
+        super().__init__(step.error)
+        self.step = step
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any, Any]:
+    """Carry on awaiting ``coro``, which already yielded ``pending`` to the event loop."""
+    while True:
+        try:
+            value = yield pending
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _run_before(deadline: float | None, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``coro`` under ``anyio.fail_after`` up to the monotonic ``deadline``.
+
+    The cancel scope is entered when ``coro`` first suspends: a pass whose handlers
+    never yield to the event loop cannot be interrupted anyway, and skipping the scope
+    keeps such passes cheap. The deadline is absolute, so entering late changes nothing.
+    """
+    if deadline is None:
+        return await coro
+    try:
+        pending = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    with anyio.fail_after(deadline - anyio.current_time()):
+        return await _resume(coro, pending)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class TransactionDriver:
+    """Runs one transaction: commit, rollback or recovery. One driver, one run."""
+
+    def __init__(
+        self,
+        tx: Transaction,
+        handlers: HandlerRegistry,
+        store: Store,
+        options: EngineOptions,
+    ) -> None:
+        self.tx = tx
+        self._handlers = handlers
+        self._store = store
+        self._options = options
+        self._lease: Lease | None = None
+        self._renew_at: float | None = None
+        self._completed: list[TransactionStep] = []
+        self._undone: list[str] = []
+        self._compensation_errors: dict[str, str] = {}
+        self._started_at = utcnow()
+
+    # ------------------------------------------------------------------ journal
+
+    async def _journal(self, step: TransactionStep | None = None, durable: bool = True) -> None:
+        lease = self._lease
+        assert lease is not None
+        if self._renew_at is not None and time.monotonic() >= self._renew_at:
+            await self._store.renew(lease.owner, self._options.lease_ttl)
+            self._renew_at = time.monotonic() + self._options.lease_ttl / 3
+        await self._store.record(lease, self.tx, step, durable=durable)
+
+    async def _take_lease(self, expected: Iterable[TransactionState]) -> None:
+        store = self._store
+        self._lease = await store.acquire(
+            self.tx, self._options.owner, self._options.lease_ttl, expected
+        )
+        if store.durable:
+            self._renew_at = time.monotonic() + self._options.lease_ttl / 3
+
+    def adopt_lease(self, lease: Lease) -> None:
+        """Drive under a lease claimed elsewhere (recovery)."""
+        self._lease = lease
+        if self._store.durable:
+            self._renew_at = time.monotonic() + self._options.lease_ttl / 3
+
+    async def _finish(self, state: TransactionState) -> None:
+        tx = self.tx
+        tx.state = state
+        tx.finished_at = tx.updated_at = utcnow()
+        await self._journal()
+        assert self._lease is not None
+        await self._store.release(self._lease)
+
+    # ------------------------------------------------------------------ steps
+
+    def _context_factory(
+        self, step: TransactionStep, phase: Literal["forward", "compensate"]
+    ) -> Any:
+        def build() -> StepContext:
+            tx = self.tx
+            done = [s for s in tx.steps if s.status is _COMPLETED and s is not step]
+            return StepContext(
+                transaction_id=tx.transaction_id,
+                step_id=step.step_id,
+                agent_id=step.agent_id,
+                action=step.compensating_action or step.action
+                if phase == "compensate"
+                else step.action,
+                attempt=step.compensation_attempts if phase == "compensate" else step.attempts,
+                idempotency_key=step.idempotency_key(tx.transaction_id),
+                phase=phase,
+                results={s.step_id: s.result for s in done},
+                results_by_action={s.action: s.result for s in done},
+            )
+
+        return build
+
+    async def _run_step(self, step: TransactionStep) -> None:
+        handler = self._handlers.get(step.action)
+        policy = step.retry
+        while True:
+            attempt = step.attempts = step.attempts + 1
+            step.status = _RUNNING
+            step.started_at = utcnow()
+            await self._journal(step)  # intent first: nothing runs unrecorded
+            if handler is None:
+                result = None
+            else:
+                try:
+                    result = await self._handlers.call(
+                        handler, step.action, step.data, self._context_factory(step, "forward")
+                    )
+                except Exception as exc:
+                    step.error = _message(exc)
+                    if policy is not None and policy.should_retry(exc, attempt):
+                        logger.info(
+                            "step %s (%s) attempt %d failed, retrying: %s",
+                            step.step_id,
+                            step.action,
+                            attempt,
+                            step.error,
+                        )
+                        await anyio.sleep(policy.delay_before(attempt + 1))
+                        continue
+                    step.status = _FAILED
+                    step.finished_at = utcnow()
+                    await self._journal(step)
+                    raise _StepFailed(step) from exc
+            step.status = _COMPLETED
+            step.error = None
+            if result is not None and json_problem(result) is None:
+                step.result = result
+            step.finished_at = utcnow()
+            # The completion rides with the next durable write: nothing happens in between.
+            await self._journal(step, durable=False)
+            return
+
+    async def _forward(self, steps: Sequence[TransactionStep]) -> None:
+        completed = self._completed
+        for step in steps:
+            await self._run_step(step)
+            completed.append(step)
+
+    async def _compensate_step(self, step: TransactionStep) -> None:
+        action = step.compensating_action
+        assert action is not None
+        handler = self._handlers.get(action)
+        policy = self._options.compensation_retry
+        while True:
+            attempt = step.compensation_attempts = step.compensation_attempts + 1
+            step.status = StepStatus.COMPENSATING
+            await self._journal(step)
+            if handler is None:
+                logger.warning(
+                    "no handler for compensating action %r of step %s; recorded only",
+                    action,
+                    step.step_id,
+                )
+                break
+            try:
+                await self._handlers.call(
+                    handler, action, step.data, self._context_factory(step, "compensate")
+                )
+            except Exception as exc:
+                step.compensation_error = _message(exc)
+                if policy.should_retry(exc, attempt):
+                    await anyio.sleep(policy.delay_before(attempt + 1))
+                    continue
+                step.status = StepStatus.COMPENSATION_FAILED
+                await self._journal(step)
+                self._compensation_errors[step.step_id] = step.compensation_error
+                logger.error(
+                    "compensation %r of step %s failed after %d attempt(s): %s",
+                    action,
+                    step.step_id,
+                    attempt,
+                    step.compensation_error,
+                )
+                return
+            break
+        step.status = StepStatus.COMPENSATED
+        step.compensation_error = None
+        step.compensated_at = utcnow()
+        await self._journal(step, durable=False)
+
+    async def _compensate(self, steps: Sequence[TransactionStep]) -> None:
+        """Undo ``steps`` in the order given; every one is tried whatever the others do."""
+        undone = self._undone
+        for step in steps:
+            if step.status is StepStatus.COMPENSATED:
+                continue
+            if step.compensating_action is not None:
+                await self._compensate_step(step)
+            undone.append(step.step_id)
+
+    async def _compensate_shielded(
+        self, steps: Sequence[TransactionStep], goal: TransactionState
+    ) -> None:
+        """Compensate ``steps`` shielded from cancellation, then record the final state."""
+        tx = self.tx
+        with anyio.CancelScope(shield=True):
+            if tx.state is not TransactionState.COMPENSATING:
+                tx.state = TransactionState.COMPENSATING
+                tx.updated_at = utcnow()
+                await self._journal()
+            with anyio.move_on_after(self._options.compensation_timeout) as bound:
+                await self._compensate(steps)
+            if bound.cancelled_caught:
+                for step in steps:
+                    if step.status is StepStatus.COMPENSATING:
+                        step.status = StepStatus.COMPENSATION_FAILED
+                        step.compensation_error = (
+                            f"compensation timed out after {self._options.compensation_timeout}s"
+                        )
+                        self._compensation_errors[step.step_id] = step.compensation_error
+                        await self._journal(step)
+                        break
+                for step in steps:
+                    if step.step_id not in self._undone and step.step_id not in (
+                        self._compensation_errors
+                    ):
+                        self._compensation_errors[step.step_id] = (
+                            "not compensated: the compensation time bound "
+                            f"({self._options.compensation_timeout}s) ran out first"
+                        )
+            await self._finish(
+                TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
+            )
+
+    def _interrupted(self, error: str) -> None:
+        """Mark the step that was running when the pass was cut short."""
+        for step in self.tx.steps:
+            if step.status is _RUNNING:
+                step.status = _FAILED
+                step.error = error
+                step.finished_at = utcnow()
+                return
+
+    # ------------------------------------------------------------------ passes
+
+    async def commit(self) -> TransactionResult:
+        """Run every step; on failure, timeout or cancellation, undo the completed ones.
+
+        The caller has already moved the transaction to ``active`` (before any await,
+        which is what makes a second concurrent commit fail).
+        """
+        tx = self.tx
+        tx.updated_at = self._started_at
+        deadline = tx.deadline
+        remaining = None if deadline is None else (deadline - self._started_at).total_seconds()
+        if remaining is not None and remaining <= 0:
+            tx.error = (
+                f"Transaction {tx.transaction_id} timed out before commit: its deadline "
+                f"{deadline.isoformat() if deadline else ''} had passed; no step ran."
+            )
+            await self._take_lease((TransactionState.PENDING,))
+            await self._finish(TransactionState.FAILED)
+            return self.result()
+        await self._take_lease((TransactionState.PENDING,))
+        steps = tx.steps
+        failed: TransactionStep | None = None
+        try:
+            await _run_before(
+                None if remaining is None else anyio.current_time() + remaining,
+                self._forward(steps),
+            )
+        except _StepFailed as failure:
+            failed = failure.step
+            tx.error = failed.error
+            await self._compensate_shielded(self._completed[::-1], TransactionState.ROLLED_BACK)
+            return self.result(failed)
+        except (LeaseLostError, StoreError):
+            raise
+        except TimeoutError:
+            tx.error = (
+                f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
+                "while running; completed steps were compensated."
+            )
+            self._interrupted("cancelled: the transaction timed out")
+            failed = next((s for s in steps if s.error and s.status is _FAILED), None)
+            await self._compensate_shielded(self._completed[::-1], TransactionState.FAILED)
+            return self.result(failed)
+        except BaseException as exc:
+            tx.error = f"Transaction {tx.transaction_id} was interrupted: {_message(exc)}"
+            self._interrupted(f"cancelled: {type(exc).__name__}")
+            await self._compensate_shielded(self._completed[::-1], TransactionState.FAILED)
+            raise
+        await self._finish(TransactionState.COMMITTED)
+        return self.result()
+
+    async def rollback(self, expected: Iterable[TransactionState]) -> TransactionResult:
+        """Compensate every step in reverse order (the caller set ``compensating``)."""
+        await self._take_lease(expected)
+        await self._compensate_shielded(self.tx.steps[::-1], TransactionState.ROLLED_BACK)
+        return self.result()
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recovery_plan(self, policy: RecoveryPolicy) -> tuple[RecoveryPolicy, int]:
+        """Which way to drive, and (for resume) the index of the first step to run."""
+        tx = self.tx
+        if tx.state is TransactionState.COMPENSATING:
+            return "compensate", 0
+        for index, step in enumerate(tx.steps):
+            if step.status is _RUNNING:
+                return step.recovery or policy, index
+            if step.status is _FAILED:
+                return "compensate", 0
+            if step.status is _PENDING:
+                return policy, index
+        return policy, len(tx.steps)
+
+    def _missing_handlers(self, direction: RecoveryPolicy, start: int) -> list[str]:
+        if not self._handlers:
+            return []
+        steps = self.tx.steps
+        needed: list[str] = []
+        if direction == "resume":
+            needed += [s.action for s in steps[start:]]
+            needed += [s.compensating_action for s in steps if s.compensating_action]
+        else:
+            needed += [
+                s.compensating_action
+                for s in steps
+                if s.compensating_action and s.status in _MAY_HAVE_RUN
+            ]
+        return sorted({a for a in needed if a not in self._handlers})
+
+    async def recover(self, lease: Lease, policy: RecoveryPolicy) -> TransactionResult:
+        """Drive a transaction whose driver died to a terminal state."""
+        tx = self.tx
+        self.adopt_lease(lease)
+        if tx.recovery_attempts > self._options.max_recovery_attempts:
+            tx.error = (
+                f"dead-lettered after {tx.recovery_attempts - 1} recovery attempts "
+                "that did not finish (a handler may be killing its process); "
+                f"last error: {tx.error or 'none recorded'}"
+            )
+            await self._finish(TransactionState.DEAD_LETTER)
+            return self.result()
+        direction, start = self._recovery_plan(policy)
+        missing = self._missing_handlers(direction, start)
+        if missing:
+            tx.blocked_reason = (
+                "recovery blocked: this process has no handler for action(s) "
+                + ", ".join(repr(a) for a in missing)
+                + "; register them and recover again"
+            )
+            tx.recovery_attempts -= 1  # a missing handler is not a failed attempt
+            logger.error("transaction %s: %s", tx.transaction_id, tx.blocked_reason)
+            await self._journal()  # the lease is kept until it expires: no busy retry
+            return self.result()
+        tx.blocked_reason = None
+        if direction == "resume":
+            self._completed = [s for s in tx.steps[:start] if s.status is _COMPLETED]
+            try:
+                await self._forward(tx.steps[start:])
+            except _StepFailed as failure:
+                tx.error = failure.step.error
+                await self._compensate_shielded(
+                    self._completed[::-1], TransactionState.ROLLED_BACK
+                )
+                return self.result(failure.step)
+            await self._finish(TransactionState.COMMITTED)
+            return self.result()
+        if tx.error is None:
+            tx.error = "the driver stopped mid-transaction; rolled back by recovery"
+        undo = [s for s in reversed(tx.steps) if s.status in _MAY_HAVE_RUN]
+        await self._compensate_shielded(undo, TransactionState.ROLLED_BACK)
+        return self.result()
+
+    # ------------------------------------------------------------------ result
+
+    def result(self, failed: TransactionStep | None = None) -> TransactionResult:
+        """The outcome of this run, in the original tool's terms."""
+        tx = self.tx
+        finished = tx.finished_at
+        state = tx.state
+        if state is TransactionState.COMMITTED:
+            completed = [s.step_id for s in tx.steps]
+        else:
+            completed = list(self._undone)
+        started: datetime = self._started_at
+        return TransactionResult.model_construct(
+            transaction_id=tx.transaction_id,
+            state=state,
+            completed_steps=completed,
+            failed_step=failed.step_id if failed is not None else None,
+            error=tx.error,
+            compensation_errors=dict(self._compensation_errors),
+            started_at=started,
+            finished_at=finished,
+            duration_seconds=(finished - started).total_seconds() if finished else None,
+        )

@@ -1,0 +1,345 @@
+"""TransactionManager: the public async API over the engine and a store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+import anyio
+
+from .engine import EngineOptions, TransactionDriver
+from .errors import LeaseConflictError, LeaseLostError
+from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
+from .models import (
+    RecoveryPolicy,
+    RetryPolicy,
+    Transaction,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+    json_problem,
+    new_id,
+    utcnow,
+)
+from .stores import Lease, MemoryStore, Store, open_store
+
+__all__ = ["TransactionManager"]
+
+logger = logging.getLogger("aumai_transactions")
+
+_PENDING = TransactionState.PENDING
+_ROLLBACK_FROM = (TransactionState.PENDING, TransactionState.COMMITTED)
+_POLICIES = ("compensate", "resume")
+
+
+def _check_timeout(timeout_seconds: float | None, name: str = "timeout_seconds") -> None:
+    if timeout_seconds is None:
+        return
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, not {timeout_seconds!r}.")
+    if not timeout_seconds > 0 or timeout_seconds == float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, not {timeout_seconds!r}.")
+
+
+class TransactionManager:
+    """Begins, records and drives transactions.
+
+    ``action_handlers`` maps action names to handlers (``handler(action, data)`` or
+    ``handler(action, data, ctx)``, sync or async). With no handlers at all the
+    manager is a dry run: steps are sequenced and recorded, no code runs. An action
+    with no handler is recorded only (logged at WARNING) unless ``strict=True``, which
+    makes ``add_step`` refuse it.
+
+    ``store`` is a Store or a store URL (default: in memory). A durable store is
+    opened on first use; ``async with manager:`` opens it up front, keeps the leases
+    of long-running handlers renewed, and closes it at the end.
+    """
+
+    def __init__(
+        self,
+        action_handlers: Mapping[str, ActionHandler] | None = None,
+        *,
+        strict: bool = False,
+        sync_handlers: SyncHandlerMode = "thread",
+        store: Store | str | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        compensation_timeout: float = 60.0,
+        lease_ttl: float = 30.0,
+        max_recovery_attempts: int = 3,
+    ) -> None:
+        self._handlers = HandlerRegistry(action_handlers, sync_handlers=sync_handlers)
+        self.strict = strict
+        if store is None:
+            store = MemoryStore()
+        elif isinstance(store, str):
+            store = open_store(store)
+        elif not isinstance(store, Store):
+            raise TypeError(f"store must be a Store or a store URL, not {type(store).__name__}.")
+        self.store: Store = store
+        self._store_opened = not store.durable
+        _check_timeout(compensation_timeout, "compensation_timeout")
+        _check_timeout(lease_ttl, "lease_ttl")
+        if compensation_retry is not None and not isinstance(compensation_retry, RetryPolicy):
+            raise TypeError("compensation_retry must be a RetryPolicy.")
+        if not isinstance(max_recovery_attempts, int) or max_recovery_attempts < 1:
+            raise ValueError(
+                f"max_recovery_attempts must be a positive integer, not {max_recovery_attempts!r}."
+            )
+        options: dict[str, Any] = {
+            "owner": f"manager-{new_id()}",
+            "lease_ttl": float(lease_ttl),
+            "compensation_timeout": float(compensation_timeout),
+            "max_recovery_attempts": max_recovery_attempts,
+        }
+        if compensation_retry is not None:
+            options["compensation_retry"] = compensation_retry
+        self._options = EngineOptions(**options)
+        self._transactions: dict[str, Transaction] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def owner(self) -> str:
+        """The lease owner id this manager writes with."""
+        return self._options.owner
+
+    async def _ensure_open(self) -> None:
+        if not self._store_opened:
+            await self.store.open()
+            self._store_opened = True
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_open()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        if self.store.durable:
+            self._task_group.start_soon(self._heartbeat)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(None, None, None)
+        await self.store.close()
+        self._store_opened = not self.store.durable
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self._options.lease_ttl / 3)
+            try:
+                await self.store.renew(self.owner, self._options.lease_ttl)
+            except Exception:  # the next journal write will tell the driver
+                logger.exception("lease renewal failed")
+
+    # ------------------------------------------------------------------ building
+
+    def begin(self, timeout_seconds: float | None = 60.0) -> Transaction:
+        """Start a pending transaction; it times out ``timeout_seconds`` after now."""
+        _check_timeout(timeout_seconds)
+        tx = Transaction.model_construct(
+            transaction_id=new_id(),
+            steps=[],
+            state=_PENDING,
+            created_at=utcnow(),
+            timeout_seconds=timeout_seconds,
+        )
+        self._transactions[tx.transaction_id] = tx
+        return tx
+
+    def add_step(
+        self,
+        transaction: Transaction,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+    ) -> TransactionStep:
+        """Append a step to a pending transaction and return it."""
+        if not isinstance(transaction, Transaction):
+            raise TypeError(f"add_step needs a Transaction, not {type(transaction).__name__}.")
+        if transaction.state is not _PENDING:
+            raise ValueError(
+                f"Cannot add steps to transaction {transaction.transaction_id} in state "
+                f"'{transaction.state.value}'; only 'pending' transactions accept steps."
+            )
+        if not isinstance(agent_id, str) or not agent_id.strip():
+            raise ValueError(f"agent_id must be a non-empty string, not {agent_id!r}.")
+        if not isinstance(action, str) or not action.strip():
+            raise ValueError(f"action must be a non-empty string, not {action!r}.")
+        if compensating_action is not None and (
+            not isinstance(compensating_action, str) or not compensating_action.strip()
+        ):
+            raise ValueError(
+                "compensating_action must be a non-empty string or None, "
+                f"not {compensating_action!r}."
+            )
+        if data is None:
+            data = {}
+        elif type(data) is not dict:
+            raise TypeError(f"data must be a dict, not {type(data).__name__}.")
+        else:
+            problem = json_problem(data)
+            if problem is not None:
+                raise TypeError(f"Step data must be JSON-serializable: {problem}.")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}.")
+        if recovery is not None and recovery not in _POLICIES:
+            raise ValueError(f"recovery must be 'compensate', 'resume' or None, not {recovery!r}.")
+        handlers = self._handlers
+        if handlers:
+            for name in (action, compensating_action):
+                if name is not None and name not in handlers:
+                    if self.strict:
+                        raise ValueError(
+                            f"No handler for action {name!r} (strict mode); known actions: "
+                            f"{', '.join(handlers.actions)}."
+                        )
+                    logger.warning("no handler for action %r: it will be recorded only", name)
+        step = TransactionStep.model_construct(
+            step_id=new_id(),
+            agent_id=agent_id,
+            action=action,
+            data=data,
+            compensating_action=compensating_action,
+            retry=retry,
+            recovery=recovery,
+        )
+        transaction.steps.append(step)
+        return step
+
+    # ------------------------------------------------------------------ driving
+
+    def _driver(self, tx: Transaction) -> TransactionDriver:
+        return TransactionDriver(tx, self._handlers, self.store, self._options)
+
+    async def commit(self, transaction: Transaction) -> TransactionResult:
+        """Run the steps in order; undo the completed ones if a step fails.
+
+        Raises ``ValueError`` if the transaction is not pending (including when
+        another commit of it is already running).
+        """
+        if not isinstance(transaction, Transaction):
+            raise TypeError(f"commit needs a Transaction, not {type(transaction).__name__}.")
+        if transaction.state is not _PENDING:
+            raise ValueError(
+                f"Transaction {transaction.transaction_id} is in state "
+                f"'{transaction.state.value}'; only 'pending' transactions can be committed."
+            )
+        # Claimed before the first await: a concurrent commit sees 'active' and refuses.
+        transaction.state = TransactionState.ACTIVE
+        self._transactions[transaction.transaction_id] = transaction
+        try:
+            if not self._store_opened:
+                await self._ensure_open()
+            return await self._driver(transaction).commit()
+        except LeaseConflictError:
+            transaction.state = _PENDING
+            raise
+
+    async def rollback(self, transaction: Transaction) -> TransactionResult:
+        """Compensate every step of a pending or committed transaction, in reverse."""
+        if not isinstance(transaction, Transaction):
+            raise TypeError(f"rollback needs a Transaction, not {type(transaction).__name__}.")
+        previous = transaction.state
+        if previous not in _ROLLBACK_FROM:
+            raise ValueError(
+                f"Transaction {transaction.transaction_id} is in state '{previous.value}'; "
+                "only 'pending' or 'committed' transactions can be rolled back."
+            )
+        transaction.state = TransactionState.COMPENSATING
+        self._transactions[transaction.transaction_id] = transaction
+        try:
+            await self._ensure_open()
+            return await self._driver(transaction).rollback((previous,))
+        except LeaseConflictError:
+            transaction.state = previous
+            raise
+
+    async def recover(
+        self, policy: RecoveryPolicy = "compensate", *, limit: int = 1000
+    ) -> list[TransactionResult]:
+        """Drive every transaction whose driver died (its lease expired) to an end.
+
+        ``policy="compensate"`` (default) aborts: completed and in-doubt steps are
+        compensated in reverse order. ``"resume"`` re-runs the in-doubt step with the
+        same idempotency key and carries on. A step's own ``recovery`` overrides the
+        policy for that step. Returns one result per transaction claimed; claims in
+        batches of ``limit`` until none is left.
+        """
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be 'compensate' or 'resume', not {policy!r}.")
+        await self._ensure_open()
+        results: list[TransactionResult] = []
+        while True:
+            claimed = await self.store.claim_expired(self.owner, self._options.lease_ttl, limit)
+            if not claimed:
+                return results
+            batch: list[TransactionResult | None] = [None] * len(claimed)
+
+            async def drive(index: int, tx: Transaction, lease: Lease) -> None:
+                self._transactions[tx.transaction_id] = tx
+                try:
+                    batch[index] = await self._driver(tx).recover(lease, policy)
+                except LeaseLostError:
+                    logger.warning("transaction %s was taken over mid-recovery", tx.transaction_id)
+
+            async with anyio.create_task_group() as group:
+                for index, (tx, lease) in enumerate(claimed):
+                    group.start_soon(drive, index, tx, lease)
+            results.extend(r for r in batch if r is not None)
+
+    @asynccontextmanager
+    async def recovery_worker(
+        self, policy: RecoveryPolicy = "compensate", *, interval: float = 1.0
+    ) -> AsyncIterator[None]:
+        """Recover abandoned transactions every ``interval`` seconds while the block runs."""
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be 'compensate' or 'resume', not {policy!r}.")
+        _check_timeout(interval, "interval")
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.recover(policy)
+                except Exception:
+                    logger.exception("recovery round failed; retrying in %ss", interval)
+                await anyio.sleep(interval)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(loop)
+            try:
+                yield
+            finally:
+                group.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ registry
+
+    def get_transaction(self, transaction_id: str) -> Transaction | None:
+        """The transaction this manager knows by that id, or None."""
+        return self._transactions.get(transaction_id)
+
+    def get_all_transactions(self) -> list[Transaction]:
+        """Every transaction this manager knows, oldest first."""
+        return list(self._transactions.values())
+
+    def register_transaction(self, transaction: Transaction) -> None:
+        """Make a transaction (e.g. one loaded with ``model_validate``) known to this manager."""
+        if not isinstance(transaction, Transaction):
+            raise TypeError(
+                f"register_transaction needs a Transaction, not {type(transaction).__name__}."
+            )
+        self._transactions[transaction.transaction_id] = transaction
+
+    def forget(self, transaction_id: str) -> None:
+        """Drop a transaction from this manager's registry (the store keeps it)."""
+        self._transactions.pop(transaction_id, None)
+
+    async def save(self, transaction: Transaction) -> None:
+        """Write a transaction (typically pending) to the store."""
+        await self._ensure_open()
+        await self.store.save(transaction)
+        self._transactions[transaction.transaction_id] = transaction

@@ -1,0 +1,254 @@
+"""Pydantic models and enums of aumai-transactions; no I/O, nothing of ours imported.
+
+Every field added beyond the original tool's (transaction_id, steps[step_id, agent_id,
+action, data, compensating_action], state, created_at, timeout_seconds) has a default,
+so a transaction dumped by the original tool still validates.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "RecoveryPolicy",
+    "RetryPolicy",
+    "StepStatus",
+    "Transaction",
+    "TransactionResult",
+    "TransactionState",
+    "TransactionStep",
+    "new_id",
+    "utcnow",
+]
+
+RecoveryPolicy = Literal["compensate", "resume"]
+"""What recovery does with a transaction whose driver died: abort it, or carry it on."""
+
+
+class TransactionState(str, Enum):
+    """Lifecycle of a transaction.
+
+    ``pending → active → committed``; ``active → compensating → rolled_back``;
+    a timeout ends in ``failed``; a compensation that keeps failing ends in
+    ``compensation_failed``; a transaction that kept killing its recoverers ends in
+    ``dead_letter``. The last two need an operator.
+    """
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    COMPENSATING = "compensating"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    COMPENSATION_FAILED = "compensation_failed"
+    DEAD_LETTER = "dead_letter"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when no driver will touch the transaction again."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        TransactionState.COMMITTED,
+        TransactionState.ROLLED_BACK,
+        TransactionState.FAILED,
+        TransactionState.COMPENSATION_FAILED,
+        TransactionState.DEAD_LETTER,
+    }
+)
+
+IN_FLIGHT_STATES = frozenset({TransactionState.ACTIVE, TransactionState.COMPENSATING})
+
+
+class StepStatus(str, Enum):
+    """Lifecycle of a step.
+
+    ``pending → running → completed | failed``;
+    ``completed → compensating → compensated | compensation_failed``.
+    A step found ``running`` after its driver died is *in doubt*.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A random UUID4 string.
+
+    Built from the module PRNG (reseeded from the OS at start and in every forked
+    child) because ``uuid.uuid4()`` costs a system call per id, and ids are made on
+    the hot path; they identify, they are not secrets.
+    """
+    n = random.getrandbits(128)
+    n = (n & ~(0xF000 << 64) | (4 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class RetryPolicy(BaseModel):
+    """How often, and how patiently, a handler is tried before its failure counts.
+
+    The delay before attempt ``n + 1`` is ``initial_delay * multiplier ** (n - 1)``,
+    capped at ``max_delay``, then spread by ``± jitter`` (a fraction of the delay).
+    Only exceptions that are instances of ``retry_on`` are retried.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    max_attempts: int = Field(default=1, ge=1)
+    initial_delay: float = Field(default=0.1, ge=0)
+    max_delay: float = Field(default=10.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    retry_on: tuple[type[BaseException], ...] = Field(default=(Exception,), exclude=True)
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 for the first retry)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 2))
+        if self.jitter:
+            base *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(0.0, base)
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """True when ``exc`` raised by ``attempt`` deserves another try."""
+        return attempt < self.max_attempts and isinstance(exc, self.retry_on)
+
+
+class TransactionStep(BaseModel):
+    """One action of an agent, with the action that undoes it."""
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    step_id: str = Field(default_factory=new_id)
+    agent_id: str
+    action: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    compensating_action: str | None = None
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    compensation_attempts: int = 0
+    result: Any = None
+    error: str | None = None
+    compensation_error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    compensated_at: datetime | None = None
+    retry: RetryPolicy | None = None
+    recovery: RecoveryPolicy | None = None
+
+    def idempotency_key(self, transaction_id: str) -> str:
+        """A key stable across retries and recoveries of this step."""
+        return f"{transaction_id}:{self.step_id}"
+
+
+class Transaction(BaseModel):
+    """An ordered list of steps that succeed together or are undone together."""
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    transaction_id: str = Field(default_factory=new_id)
+    steps: list[TransactionStep] = Field(default_factory=list)
+    state: TransactionState = TransactionState.PENDING
+    created_at: datetime = Field(default_factory=utcnow)
+    timeout_seconds: float | None = 60.0
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    recovery_attempts: int = 0
+    blocked_reason: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        # Naive timestamps (as some older dumps hold) are taken as UTC.
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When the transaction times out, or None without a timeout."""
+        if self.timeout_seconds is None:
+            return None
+        return self.created_at + timedelta(seconds=self.timeout_seconds)
+
+    @property
+    def agents(self) -> list[str]:
+        """The distinct agents taking part, in order of first appearance."""
+        return list(dict.fromkeys(step.agent_id for step in self.steps))
+
+
+class TransactionResult(BaseModel):
+    """What a commit or rollback achieved.
+
+    ``completed_steps``: for a commit, the ids of the steps run, in order; for a
+    rollback, the completed steps that were undone, in the order they were compensated
+    (steps with no compensating action are listed too). ``compensation_errors`` maps
+    step ids to the message of a compensation that failed after its retries.
+    """
+
+    transaction_id: str
+    state: TransactionState
+    completed_steps: list[str] = Field(default_factory=list)
+    failed_step: str | None = None
+    error: str | None = None
+    compensation_errors: dict[str, str] = Field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the transaction committed."""
+        return self.state is TransactionState.COMMITTED
+
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_problem(value: Any, path: str = "data") -> str | None:
+    """Why ``value`` cannot be stored as JSON (naming where), or None when it can.
+
+    Accepts what ``json.dumps`` would round-trip: dicts with string keys, lists,
+    tuples, strings, numbers, booleans and None; NaN and infinities are refused.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return None
+    if kind is float:
+        return None if value == value and value not in (float("inf"), float("-inf")) else (
+            f"{path} is {value!r}, which JSON cannot represent"
+        )
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return f"{path} has a non-string key {key!r}"
+            problem = json_problem(item, f"{path}[{key!r}]")
+            if problem is not None:
+                return problem
+        return None
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            problem = json_problem(item, f"{path}[{index}]")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, _JSON_SCALARS):  # subclasses such as IntEnum or str enums
+        return None
+    return f"{path} holds a {kind.__name__} ({value!r:.60}), which is not JSON-serializable"

@@ -1,0 +1,159 @@
+"""The Store protocol: the journal every backend implements.
+
+A store keeps transactions (header + steps) and the *lease* of each transaction that a
+driver is running: owner id, expiry and epoch. The epoch is a fencing token: it grows
+by one each time a driver takes the lease, and every write carries the epoch its
+driver was given, so a driver that lost its lease (paused, partitioned) can never
+overwrite the work of the driver that took over.
+
+Writes come in two strengths. ``durable=True`` returns only once the record survives a
+crash of this process (and, for file and server backends, of the machine). With
+``durable=False`` the store may hold the record back and make it durable together with
+the next write; the engine uses it for a step's completion, which is always followed
+by another write before any further side effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ..models import Transaction, TransactionState, TransactionStep
+
+__all__ = ["Lease", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to drive one transaction, until ``expires_at``, as of ``epoch``."""
+
+    transaction_id: str
+    owner: str
+    epoch: int
+    expires_at: datetime
+
+
+@runtime_checkable
+class Store(Protocol):
+    """An async journal of transactions; every backend passes one conformance suite.
+
+    Stores open with ``await store.open()`` or ``async with store:`` (no I/O in
+    constructors) and are safe to use from many tasks of one event loop at once.
+    """
+
+    @property
+    def url(self) -> str:
+        """Where the store lives, secrets masked (``memory://``, ``sqlite:///...``)."""
+        ...
+
+    @property
+    def durable(self) -> bool:
+        """True when records survive the process; leases only matter then."""
+        ...
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and release resources. Idempotent."""
+        ...
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def save(self, tx: Transaction) -> None:
+        """Insert ``tx``, or replace the stored copy when no driver holds it.
+
+        Raises ``LeaseConflictError`` when the stored copy is active or compensating
+        under a lease that has not expired.
+        """
+        ...
+
+    async def acquire(
+        self,
+        tx: Transaction,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> Lease:
+        """Write ``tx`` in full (header and every step) and take its lease, atomically.
+
+        Succeeds only if the stored copy is absent or in one of the ``expected``
+        states and not held under a live lease; otherwise raises
+        ``LeaseConflictError`` and writes nothing. The returned lease has an epoch
+        greater than any given out before for this transaction.
+        """
+        ...
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Write the header of ``tx`` and, if given, the full row of ``step``.
+
+        Raises ``LeaseLostError`` when the stored epoch is no longer ``lease.epoch``;
+        nothing is written then. A non-durable write that turns out stale is dropped
+        and the next write for the same lease raises.
+        """
+        ...
+
+    async def renew(self, owner: str, ttl: float) -> int:
+        """Push the expiry of every in-flight lease held by ``owner`` to now + ttl.
+
+        Returns how many leases were renewed. Leases taken over by another owner are
+        not touched.
+        """
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give up a lease (the epoch stays, so the next one is greater)."""
+        ...
+
+    async def claim_expired(
+        self, owner: str, ttl: float, limit: int
+    ) -> Sequence[tuple[Transaction, Lease]]:
+        """Take the lease of up to ``limit`` active/compensating transactions whose
+        lease expired (or that have none), adding one to their ``recovery_attempts``.
+
+        Concurrent claimers never receive the same transaction.
+        """
+        ...
+
+    async def load(self, transaction_id: str) -> Transaction | None:
+        """The stored transaction, or None. Raises ``CorruptRecordError`` if invalid."""
+        ...
+
+    async def list(
+        self,
+        *,
+        state: TransactionState | None = None,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Transaction]:
+        """Transactions matching every filter given, newest ``created_at`` first."""
+        ...
+
+    async def count_by_state(self) -> dict[TransactionState, int]:
+        """How many transactions are stored in each state (absent states omitted)."""
+        ...
+
+    async def delete(self, transaction_id: str) -> bool:
+        """Remove one transaction; True if it existed. Refuses a live-leased one."""
+        ...
+
+    async def purge(self, *, states: Iterable[TransactionState], older_than: datetime) -> int:
+        """Remove terminal transactions in ``states`` created before ``older_than``.
+
+        In-flight states are never purged. Returns how many were removed.
+        """
+        ...

@@ -1,0 +1,213 @@
+"""MemoryStore: the library's default store, and the test aid users reach for.
+
+It keeps the transaction objects it is given (no copies: the manager drives the very
+objects the store holds, which keeps the hot path free of serialization), enforces
+leases and epochs exactly like the durable backends, and forgets everything when the
+process ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from ..errors import LeaseConflictError, LeaseLostError
+from ..models import (
+    IN_FLIGHT_STATES,
+    TERMINAL_STATES,
+    Transaction,
+    TransactionState,
+    TransactionStep,
+    utcnow,
+)
+from ._base import Lease
+
+__all__ = ["MemoryStore"]
+
+
+class _LeaseRecord:
+    __slots__ = ("epoch", "expires_at", "owner")
+
+    def __init__(self) -> None:
+        self.owner: str | None = None
+        self.expires_at: datetime | None = None
+        self.epoch = 0
+
+    def live(self, now: datetime) -> bool:
+        return self.owner is not None and self.expires_at is not None and self.expires_at > now
+
+
+class MemoryStore:
+    """A non-durable store in this process's memory."""
+
+    def __init__(self) -> None:
+        self._transactions: dict[str, Transaction] = {}
+        self._leases: dict[str, _LeaseRecord] = {}
+
+    @property
+    def url(self) -> str:
+        return "memory://"
+
+    @property
+    def durable(self) -> bool:
+        return False
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _check_not_driven(self, transaction_id: str, now: datetime) -> None:
+        stored = self._transactions.get(transaction_id)
+        lease = self._leases.get(transaction_id)
+        if (
+            stored is not None
+            and stored.state in IN_FLIGHT_STATES
+            and lease is not None
+            and lease.live(now)
+        ):
+            raise LeaseConflictError(
+                f"Transaction {transaction_id} is {stored.state.value} under a live lease "
+                f"held by {lease.owner}; it cannot be replaced."
+            )
+
+    async def save(self, tx: Transaction) -> None:
+        self._check_not_driven(tx.transaction_id, utcnow())
+        self._transactions[tx.transaction_id] = tx
+
+    async def acquire(
+        self,
+        tx: Transaction,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> Lease:
+        tid = tx.transaction_id
+        now = utcnow()
+        stored = self._transactions.get(tid)
+        lease = self._leases.get(tid)
+        if lease is None:
+            lease = self._leases[tid] = _LeaseRecord()
+        elif lease.live(now):
+            raise LeaseConflictError(
+                f"Transaction {tid} is being driven by {lease.owner}; try again after "
+                f"its lease expires at {lease.expires_at}."
+            )
+        if stored is not None and stored is not tx and stored.state not in expected:
+            raise LeaseConflictError(
+                f"Transaction {tid} is stored in state '{stored.state.value}'; expected "
+                + " or ".join(f"'{s.value}'" for s in expected)
+                + "."
+            )
+        lease.owner = owner
+        lease.expires_at = now + timedelta(seconds=ttl)
+        lease.epoch += 1
+        self._transactions[tid] = tx
+        return Lease(tid, owner, lease.epoch, lease.expires_at)
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        held = self._leases.get(lease.transaction_id)
+        if held is None or held.epoch != lease.epoch:
+            raise LeaseLostError(
+                f"Transaction {lease.transaction_id}: lease epoch {lease.epoch} is stale "
+                f"(now {held.epoch if held else 'none'}); this driver must stop."
+            )
+        self._transactions[tx.transaction_id] = tx
+
+    async def renew(self, owner: str, ttl: float) -> int:
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl)
+        renewed = 0
+        for tid, lease in self._leases.items():
+            tx = self._transactions.get(tid)
+            if lease.owner == owner and tx is not None and tx.state in IN_FLIGHT_STATES:
+                lease.expires_at = expires
+                renewed += 1
+        return renewed
+
+    async def release(self, lease: Lease) -> None:
+        held = self._leases.get(lease.transaction_id)
+        if held is not None and held.epoch == lease.epoch:
+            held.owner = None
+            held.expires_at = None
+
+    async def claim_expired(
+        self, owner: str, ttl: float, limit: int
+    ) -> Sequence[tuple[Transaction, Lease]]:
+        now = utcnow()
+        claimed: list[tuple[Transaction, Lease]] = []
+        for tid, tx in self._transactions.items():
+            if len(claimed) >= limit:
+                break
+            if tx.state not in IN_FLIGHT_STATES:
+                continue
+            lease = self._leases.setdefault(tid, _LeaseRecord())
+            if lease.live(now):
+                continue
+            lease.owner = owner
+            lease.expires_at = now + timedelta(seconds=ttl)
+            lease.epoch += 1
+            tx.recovery_attempts += 1
+            claimed.append((tx, Lease(tid, owner, lease.epoch, lease.expires_at)))
+        return claimed
+
+    async def load(self, transaction_id: str) -> Transaction | None:
+        return self._transactions.get(transaction_id)
+
+    async def list(
+        self,
+        *,
+        state: TransactionState | None = None,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Transaction]:
+        found = [
+            tx
+            for tx in self._transactions.values()
+            if (state is None or tx.state is state)
+            and (since is None or tx.created_at >= since)
+            and (until is None or tx.created_at < until)
+            and (agent_id is None or any(s.agent_id == agent_id for s in tx.steps))
+        ]
+        found.sort(key=lambda tx: tx.created_at, reverse=True)
+        return found if limit is None else found[:limit]
+
+    async def count_by_state(self) -> dict[TransactionState, int]:
+        counts: dict[TransactionState, int] = {}
+        for tx in self._transactions.values():
+            counts[tx.state] = counts.get(tx.state, 0) + 1
+        return counts
+
+    async def delete(self, transaction_id: str) -> bool:
+        self._check_not_driven(transaction_id, utcnow())
+        self._leases.pop(transaction_id, None)
+        return self._transactions.pop(transaction_id, None) is not None
+
+    async def purge(self, *, states: Iterable[TransactionState], older_than: datetime) -> int:
+        wanted = frozenset(states) & TERMINAL_STATES
+        doomed = [
+            tid
+            for tid, tx in self._transactions.items()
+            if tx.state in wanted and tx.created_at < older_than
+        ]
+        for tid in doomed:
+            del self._transactions[tid]
+            self._leases.pop(tid, None)
+        return len(doomed)
