@@ -1,0 +1,1 @@
+"""The workloads of BENCHMARKS.md; ``python -m benchmarks`` runs them all."""

@@ -1,0 +1,29 @@
+"""Run every workload module (benchmarks/w*.py), or only those named: ``python -m benchmarks W1 W3``.
+
+Each module exposes ``WORKLOADS`` (the ids it covers) and ``main()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from ._common import selected
+
+
+def run() -> None:
+    wanted = selected()
+    here = Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda i: i.name):
+        if not info.name.startswith("w"):
+            continue
+        module = importlib.import_module(f"benchmarks.{info.name}")
+        ids = set(getattr(module, "WORKLOADS", ()))
+        if wanted and not (ids & wanted):
+            continue
+        module.main()
+
+
+if __name__ == "__main__":
+    run()
