@@ -7,6 +7,7 @@ so a transaction dumped by the original tool still validates.
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -89,14 +90,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A PRNG of our own, seeded from the OS at import and in every forked child: ids must
+# not repeat when user code (or a test framework) seeds the global ``random`` module.
+_id_random = random.Random()
+os.register_at_fork(after_in_child=_id_random.seed)
+
+
 def new_id() -> str:
     """A random UUID4 string.
 
-    Built from the module PRNG (reseeded from the OS at start and in every forked
-    child) because ``uuid.uuid4()`` costs a system call per id, and ids are made on
-    the hot path; they identify, they are not secrets.
+    Built from a private PRNG (seeded from the OS at start and in every forked child)
+    because ``uuid.uuid4()`` costs a system call per id, and ids are made on the hot
+    path; they identify, they are not secrets.
     """
-    n = random.getrandbits(128)
+    n = _id_random.getrandbits(128)
     n = (n & ~(0xF000 << 64) | (4 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
     h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
