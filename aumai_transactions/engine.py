@@ -180,7 +180,14 @@ class TransactionDriver:
     ) -> Any:
         def build() -> StepContext:
             tx = self.tx
-            done = [s for s in tx.steps if s.status is _COMPLETED and s is not step]
+            # A compensation also sees the result of the step it undoes (a refund needs
+            # the charge id); a forward step sees the steps completed before it.
+            own = phase == "compensate"
+            done = [
+                s
+                for s in tx.steps
+                if (s.status is _COMPLETED and s is not step) or (own and s is step)
+            ]
             return StepContext(
                 transaction_id=tx.transaction_id,
                 step_id=step.step_id,

@@ -33,7 +33,9 @@ class StepContext:
     ``idempotency_key`` is the same on every attempt, retry and recovery of the step
     (and of its compensation, which gets the key of the step it undoes), so a handler
     can make its side effect happen at most once. ``results`` holds the recorded
-    results of the steps completed before this one, keyed by step id.
+    results of the steps completed before this one, keyed by step id (for a
+    compensation, also the result of the step it undoes); ``results_by_action`` holds
+    the same results keyed by action name.
     """
 
     transaction_id: str
