@@ -100,7 +100,7 @@ def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any,
 
 
 async def _run_before(deadline: float | None, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Await ``coro`` under ``anyio.fail_after`` up to the monotonic ``deadline``.
+    """Await ``coro`` under ``anyio.fail_after`` up to ``deadline`` (``time.monotonic()``).
 
     The cancel scope is entered when ``coro`` first suspends: a pass whose handlers
     never yield to the event loop cannot be interrupted anyway, and skipping the scope
@@ -112,7 +112,7 @@ async def _run_before(deadline: float | None, coro: Coroutine[Any, Any, Any]) ->
         pending = coro.send(None)
     except StopIteration as stop:
         return stop.value
-    with anyio.fail_after(deadline - anyio.current_time()):
+    with anyio.fail_after(deadline - time.monotonic()):
         return await _resume(coro, pending)
 
 
@@ -122,6 +122,19 @@ def _message(exc: BaseException) -> str:
 
 class TransactionDriver:
     """Runs one transaction: commit, rollback or recovery. One driver, one run."""
+
+    __slots__ = (
+        "_compensation_errors",
+        "_completed",
+        "_handlers",
+        "_lease",
+        "_options",
+        "_renew_at",
+        "_started_at",
+        "_store",
+        "_undone",
+        "tx",
+    )
 
     def __init__(
         self,
@@ -166,61 +179,62 @@ class TransactionDriver:
             self._renew_at = time.monotonic() + self._options.lease_ttl / 3
 
     async def _finish(self, state: TransactionState) -> None:
-        tx = self.tx
-        tx.state = state
-        tx.finished_at = tx.updated_at = utcnow()
+        fields = self.tx.__dict__
+        fields["state"] = state
+        fields["finished_at"] = fields["updated_at"] = utcnow()
         await self._journal()
         assert self._lease is not None
         await self._store.release(self._lease)
 
     # ------------------------------------------------------------------ steps
 
-    def _context_factory(
+    def _context(
         self, step: TransactionStep, phase: Literal["forward", "compensate"]
-    ) -> Any:
-        def build() -> StepContext:
-            tx = self.tx
-            # A compensation also sees the result of the step it undoes (a refund needs
-            # the charge id); a forward step sees the steps completed before it.
-            own = phase == "compensate"
-            done = [
-                s
-                for s in tx.steps
-                if (s.status is _COMPLETED and s is not step) or (own and s is step)
-            ]
-            return StepContext(
-                transaction_id=tx.transaction_id,
-                step_id=step.step_id,
-                agent_id=step.agent_id,
-                action=step.compensating_action or step.action
-                if phase == "compensate"
-                else step.action,
-                attempt=step.compensation_attempts if phase == "compensate" else step.attempts,
-                idempotency_key=step.idempotency_key(tx.transaction_id),
-                phase=phase,
-                results={s.step_id: s.result for s in done},
-                results_by_action={s.action: s.result for s in done},
-            )
-
-        return build
+    ) -> StepContext:
+        tx = self.tx
+        compensating = phase == "compensate"
+        # A compensation also sees the result of the step it undoes (a refund needs the
+        # charge id); a forward step sees the steps completed before it.
+        done = [
+            s
+            for s in tx.steps
+            if (s.status is _COMPLETED and s is not step) or (compensating and s is step)
+        ]
+        return StepContext(
+            transaction_id=tx.transaction_id,
+            step_id=step.step_id,
+            agent_id=step.agent_id,
+            action=(step.compensating_action or step.action) if compensating else step.action,
+            attempt=step.compensation_attempts if compensating else step.attempts,
+            idempotency_key=step.idempotency_key(tx.transaction_id),
+            phase=phase,
+            results={s.step_id: s.result for s in done},
+            results_by_action={s.action: s.result for s in done},
+        )
 
     async def _run_step(self, step: TransactionStep) -> None:
         handler = self._handlers.get(step.action)
         policy = step.retry
+        # Plain dictionary writes: the fields are simple values and the models are not
+        # validated on assignment, so this skips pydantic's __setattr__ on the hot path.
+        fields = step.__dict__
         while True:
-            attempt = step.attempts = step.attempts + 1
-            step.status = _RUNNING
-            step.started_at = utcnow()
+            attempt = fields["attempts"] = fields["attempts"] + 1
+            fields["status"] = _RUNNING
+            fields["started_at"] = utcnow()
             await self._journal(step)  # intent first: nothing runs unrecorded
             if handler is None:
                 result = None
             else:
                 try:
                     result = await self._handlers.call(
-                        handler, step.action, step.data, self._context_factory(step, "forward")
+                        handler,
+                        step.action,
+                        step.data,
+                        self._context(step, "forward") if handler.wants_context else None,
                     )
                 except Exception as exc:
-                    step.error = _message(exc)
+                    fields["error"] = _message(exc)
                     if policy is not None and policy.should_retry(exc, attempt):
                         logger.info(
                             "step %s (%s) attempt %d failed, retrying: %s",
@@ -231,15 +245,16 @@ class TransactionDriver:
                         )
                         await anyio.sleep(policy.delay_before(attempt + 1))
                         continue
-                    step.status = _FAILED
-                    step.finished_at = utcnow()
+                    fields["status"] = _FAILED
+                    fields["finished_at"] = utcnow()
                     await self._journal(step)
                     raise _StepFailed(step) from exc
-            step.status = _COMPLETED
-            step.error = None
+            fields["status"] = _COMPLETED
+            if fields["error"] is not None:
+                fields["error"] = None
             if result is not None and json_problem(result) is None:
-                step.result = result
-            step.finished_at = utcnow()
+                fields["result"] = result
+            fields["finished_at"] = utcnow()
             # The completion rides with the next durable write: nothing happens in between.
             await self._journal(step, durable=False)
             return
@@ -268,7 +283,10 @@ class TransactionDriver:
                 break
             try:
                 await self._handlers.call(
-                    handler, action, step.data, self._context_factory(step, "compensate")
+                    handler,
+                    action,
+                    step.data,
+                    self._context(step, "compensate") if handler.wants_context else None,
                 )
             except Exception as exc:
                 step.compensation_error = _message(exc)
@@ -354,13 +372,13 @@ class TransactionDriver:
         which is what makes a second concurrent commit fail).
         """
         tx = self.tx
-        tx.updated_at = self._started_at
-        deadline = tx.deadline
-        remaining = None if deadline is None else (deadline - self._started_at).total_seconds()
+        tx.__dict__["updated_at"] = started = self._started_at
+        timeout = tx.timeout_seconds
+        remaining = None if timeout is None else timeout - (started - tx.created_at).total_seconds()
         if remaining is not None and remaining <= 0:
             tx.error = (
                 f"Transaction {tx.transaction_id} timed out before commit: its deadline "
-                f"{deadline.isoformat() if deadline else ''} had passed; no step ran."
+                f"({timeout}s after {tx.created_at.isoformat()}) had passed; no step ran."
             )
             await self._take_lease((TransactionState.PENDING,))
             await self._finish(TransactionState.FAILED)
@@ -370,7 +388,7 @@ class TransactionDriver:
         failed: TransactionStep | None = None
         try:
             await _run_before(
-                None if remaining is None else anyio.current_time() + remaining,
+                None if remaining is None else time.monotonic() + remaining,
                 self._forward(steps),
             )
         except _StepFailed as failure:
@@ -466,9 +484,7 @@ class TransactionDriver:
                 await self._forward(tx.steps[start:])
             except _StepFailed as failure:
                 tx.error = failure.step.error
-                await self._compensate_shielded(
-                    self._completed[::-1], TransactionState.ROLLED_BACK
-                )
+                await self._compensate_shielded(self._completed[::-1], TransactionState.ROLLED_BACK)
                 return self.result(failure.step)
             await self._finish(TransactionState.COMMITTED)
             return self.result()
@@ -490,14 +506,13 @@ class TransactionDriver:
         else:
             completed = list(self._undone)
         started: datetime = self._started_at
-        return TransactionResult.model_construct(
-            transaction_id=tx.transaction_id,
-            state=state,
-            completed_steps=completed,
-            failed_step=failed.step_id if failed is not None else None,
-            error=tx.error,
-            compensation_errors=dict(self._compensation_errors),
-            started_at=started,
-            finished_at=finished,
-            duration_seconds=(finished - started).total_seconds() if finished else None,
+        return TransactionResult.new(
+            tx.transaction_id,
+            state,
+            completed,
+            failed.step_id if failed is not None else None,
+            tx.error,
+            dict(self._compensation_errors),
+            started,
+            finished,
         )

@@ -103,6 +103,8 @@ class HandlerRegistry:
             )
         self.inline = sync_handlers == "inline"
         self._handlers: dict[str, _Handler] = {}
+        self.names = self._handlers.keys()
+        """A live view of the registered action names."""
         for name, func in (handlers or {}).items():
             self.register(name, func)
 
@@ -112,8 +114,7 @@ class HandlerRegistry:
             raise ValueError(f"Action names must be non-empty strings, not {action!r}.")
         if not callable(func):
             raise TypeError(
-                f"The handler for action {action!r} must be callable, "
-                f"not {type(func).__name__}."
+                f"The handler for action {action!r} must be callable, not {type(func).__name__}."
             )
         self._handlers[action] = _Handler(action, func)
 
@@ -137,18 +138,15 @@ class HandlerRegistry:
         handler: _Handler,
         action: str,
         data: dict[str, Any],
-        context: Callable[[], StepContext],
+        context: StepContext | None,
     ) -> Any:
-        """Invoke ``handler`` for ``action``; ``context`` builds the StepContext if wanted."""
+        """Invoke ``handler`` for ``action``, with ``context`` if it takes a third argument."""
         func = handler.func
         if handler.is_async:
             if handler.wants_context:
-                return await func(action, data, context())
+                return await func(action, data, context)
             return await func(action, data)
-        args: tuple[Any, ...] = (action, data, context()) if handler.wants_context else (
-            action,
-            data,
-        )
+        args: tuple[Any, ...] = (action, data, context) if handler.wants_context else (action, data)
         if self.inline:
             result = func(*args)
         else:

@@ -21,7 +21,6 @@ from .models import (
     TransactionStep,
     json_problem,
     new_id,
-    utcnow,
 )
 from .stores import Lease, MemoryStore, Store, open_store
 
@@ -137,13 +136,7 @@ class TransactionManager:
     def begin(self, timeout_seconds: float | None = 60.0) -> Transaction:
         """Start a pending transaction; it times out ``timeout_seconds`` after now."""
         _check_timeout(timeout_seconds)
-        tx = Transaction.model_construct(
-            transaction_id=new_id(),
-            steps=[],
-            state=_PENDING,
-            created_at=utcnow(),
-            timeout_seconds=timeout_seconds,
-        )
+        tx = Transaction.new(timeout_seconds)
         self._transactions[tx.transaction_id] = tx
         return tx
 
@@ -166,12 +159,14 @@ class TransactionManager:
                 f"Cannot add steps to transaction {transaction.transaction_id} in state "
                 f"'{transaction.state.value}'; only 'pending' transactions accept steps."
             )
-        if not isinstance(agent_id, str) or not agent_id.strip():
+        if type(agent_id) is not str or not agent_id or agent_id.isspace():
             raise ValueError(f"agent_id must be a non-empty string, not {agent_id!r}.")
-        if not isinstance(action, str) or not action.strip():
+        if type(action) is not str or not action or action.isspace():
             raise ValueError(f"action must be a non-empty string, not {action!r}.")
         if compensating_action is not None and (
-            not isinstance(compensating_action, str) or not compensating_action.strip()
+            type(compensating_action) is not str
+            or not compensating_action
+            or compensating_action.isspace()
         ):
             raise ValueError(
                 "compensating_action must be a non-empty string or None, "
@@ -181,7 +176,7 @@ class TransactionManager:
             data = {}
         elif type(data) is not dict:
             raise TypeError(f"data must be a dict, not {type(data).__name__}.")
-        else:
+        elif data:
             problem = json_problem(data)
             if problem is not None:
                 raise TypeError(f"Step data must be JSON-serializable: {problem}.")
@@ -189,27 +184,26 @@ class TransactionManager:
             raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}.")
         if recovery is not None and recovery not in _POLICIES:
             raise ValueError(f"recovery must be 'compensate', 'resume' or None, not {recovery!r}.")
-        handlers = self._handlers
-        if handlers:
-            for name in (action, compensating_action):
-                if name is not None and name not in handlers:
-                    if self.strict:
-                        raise ValueError(
-                            f"No handler for action {name!r} (strict mode); known actions: "
-                            f"{', '.join(handlers.actions)}."
-                        )
-                    logger.warning("no handler for action %r: it will be recorded only", name)
-        step = TransactionStep.model_construct(
-            step_id=new_id(),
-            agent_id=agent_id,
-            action=action,
-            data=data,
-            compensating_action=compensating_action,
-            retry=retry,
-            recovery=recovery,
-        )
+        known = self._handlers.names
+        if known and (
+            action not in known
+            or (compensating_action is not None and compensating_action not in known)
+        ):
+            self._unknown_actions(action, compensating_action)
+        step = TransactionStep.new(agent_id, action, data, compensating_action, retry, recovery)
         transaction.steps.append(step)
         return step
+
+    def _unknown_actions(self, *names: str | None) -> None:
+        known = self._handlers.names
+        for name in names:
+            if name is not None and name not in known:
+                if self.strict:
+                    raise ValueError(
+                        f"No handler for action {name!r} (strict mode); known actions: "
+                        f"{', '.join(self._handlers.actions)}."
+                    )
+                logger.warning("no handler for action %r: it will be recorded only", name)
 
     # ------------------------------------------------------------------ driving
 
@@ -280,7 +274,9 @@ class TransactionManager:
                 return results
             batch: list[TransactionResult | None] = [None] * len(claimed)
 
-            async def drive(index: int, tx: Transaction, lease: Lease) -> None:
+            async def drive(
+                batch: list[TransactionResult | None], index: int, tx: Transaction, lease: Lease
+            ) -> None:
                 self._transactions[tx.transaction_id] = tx
                 try:
                     batch[index] = await self._driver(tx).recover(lease, policy)
@@ -289,7 +285,7 @@ class TransactionManager:
 
             async with anyio.create_task_group() as group:
                 for index, (tx, lease) in enumerate(claimed):
-                    group.start_soon(drive, index, tx, lease)
+                    group.start_soon(drive, batch, index, tx, lease)
             results.extend(r for r in batch if r is not None)
 
     @asynccontextmanager

@@ -8,6 +8,7 @@ that loop, so it refuses with a RuntimeError.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -15,7 +16,6 @@ from contextlib import ExitStack
 from typing import Any, ParamSpec, Self, TypeVar
 
 import anyio.from_thread
-import sniffio
 
 from . import manager as _manager
 from . import saga as _saga
@@ -42,8 +42,8 @@ def _close_portal() -> None:
 
 def _run(func: Callable[_P, Awaitable[_T]], *args: Any) -> _T:
     try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+        asyncio.get_running_loop()
+    except RuntimeError:
         pass
     else:
         raise RuntimeError(
@@ -56,7 +56,7 @@ def _run(func: Callable[_P, Awaitable[_T]], *args: Any) -> _T:
             _portal = _portal_stack.enter_context(anyio.from_thread.start_blocking_portal())
             atexit.register(_close_portal)
         portal = _portal
-    return portal.call(func, *args)  # type: ignore[arg-type]
+    return portal.call(func, *args)
 
 
 class TransactionManager:

@@ -1,4 +1,6 @@
-"""Run every workload module (benchmarks/w*.py), or only those named: ``python -m benchmarks W1 W3``.
+"""Run every workload module (benchmarks/w*.py), or only those named.
+
+``python -m benchmarks W1 W3`` runs the modules covering W1 or W3.
 
 Each module exposes ``WORKLOADS`` (the ids it covers) and ``main()``.
 """

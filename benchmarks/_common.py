@@ -12,9 +12,18 @@ from typing import Any
 REPEATS = 5
 
 
-def emit(workload: str, store: str, value: float, unit: str, n: int, note: str = "", **extra: Any) -> None:
+def emit(
+    workload: str, store: str, value: float, unit: str, n: int, note: str = "", **extra: Any
+) -> None:
     """Print one result as a JSON line (and flush, so partial runs still report)."""
-    line = {"workload": workload, "store": store, "value": round(value, 3), "unit": unit, "n": n, "note": note}
+    line = {
+        "workload": workload,
+        "store": store,
+        "value": round(value, 3),
+        "unit": unit,
+        "n": n,
+        "note": note,
+    }
     line.update(extra)
     print(json.dumps(line), flush=True)
 

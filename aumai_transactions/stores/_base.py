@@ -16,18 +16,19 @@ by another write before any further side effect.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..models import Transaction, TransactionState, TransactionStep
 
 __all__ = ["Lease", "Store"]
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """The right to drive one transaction, until ``expires_at``, as of ``epoch``."""
+class Lease(NamedTuple):
+    """The right to drive one transaction, until ``expires_at``, as of ``epoch``.
+
+    (A named tuple: leases are made once per transaction run, on the hot path.)
+    """
 
     transaction_id: str
     owner: str

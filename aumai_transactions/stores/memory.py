@@ -96,7 +96,7 @@ class MemoryStore:
         lease = self._leases.get(tid)
         if lease is None:
             lease = self._leases[tid] = _LeaseRecord()
-        elif lease.live(now):
+        elif lease.owner is not None and lease.live(now):
             raise LeaseConflictError(
                 f"Transaction {tid} is being driven by {lease.owner}; try again after "
                 f"its lease expires at {lease.expires_at}."

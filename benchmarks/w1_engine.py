@@ -1,0 +1,168 @@
+"""W1, W2 and W6: the engine's own cost per step on the in-memory store.
+
+W1: 2,000 three-step transactions with no-op handlers, none failing, once with sync
+handlers run inline and once with async handlers; µs per step, whole lifecycle
+(begin, three add_step, commit). W2: the third step raises, so two compensations run;
+µs per transaction. W6: W1 (async) at 100 to 100,000 transactions: µs per step must
+stay flat. Baseline, same run: a plain loop awaiting the same handlers inside
+try/except with a reverse list of compensations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aumai_transactions import TransactionManager
+
+from ._common import REPEATS, emit
+
+WORKLOADS = ("W1", "W2", "W6")
+
+STEPS = (("reserve", "release"), ("charge", "refund"), ("notify", "unnotify"))
+DATA: dict[str, Any] = {"user_id": "u-001"}
+
+
+class Boom(Exception):
+    pass
+
+
+def _sync_handlers(fail: bool) -> dict[str, Callable[..., Any]]:
+    def ok(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    def bad(action: str, data: dict[str, Any]) -> None:
+        raise Boom(action)
+
+    handlers: dict[str, Callable[..., Any]] = {}
+    for i, (action, comp) in enumerate(STEPS):
+        handlers[action] = bad if fail and i == 2 else ok
+        handlers[comp] = ok
+    return handlers
+
+
+def _async_handlers(fail: bool) -> dict[str, Callable[..., Any]]:
+    async def ok(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    async def bad(action: str, data: dict[str, Any]) -> None:
+        raise Boom(action)
+
+    handlers: dict[str, Callable[..., Any]] = {}
+    for i, (action, comp) in enumerate(STEPS):
+        handlers[action] = bad if fail and i == 2 else ok
+        handlers[comp] = ok
+    return handlers
+
+
+async def _baseline(n: int, handlers: dict[str, Callable[..., Any]], is_async: bool) -> None:
+    for _ in range(n):
+        undo: list[str] = []
+        try:
+            for action, comp in STEPS:
+                if is_async:
+                    await handlers[action](action, DATA)
+                else:
+                    handlers[action](action, DATA)
+                undo.append(comp)
+        except Exception:
+            for comp in reversed(undo):
+                if is_async:
+                    await handlers[comp](comp, DATA)
+                else:
+                    handlers[comp](comp, DATA)
+
+
+async def _engine(n: int, manager: TransactionManager) -> None:
+    begin, add_step, commit = manager.begin, manager.add_step, manager.commit
+    for _ in range(n):
+        tx = begin()
+        for action, comp in STEPS:
+            add_step(tx, "agent", action, {"user_id": "u-001"}, comp)
+        await commit(tx)
+
+
+def _time(n: int, make: Callable[[], Any]) -> float:
+    """Median seconds of ``await make()``, timed inside one event loop."""
+
+    async def timed() -> float:
+        gc.collect()
+        start = time.perf_counter()
+        await make()
+        return time.perf_counter() - start
+
+    async def repeat() -> float:
+        await timed()  # warm-up
+        return statistics.median([await timed() for _ in range(REPEATS)])
+
+    return asyncio.run(repeat())
+
+
+def measure(n: int, is_async: bool, fail: bool) -> tuple[float, float]:
+    """Seconds for n transactions through the engine and through the baseline."""
+    handlers = _async_handlers(fail) if is_async else _sync_handlers(fail)
+
+    def engine_run() -> Any:
+        manager = TransactionManager(handlers, sync_handlers="inline")
+        return _engine(n, manager)
+
+    engine = _time(n, engine_run)
+    baseline = _time(n, lambda: _baseline(n, handlers, is_async))
+    return engine, baseline
+
+
+def main() -> None:
+    n = 2000
+    for is_async in (False, True):
+        kind = "async" if is_async else "sync-inline"
+        engine, baseline = measure(n, is_async, fail=False)
+        per_step, base_step = engine / (3 * n) * 1e6, baseline / (3 * n) * 1e6
+        emit(
+            "W1",
+            "memory",
+            per_step,
+            "us/step",
+            n,
+            f"{kind} handlers; baseline plain loop {base_step:.3f} us/step; "
+            f"ratio {per_step / base_step:.1f}x",
+            handlers=kind,
+            baseline=round(base_step, 3),
+            ratio=round(per_step / base_step, 2),
+        )
+    for is_async in (False, True):
+        kind = "async" if is_async else "sync-inline"
+        engine, baseline = measure(n, is_async, fail=True)
+        per_tx, base_tx = engine / n * 1e6, baseline / n * 1e6
+        emit(
+            "W2",
+            "memory",
+            per_tx,
+            "us/transaction",
+            n,
+            f"{kind} handlers, 3rd step fails, 2 compensations; baseline {base_tx:.3f} us/tx; "
+            f"ratio {per_tx / base_tx:.1f}x",
+            handlers=kind,
+            baseline=round(base_tx, 3),
+            ratio=round(per_tx / base_tx, 2),
+        )
+    for size in (100, 1_000, 10_000, 100_000):
+        engine, baseline = measure(size, True, fail=False)
+        per_step = engine / (3 * size) * 1e6
+        emit(
+            "W6",
+            "memory",
+            per_step,
+            "us/step",
+            size,
+            f"async handlers at {size} transactions; "
+            f"baseline {baseline / (3 * size) * 1e6:.3f} us/step",
+            baseline=round(baseline / (3 * size) * 1e6, 3),
+        )
+
+
+if __name__ == "__main__":
+    main()
