@@ -88,6 +88,7 @@ def onboard(manager, user_id, card):
     print(f"completed_steps: {[action_of[step_id] for step_id in result.completed_steps]}")
     print(f"failed_step:     {action_of.get(result.failed_step)}")
     print(f"error:           {result.error}")
+    return result
 
 
 def main():
