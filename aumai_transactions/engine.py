@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .errors import LeaseLostError, StoreError
+from .errors import StoreError
 from .handlers import HandlerRegistry, StepContext
 from .models import (
     RecoveryPolicy,
@@ -99,23 +99,6 @@ def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any,
                 return stop.value
 
 
-async def _run_before(deadline: float | None, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Await ``coro`` under ``anyio.fail_after`` up to ``deadline`` (``time.monotonic()``).
-
-    The cancel scope is entered when ``coro`` first suspends: a pass whose handlers
-    never yield to the event loop cannot be interrupted anyway, and skipping the scope
-    keeps such passes cheap. The deadline is absolute, so entering late changes nothing.
-    """
-    if deadline is None:
-        return await coro
-    try:
-        pending = coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    with anyio.fail_after(deadline - time.monotonic()):
-        return await _resume(coro, pending)
-
-
 def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -125,7 +108,6 @@ class TransactionDriver:
 
     __slots__ = (
         "_compensation_errors",
-        "_completed",
         "_handlers",
         "_lease",
         "_options",
@@ -149,7 +131,6 @@ class TransactionDriver:
         self._options = options
         self._lease: Lease | None = None
         self._renew_at: float | None = None
-        self._completed: list[TransactionStep] = []
         self._undone: list[str] = []
         self._compensation_errors: dict[str, str] = {}
         self._started_at = utcnow()
@@ -212,58 +193,63 @@ class TransactionDriver:
             results_by_action={s.action: s.result for s in done},
         )
 
-    async def _run_step(self, step: TransactionStep) -> None:
-        handler = self._handlers.get(step.action)
-        policy = step.retry
-        # Plain dictionary writes: the fields are simple values and the models are not
-        # validated on assignment, so this skips pydantic's __setattr__ on the hot path.
-        fields = step.__dict__
-        while True:
-            attempt = fields["attempts"] = fields["attempts"] + 1
-            fields["status"] = _RUNNING
-            fields["started_at"] = utcnow()
-            await self._journal(step)  # intent first: nothing runs unrecorded
-            if handler is None:
-                result = None
-            else:
-                try:
-                    result = await self._handlers.call(
-                        handler,
-                        step.action,
-                        step.data,
-                        self._context(step, "forward") if handler.wants_context else None,
-                    )
-                except Exception as exc:
-                    fields["error"] = _message(exc)
-                    if policy is not None and policy.should_retry(exc, attempt):
-                        logger.info(
-                            "step %s (%s) attempt %d failed, retrying: %s",
-                            step.step_id,
-                            step.action,
-                            attempt,
-                            step.error,
-                        )
-                        await anyio.sleep(policy.delay_before(attempt + 1))
-                        continue
-                    fields["status"] = _FAILED
-                    fields["finished_at"] = utcnow()
-                    await self._journal(step)
-                    raise _StepFailed(step) from exc
-            fields["status"] = _COMPLETED
-            if fields["error"] is not None:
-                fields["error"] = None
-            if result is not None and json_problem(result) is None:
-                fields["result"] = result
-            fields["finished_at"] = utcnow()
-            # The completion rides with the next durable write: nothing happens in between.
-            await self._journal(step, durable=False)
-            return
-
     async def _forward(self, steps: Sequence[TransactionStep]) -> None:
-        completed = self._completed
+        """Run ``steps`` in order; raises _StepFailed when one fails for good."""
+        handlers = self._handlers
         for step in steps:
-            await self._run_step(step)
-            completed.append(step)
+            handler = handlers.get(step.action)
+            policy = step.retry
+            # Plain dictionary writes: the fields are simple values and the models are not
+            # validated on assignment, so this skips pydantic's __setattr__ on the hot path.
+            fields = step.__dict__
+            while True:
+                attempt = fields["attempts"] = fields["attempts"] + 1
+                fields["status"] = _RUNNING
+                fields["started_at"] = utcnow()
+                await self._journal(step)  # intent first: nothing runs unrecorded
+                if handler is None:
+                    result = None
+                else:
+                    try:
+                        if handler.is_async and not handler.wants_context:
+                            # The common case, without the extra frame of handlers.call.
+                            result = await handler.func(step.action, step.data)
+                        else:
+                            result = await handlers.call(
+                                handler,
+                                step.action,
+                                step.data,
+                                self._context(step, "forward") if handler.wants_context else None,
+                            )
+                    except Exception as exc:
+                        fields["error"] = _message(exc)
+                        if policy is not None and policy.should_retry(exc, attempt):
+                            logger.info(
+                                "step %s (%s) attempt %d failed, retrying: %s",
+                                step.step_id,
+                                step.action,
+                                attempt,
+                                step.error,
+                            )
+                            await anyio.sleep(policy.delay_before(attempt + 1))
+                            continue
+                        fields["status"] = _FAILED
+                        fields["finished_at"] = utcnow()
+                        await self._journal(step)
+                        raise _StepFailed(step) from exc
+                fields["status"] = _COMPLETED
+                if fields["error"] is not None:
+                    fields["error"] = None
+                if result is not None and json_problem(result) is None:
+                    fields["result"] = result
+                fields["finished_at"] = utcnow()
+                # The completion rides with the next durable write: nothing happens in between.
+                await self._journal(step, durable=False)
+                break
+
+    def _completed(self) -> list[TransactionStep]:
+        """The completed steps, latest first: the order in which they are undone."""
+        return [s for s in reversed(self.tx.steps) if s.status is _COMPLETED]
 
     async def _compensate_step(self, step: TransactionStep) -> None:
         action = step.compensating_action
@@ -386,17 +372,33 @@ class TransactionDriver:
         await self._take_lease((TransactionState.PENDING,))
         steps = tx.steps
         failed: TransactionStep | None = None
+        forward = self._forward(steps)
         try:
-            await _run_before(
-                None if remaining is None else time.monotonic() + remaining,
-                self._forward(steps),
-            )
+            if remaining is None:
+                await forward
+            else:
+                # The deadline's cancel scope is entered when the pass first suspends: a
+                # pass whose handlers never yield cannot be interrupted anyway, and the
+                # scope is the costliest object of a commit. The deadline is absolute,
+                # so entering late changes nothing (this is anyio.fail_after, inlined).
+                started_pass = time.monotonic()
+                try:
+                    pending = forward.send(None)
+                except StopIteration:
+                    pass
+                else:
+                    now = anyio.current_time()
+                    deadline = now + remaining - (time.monotonic() - started_pass)
+                    with anyio.CancelScope(deadline=deadline) as scope:
+                        await _resume(forward, pending)
+                    if scope.cancelled_caught and anyio.current_time() >= deadline:
+                        raise TimeoutError
         except _StepFailed as failure:
             failed = failure.step
             tx.error = failed.error
-            await self._compensate_shielded(self._completed[::-1], TransactionState.ROLLED_BACK)
+            await self._compensate_shielded(self._completed(), TransactionState.ROLLED_BACK)
             return self.result(failed)
-        except (LeaseLostError, StoreError):
+        except StoreError:
             raise
         except TimeoutError:
             tx.error = (
@@ -405,12 +407,12 @@ class TransactionDriver:
             )
             self._interrupted("cancelled: the transaction timed out")
             failed = next((s for s in steps if s.error and s.status is _FAILED), None)
-            await self._compensate_shielded(self._completed[::-1], TransactionState.FAILED)
+            await self._compensate_shielded(self._completed(), TransactionState.FAILED)
             return self.result(failed)
         except BaseException as exc:
             tx.error = f"Transaction {tx.transaction_id} was interrupted: {_message(exc)}"
             self._interrupted(f"cancelled: {type(exc).__name__}")
-            await self._compensate_shielded(self._completed[::-1], TransactionState.FAILED)
+            await self._compensate_shielded(self._completed(), TransactionState.FAILED)
             raise
         await self._finish(TransactionState.COMMITTED)
         return self.result()
@@ -479,12 +481,11 @@ class TransactionDriver:
             return self.result()
         tx.blocked_reason = None
         if direction == "resume":
-            self._completed = [s for s in tx.steps[:start] if s.status is _COMPLETED]
             try:
                 await self._forward(tx.steps[start:])
             except _StepFailed as failure:
                 tx.error = failure.step.error
-                await self._compensate_shielded(self._completed[::-1], TransactionState.ROLLED_BACK)
+                await self._compensate_shielded(self._completed(), TransactionState.ROLLED_BACK)
                 return self.result(failure.step)
             await self._finish(TransactionState.COMMITTED)
             return self.result()

@@ -1,0 +1,99 @@
+"""W4: 10,000 transactions started at once in one event loop.
+
+Each has three async steps awaiting ``anyio.sleep(0.01)``, so the ideal wall time is
+30 ms. Figure: wall time ÷ 30 ms, and peak RSS per in-flight transaction; baseline in
+the same run: ``asyncio.gather`` of the same bare coroutines. Each variant runs in a
+fresh child process so that peak RSS belongs to it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+from ._common import REPEATS, emit
+
+WORKLOADS = ("W4",)
+
+N = 10_000
+IDEAL = 0.03
+
+_CHILD = r"""
+import asyncio, json, resource, sys, time
+import anyio
+from aumai_transactions import TransactionManager
+
+N = int(sys.argv[2])
+
+async def step(action, data):
+    await anyio.sleep(0.01)
+
+async def bare():
+    for _ in range(3):
+        await step("a", {})
+
+async def main(kind):
+    if kind == "idle":
+        return 0.0
+    if kind == "baseline":
+        start = time.perf_counter()
+        await asyncio.gather(*(bare() for _ in range(N)))
+        return time.perf_counter() - start
+    manager = TransactionManager({"a": step, "b": step, "c": step, "undo": step})
+    txs = []
+    for _ in range(N):
+        tx = manager.begin()
+        for action in ("a", "b", "c"):
+            manager.add_step(tx, "agent", action, {"n": 1}, "undo")
+        txs.append(tx)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(manager.commit(tx) for tx in txs))
+    elapsed = time.perf_counter() - start
+    assert all(r.state.value == "committed" for r in results)
+    return elapsed
+
+elapsed = asyncio.run(main(sys.argv[1]))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"elapsed": elapsed, "rss": rss}))
+"""
+
+
+def _child(kind: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, kind, str(N)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def main() -> None:
+    idle = _child("idle")["rss"]
+    engine_runs = [_child("engine") for _ in range(REPEATS)]
+    base_runs = [_child("baseline") for _ in range(REPEATS)]
+    engine = statistics.median(r["elapsed"] for r in engine_runs)
+    base = statistics.median(r["elapsed"] for r in base_runs)
+    engine_rss = statistics.median(r["rss"] for r in engine_runs) - idle
+    base_rss = statistics.median(r["rss"] for r in base_runs) - idle
+    emit(
+        "W4",
+        "memory",
+        engine / IDEAL,
+        "x ideal 30ms",
+        N,
+        f"engine {engine * 1e3:.0f} ms vs asyncio.gather baseline {base * 1e3:.0f} ms "
+        f"({base / IDEAL:.2f}x ideal); ratio to baseline {engine / base:.2f}; "
+        f"peak RSS {engine_rss / N / 1024:.1f} KiB per in-flight transaction "
+        f"(baseline {base_rss / N / 1024:.2f} KiB)",
+        baseline=round(base / IDEAL, 3),
+        ratio=round(engine / base, 3),
+        rss_kib_per_tx=round(engine_rss / N / 1024, 2),
+    )
+
+
+if __name__ == "__main__":
+    main()
