@@ -1,0 +1,239 @@
+"""Recovery: transactions whose driver died are driven to an end by another manager.
+
+A crash is simulated by storing a transaction as its dead driver left it (in-flight
+state, steps in mixed statuses, no live lease); the real-process crash tests live in
+tests/test_crash.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from aumai_transactions import (
+    LeaseLostError,
+    MemoryStore,
+    StepContext,
+    StepStatus,
+    Transaction,
+    TransactionManager,
+    TransactionState,
+)
+
+
+class Ledger:
+    """Handlers that record every call (action, idempotency key)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def handler(self, action: str, data: dict[str, Any], ctx: StepContext) -> dict[str, str]:
+        self.calls.append((action, ctx.idempotency_key))
+        return {"done": action}
+
+    def mapping(self, *actions: str) -> dict[str, Any]:
+        return {a: self.handler for a in actions}
+
+    @property
+    def actions(self) -> list[str]:
+        return [a for a, _ in self.calls]
+
+
+ACTIONS = ("a", "b", "c", "d", "undo_a", "undo_b", "undo_c", "undo_d")
+
+
+def crashed(
+    statuses: list[StepStatus],
+    state: TransactionState = TransactionState.ACTIVE,
+    recovery: list[str | None] | None = None,
+) -> Transaction:
+    """A transaction as a driver that died mid-way left it."""
+    builder = TransactionManager()
+    tx = builder.begin()
+    names = "abcd"
+    for index, status in enumerate(statuses):
+        step = builder.add_step(
+            tx,
+            "agent",
+            names[index],
+            {"n": index},
+            f"undo_{names[index]}",
+            recovery=(recovery or [None] * len(statuses))[index],  # type: ignore[arg-type]
+        )
+        step.status = status
+        if status is not StepStatus.PENDING:
+            step.attempts = 1
+    tx.state = state
+    return tx
+
+
+async def recover_with(
+    tx: Transaction, policy: str = "compensate", ledger: Ledger | None = None
+) -> tuple[MemoryStore, Ledger, Any]:
+    store = MemoryStore()
+    await store.save(tx)
+    ledger = ledger or Ledger()
+    manager = TransactionManager(ledger.mapping(*ACTIONS), store=store, sync_handlers="inline")
+    results = await manager.recover(policy)  # type: ignore[arg-type]
+    return store, ledger, results
+
+
+async def test_compensate_undoes_in_doubt_and_completed_steps_in_reverse() -> None:
+    tx = crashed(
+        [StepStatus.COMPLETED, StepStatus.COMPLETED, StepStatus.RUNNING, StepStatus.PENDING]
+    )
+    _, ledger, results = await recover_with(tx)
+    assert ledger.actions == ["undo_c", "undo_b", "undo_a"]
+    assert [r.state for r in results] == [TransactionState.ROLLED_BACK]
+    assert tx.state is TransactionState.ROLLED_BACK
+    assert [s.status for s in tx.steps] == [StepStatus.COMPENSATED] * 3 + [StepStatus.PENDING]
+    assert results[0].completed_steps == [s.step_id for s in reversed(tx.steps[:3])]
+
+
+async def test_compensation_uses_the_idempotency_key_of_the_step_it_undoes() -> None:
+    tx = crashed([StepStatus.COMPLETED, StepStatus.RUNNING])
+    _, ledger, _ = await recover_with(tx)
+    keys = dict(ledger.calls)
+    assert keys["undo_a"] == f"{tx.transaction_id}:{tx.steps[0].step_id}"
+    assert keys["undo_b"] == f"{tx.transaction_id}:{tx.steps[1].step_id}"
+
+
+async def test_resume_reruns_the_in_doubt_step_with_the_same_key_and_carries_on() -> None:
+    tx = crashed([StepStatus.COMPLETED, StepStatus.RUNNING, StepStatus.PENDING])
+    _, ledger, results = await recover_with(tx, "resume")
+    assert ledger.actions == ["b", "c"]
+    assert ledger.calls[0][1] == f"{tx.transaction_id}:{tx.steps[1].step_id}"
+    assert results[0].state is TransactionState.COMMITTED
+    assert tx.steps[1].attempts == 2  # the attempt that died, then this one
+    assert all(s.status is StepStatus.COMPLETED for s in tx.steps)
+
+
+async def test_a_step_may_ask_to_be_resumed_under_the_compensate_policy() -> None:
+    tx = crashed(
+        [StepStatus.COMPLETED, StepStatus.RUNNING, StepStatus.PENDING],
+        recovery=[None, "resume", None],
+    )
+    _, ledger, results = await recover_with(tx, "compensate")
+    assert ledger.actions == ["b", "c"]
+    assert results[0].state is TransactionState.COMMITTED
+
+
+async def test_a_step_that_must_not_run_twice_is_compensated_under_resume() -> None:
+    tx = crashed(
+        [StepStatus.COMPLETED, StepStatus.RUNNING, StepStatus.PENDING],
+        recovery=[None, "compensate", None],
+    )
+    _, ledger, results = await recover_with(tx, "resume")
+    assert ledger.actions == ["undo_b", "undo_a"]
+    assert results[0].state is TransactionState.ROLLED_BACK
+
+
+async def test_a_recorded_compensation_never_runs_again() -> None:
+    tx = crashed(
+        [StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATED],
+        state=TransactionState.COMPENSATING,
+    )
+    _, ledger, results = await recover_with(tx, "resume")  # compensating never resumes
+    assert ledger.actions == ["undo_b", "undo_a"]
+    assert results[0].state is TransactionState.ROLLED_BACK
+
+
+async def test_a_failed_step_is_not_compensated_by_recovery() -> None:
+    tx = crashed([StepStatus.COMPLETED, StepStatus.FAILED], state=TransactionState.COMPENSATING)
+    _, ledger, _ = await recover_with(tx)
+    assert ledger.actions == ["undo_a"]
+
+
+async def test_poison_transaction_is_dead_lettered_without_running_anything() -> None:
+    tx = crashed([StepStatus.COMPLETED, StepStatus.RUNNING])
+    tx.recovery_attempts = 3  # three recoverers died on it already
+    _, ledger, results = await recover_with(tx)
+    assert ledger.calls == []
+    assert results[0].state is TransactionState.DEAD_LETTER
+    assert tx.state is TransactionState.DEAD_LETTER
+    assert tx.error is not None and "dead-lettered after 3 recovery attempts" in tx.error
+
+
+async def test_missing_handler_blocks_visibly_and_runs_nothing() -> None:
+    tx = crashed([StepStatus.COMPLETED, StepStatus.RUNNING])
+    store = MemoryStore()
+    await store.save(tx)
+    ledger = Ledger()
+    manager = TransactionManager(ledger.mapping("a", "b", "undo_a"), store=store)
+    results = await manager.recover()
+    assert ledger.calls == []
+    assert tx.state is TransactionState.ACTIVE
+    assert tx.blocked_reason is not None and "'undo_b'" in tx.blocked_reason
+    assert tx.recovery_attempts == 0
+    assert results[0].state is TransactionState.ACTIVE
+    # The lease is kept until it expires, so the next round does not spin on it.
+    assert await manager.recover() == []
+
+
+async def test_nothing_to_recover_returns_nothing() -> None:
+    manager = TransactionManager({"a": lambda a, d: None})
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a")
+    await manager.commit(tx)
+    assert await manager.recover() == []
+
+
+async def test_a_driver_that_lost_its_lease_stops_before_the_next_handler() -> None:
+    store = MemoryStore()
+    entered, release = anyio.Event(), anyio.Event()
+    ran: list[str] = []
+
+    async def slow(action: str, data: dict[str, Any]) -> None:
+        ran.append(action)
+        entered.set()
+        await release.wait()
+
+    async def fast(action: str, data: dict[str, Any]) -> None:
+        ran.append(action)
+
+    # A lease that is over as soon as it is given: the driver "paused" past its lease.
+    manager = TransactionManager(
+        {"a": slow, "b": fast, "undo_a": fast}, store=store, lease_ttl=1e-9
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", compensating_action="undo_a")
+    manager.add_step(tx, "agent", "b")
+    outcome: list[BaseException] = []
+
+    async def drive() -> None:
+        try:
+            await manager.commit(tx)
+        except LeaseLostError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(drive)
+        await entered.wait()
+        # Another worker takes the expired transaction over.
+        assert [t for t, _ in await store.claim_expired("other-worker", 30, 10)] == [tx]
+        release.set()
+    assert len(outcome) == 1
+    assert ran == ["a"]  # neither 'b' nor the compensation ran
+
+
+async def test_recovery_worker_recovers_in_the_background() -> None:
+    store = MemoryStore()
+    done = anyio.Event()
+
+    def undo(action: str, data: dict[str, Any]) -> None:
+        done.set()
+
+    tx = crashed([StepStatus.RUNNING])
+    await store.save(tx)
+    manager = TransactionManager({"a": undo, "undo_a": undo}, store=store, sync_handlers="inline")
+    with anyio.fail_after(5):
+        async with manager.recovery_worker(interval=0.01):
+            await done.wait()
+    assert tx.state is TransactionState.ROLLED_BACK
+
+
+async def test_recover_rejects_an_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="'compensate' or 'resume'"):
+        await TransactionManager().recover("retry")  # type: ignore[arg-type]
