@@ -307,11 +307,20 @@ class TransactionDriver:
             undone.append(step.step_id)
 
     async def _compensate_shielded(
-        self, steps: Sequence[TransactionStep], goal: TransactionState
+        self,
+        steps: Sequence[TransactionStep],
+        goal: TransactionState,
+        interrupted: TransactionStep | None = None,
     ) -> None:
-        """Compensate ``steps`` shielded from cancellation, then record the final state."""
+        """Compensate ``steps`` shielded from cancellation, then record the final state.
+
+        ``interrupted`` is a step cut short by a timeout or cancellation: its failure
+        is recorded first (it is not compensated: it is the failing step).
+        """
         tx = self.tx
         with anyio.CancelScope(shield=True):
+            if interrupted is not None:
+                await self._journal(interrupted)
             if tx.state is not TransactionState.COMPENSATING:
                 tx.state = TransactionState.COMPENSATING
                 tx.updated_at = utcnow()
@@ -340,14 +349,15 @@ class TransactionDriver:
                 TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
             )
 
-    def _interrupted(self, error: str) -> None:
-        """Mark the step that was running when the pass was cut short."""
+    def _interrupted(self, error: str) -> TransactionStep | None:
+        """Mark the step that was running when the pass was cut short, and return it."""
         for step in self.tx.steps:
             if step.status is _RUNNING:
                 step.status = _FAILED
                 step.error = error
                 step.finished_at = utcnow()
-                return
+                return step
+        return None
 
     # ------------------------------------------------------------------ passes
 
@@ -405,14 +415,13 @@ class TransactionDriver:
                 f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
                 "while running; completed steps were compensated."
             )
-            self._interrupted("cancelled: the transaction timed out")
-            failed = next((s for s in steps if s.error and s.status is _FAILED), None)
-            await self._compensate_shielded(self._completed(), TransactionState.FAILED)
+            failed = self._interrupted("cancelled: the transaction timed out")
+            await self._compensate_shielded(self._completed(), TransactionState.FAILED, failed)
             return self.result(failed)
         except BaseException as exc:
             tx.error = f"Transaction {tx.transaction_id} was interrupted: {_message(exc)}"
-            self._interrupted(f"cancelled: {type(exc).__name__}")
-            await self._compensate_shielded(self._completed(), TransactionState.FAILED)
+            failed = self._interrupted(f"cancelled: {type(exc).__name__}")
+            await self._compensate_shielded(self._completed(), TransactionState.FAILED, failed)
             raise
         await self._finish(TransactionState.COMMITTED)
         return self.result()

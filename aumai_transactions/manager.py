@@ -10,7 +10,7 @@ from typing import Any, Self
 import anyio
 
 from .engine import EngineOptions, TransactionDriver
-from .errors import LeaseConflictError, LeaseLostError
+from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
 from .models import (
     RecoveryPolicy,
@@ -282,6 +282,9 @@ class TransactionManager:
                     batch[index] = await self._driver(tx).recover(lease, policy)
                 except LeaseLostError:
                     logger.warning("transaction %s was taken over mid-recovery", tx.transaction_id)
+                except StoreError:
+                    # The lease runs out and a later round tries again.
+                    logger.exception("recovery of transaction %s failed", tx.transaction_id)
 
             async with anyio.create_task_group() as group:
                 for index, (tx, lease) in enumerate(claimed):
@@ -305,8 +308,12 @@ class TransactionManager:
                     logger.exception("recovery round failed; retrying in %ss", interval)
                 await anyio.sleep(interval)
 
+        await self._ensure_open()
         async with anyio.create_task_group() as group:
             group.start_soon(loop)
+            if self.store.durable:
+                # Handlers run by recovery may outlast a lease: keep this owner's renewed.
+                group.start_soon(self._heartbeat)
             try:
                 yield
             finally:
