@@ -10,12 +10,14 @@ command run, because the streams they write to are only known then (tests swap t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from rich import box
 from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 Row = Mapping[str, Any]
+
+_PIPE_WIDTH = 120
 
 _STATE_STYLES = {
     "pending": "cyan",
@@ -113,6 +117,10 @@ class Output:
         self.reveal = reveal
         self.stdout = sys.stdout
         self.console = Console(file=sys.stdout, highlight=False)
+        if not self.console.is_terminal and "COLUMNS" not in os.environ:
+            # Piped or captured output has no width to respect: wrapping ids and
+            # messages at 80 columns would only make the text harder to read.
+            self.console.width = _PIPE_WIDTH
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
     # ------------------------------------------------------------------ data
@@ -131,7 +139,15 @@ class Output:
         caption: str | None = None,
     ) -> Table:
         """Rows as a Rich table, one cell per column."""
-        table = Table(title=title, caption=caption, title_justify="left", header_style="bold")
+        table = Table(
+            title=title,
+            caption=caption,
+            title_justify="left",
+            caption_justify="left",
+            header_style="bold",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
         for column in columns:
             table.add_column(
                 column.header,

@@ -1,0 +1,222 @@
+"""Drawing a transaction in time: the live display while it runs, the timeline of ``show``.
+
+The live display reads the very transaction object the engine drives (its steps change
+status in place, and each change is journaled before the next action), so what it
+shows is what the journal records: no hooks into the engine are needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from datetime import datetime
+from typing import Any
+
+from rich.console import RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from ..models import StepStatus, Transaction, TransactionStep, utcnow
+from ._output import Output, format_duration, state_style
+from ._views import seconds_between
+
+__all__ = ["progress_display", "timeline_events", "timeline_table"]
+
+_WIDTH = 40
+_MAY_BE_UNDONE = (
+    StepStatus.COMPENSATING,
+    StepStatus.COMPENSATED,
+    StepStatus.COMPENSATION_FAILED,
+)
+
+
+def _live_status(step: TransactionStep, spinners: dict[str, Spinner]) -> tuple[Any, Text]:
+    """The icon and the words for one step of the live display."""
+    status = step.status
+    if status in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+        key = f"{step.step_id}:{status.value}"
+        icon: Any = spinners.setdefault(key, Spinner("dots", style=state_style(status.value)))
+        if status is StepStatus.RUNNING:
+            words = f"running (attempt {step.attempts})"
+        else:
+            words = (
+                f"undoing with {step.compensating_action} (attempt {step.compensation_attempts})"
+            )
+        return icon, Text(words, style=state_style(status.value))
+    symbol, words = {
+        StepStatus.PENDING: ("·", "waiting"),
+        StepStatus.COMPLETED: ("✓", "done"),
+        StepStatus.FAILED: ("✗", f"failed: {step.error}"),
+        StepStatus.COMPENSATED: ("↩", f"undone by {step.compensating_action}"),
+        StepStatus.COMPENSATION_FAILED: ("✗", f"compensation failed: {step.compensation_error}"),
+    }[status]
+    return Text(symbol, style=state_style(status.value)), Text(
+        words, style=state_style(status.value) if status is not StepStatus.PENDING else "dim"
+    )
+
+
+def _live_table(tx: Transaction, title: str, spinners: dict[str, Spinner]) -> RenderableType:
+    table = Table(title=f"{title} {tx.transaction_id} · {tx.state.value}", title_justify="left")
+    for header, justify in (("#", "right"), ("agent", "left"), ("action", "left")):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    table.add_column("")
+    table.add_column("status")
+    table.add_column("took", justify="right")
+    now = utcnow()
+    for index, step in enumerate(tx.steps, start=1):
+        icon, words = _live_status(step, spinners)
+        end = now if step.status is StepStatus.RUNNING else step.finished_at
+        took = format_duration(seconds_between(step.started_at, end))
+        table.add_row(str(index), step.agent_id, step.action, icon, words, took)
+    return table
+
+
+@contextmanager
+def progress_display(tx: Transaction, output: Output, *, title: str) -> Iterator[None]:
+    """While the block drives ``tx``: a live table of its steps on a terminal.
+
+    With ``--json``, whatever handlers print goes to stderr, so stdout holds nothing but
+    the JSON document. Off a terminal nothing is drawn; the final table is printed by
+    the command afterwards.
+    """
+    if output.json_mode:
+        with redirect_stdout(sys.stderr):
+            yield
+        return
+    if not output.console.is_terminal:
+        yield
+        return
+    spinners: dict[str, Spinner] = {}
+    with Live(
+        get_renderable=lambda: _live_table(tx, title, spinners),
+        console=output.console,
+        refresh_per_second=12,
+        transient=True,
+    ):
+        yield
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def timeline_events(tx: Transaction) -> list[dict[str, Any]]:
+    """The forward runs and compensations of ``tx`` in time order.
+
+    Steps record when they started and finished; a compensation records only when it
+    succeeded. Compensations run one after another, so one starts when the previous
+    ended (or when the failed step ended, for the first): that is the start given here.
+    A start or end that cannot be known is None.
+    """
+    events: list[dict[str, Any]] = []
+    failure_end: datetime | None = None
+    for index, step in enumerate(tx.steps, start=1):
+        if step.started_at is None:
+            continue
+        status = {StepStatus.FAILED: "failed", StepStatus.RUNNING: "running"}.get(
+            step.status, "completed"
+        )
+        if step.status is StepStatus.FAILED:
+            failure_end = step.finished_at
+        events.append(
+            {
+                "kind": "step",
+                "index": index,
+                "step_id": step.step_id,
+                "action": step.action,
+                "agent_id": step.agent_id,
+                "status": status,
+                "start": _iso(step.started_at),
+                "end": _iso(step.finished_at),
+            }
+        )
+    previous_end = failure_end
+    for index, step in reversed(list(enumerate(tx.steps, start=1))):
+        if step.compensating_action is None or step.status not in _MAY_BE_UNDONE:
+            continue
+        end = step.compensated_at if step.status is StepStatus.COMPENSATED else None
+        events.append(
+            {
+                "kind": "compensation",
+                "index": index,
+                "step_id": step.step_id,
+                "action": step.compensating_action,
+                "agent_id": step.agent_id,
+                "status": step.status.value,
+                "start": _iso(previous_end),
+                "end": _iso(end),
+            }
+        )
+        previous_end = end
+    return events
+
+
+def _moment(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _bar(start: float | None, end: float | None, status: str) -> Text:
+    """A bar on a line of ``_WIDTH`` cells; positions are fractions of the time span."""
+    style = state_style(status)
+    if start is None and end is None:
+        return Text("?".rjust(_WIDTH), style="dim")
+    first = round((start if start is not None else end or 0.0) * (_WIDTH - 1))
+    last = round((end if end is not None else start or 0.0) * (_WIDTH - 1))
+    if start is None or end is None:
+        mark = "✗" if status in ("failed", "compensation_failed") else "◆"
+        return Text(" " * (last if start is None else first) + mark, style=style)
+    return Text(" " * first + "━" * max(1, last - first + 1), style=style)
+
+
+def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | None:
+    """The events drawn as bars on one time axis, or None when nothing ran yet."""
+    moments = [
+        moment
+        for event in events
+        for moment in (_moment(event["start"]), _moment(event["end"]))
+        if moment is not None
+    ]
+    if tx.finished_at is not None and moments:
+        moments.append(tx.finished_at)
+    if not moments:
+        return None
+    origin, last = min(moments), max(moments)
+    span = max((last - origin).total_seconds(), 1e-9)
+
+    def fraction(value: str | None) -> float | None:
+        moment = _moment(value)
+        return None if moment is None else (moment - origin).total_seconds() / span
+
+    table = Table(
+        title="Timeline",
+        title_justify="left",
+        caption=f"0 → {format_duration(span)}, from {origin.strftime('%H:%M:%S.%f')[:-3]}Z",
+        caption_justify="left",
+    )
+    table.add_column("event")
+    table.add_column("timeline", no_wrap=True, min_width=_WIDTH)
+    table.add_column("at", justify="right")
+    table.add_column("took", justify="right")
+    ordered = sorted(events, key=lambda e: _moment(e["start"] or e["end"]) or origin)
+    for event in ordered:
+        arrow = "▶" if event["kind"] == "step" else "↩"
+        label = Text(f"{arrow} #{event['index']} {event['action']}")
+        begin = _moment(event["start"] or event["end"])
+        at = seconds_between(origin, begin)
+        table.add_row(
+            label,
+            _bar(fraction(event["start"]), fraction(event["end"]), event["status"]),
+            "—" if at is None else f"+{format_duration(at)}",
+            format_duration(seconds_between(_moment(event["start"]), _moment(event["end"]))),
+        )
+    if tx.finished_at is not None:
+        table.add_row(
+            Text(f"■ {tx.state.value}", style=state_style(tx.state.value)),
+            _bar(fraction(_iso(tx.finished_at)), None, tx.state.value),
+            f"+{format_duration(seconds_between(origin, tx.finished_at))}",
+            "",
+        )
+    return table

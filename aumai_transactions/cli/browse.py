@@ -1,0 +1,279 @@
+"""Looking at the store: list, show, stats. These commands never write."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.console import RenderableType
+from rich.text import Text
+
+from .. import Transaction, TransactionState
+from ._options import JsonOption, RevealOption, StoreOption
+from ._output import Column, Output, format_duration, format_time, state_cell
+from ._parse import parse_since
+from ._store import cli_store, find_transaction, run_async
+from ._timeline import timeline_events, timeline_table
+from ._views import (
+    ATTENTION_STATES,
+    details_panel,
+    seconds_between,
+    step_rows,
+    steps_table,
+    transaction_duration,
+    transaction_row,
+)
+
+__all__ = ["app", "percentile"]
+
+app = typer.Typer()
+
+_PANEL = "Inspect the store"
+
+StateOption = Annotated[
+    TransactionState | None,
+    typer.Option("--state", case_sensitive=False, help="Only transactions in this state."),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="ISO|1h|7d",
+        help="Only transactions created since this moment, or this long ago.",
+    ),
+]
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """The nearest-rank percentile of ``values`` (None when there are none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _short_id(value: Any) -> str:
+    return str(value)[:8]
+
+
+def _blank_if_none(value: Any) -> str:
+    return str(value or "")
+
+
+_LIST_COLUMNS = [
+    Column("transaction_id", "id", format=_short_id, no_wrap=True),
+    Column("state", "state", format=state_cell, no_wrap=True),
+    Column("steps", "steps", justify="right"),
+    Column("agents", "agents", format=lambda agents: ", ".join(agents)),
+    Column("created_at", "created (UTC)", format=format_time, no_wrap=True),
+    Column("duration_seconds", "took", format=format_duration, justify="right"),
+    Column("problem", "error", format=_blank_if_none, style="red", max_width=48),
+]
+
+
+def _attention_line(counts: dict[TransactionState, int]) -> Text | None:
+    parts = [f"{counts[state]} {state.value}" for state in ATTENTION_STATES if counts.get(state)]
+    if not parts:
+        return None
+    worst = next(state for state in ATTENTION_STATES if counts.get(state))
+    return Text.assemble(
+        ("⚠ ", "bold red"),
+        (
+            f"{sum(counts.get(s, 0) for s in ATTENTION_STATES)} transaction(s) need an operator: ",
+            "bold red",
+        ),
+        (", ".join(parts), "bold red"),
+        (f"  (aumai-transactions list --state {worst.value})", "dim"),
+    )
+
+
+@app.command("list", rich_help_panel=_PANEL)
+def list_transactions(
+    state: StateOption = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Only transactions with a step by this agent.")
+    ] = None,
+    since: SinceOption = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="At most this many, newest first.")
+    ] = 50,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List transactions, newest first; those needing an operator are counted at the top."""
+    output = Output(json_mode=as_json)
+    moment = parse_since(since)
+
+    async def body() -> tuple[list[Transaction], dict[TransactionState, int]]:
+        async with cli_store(store, output) as opened:
+            found = await opened.list(state=state, agent_id=agent, since=moment, limit=limit)
+            return found, await opened.count_by_state()
+
+    found, counts = run_async(body)
+    rows = [transaction_row(tx) for tx in found]
+    total = sum(counts.values())
+    if as_json:
+        output.emit(rows)
+        return
+    attention = _attention_line(counts)
+    if attention is not None:
+        output.console.print(attention)
+    view = [{**row, "problem": row["blocked_reason"] or row["error"]} for row in rows]
+    caption = f"{len(rows)} shown of {total} stored" + (
+        f"; --limit {limit} reached" if len(rows) == limit else ""
+    )
+    output.console.print(
+        output.table(
+            view,
+            _LIST_COLUMNS,
+            title="Transactions",
+            caption=caption,
+            row_style=lambda row: (
+                "bold red" if row["state"] in {s.value for s in ATTENTION_STATES} else None
+            ),
+        )
+    )
+
+
+@app.command("show", rich_help_panel=_PANEL)
+def show(
+    transaction_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Transaction id (or a unique prefix of it).")
+    ],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    reveal: RevealOption = False,
+) -> None:
+    """Show a transaction: its steps, their outcomes and a timeline of what ran when."""
+    output = Output(json_mode=as_json, reveal=reveal)
+
+    async def body() -> Transaction:
+        async with cli_store(store, output) as opened:
+            return await find_transaction(opened, transaction_id)
+
+    tx = run_async(body)
+    summary = transaction_row(tx)
+    rows = step_rows(tx, output)
+    events = timeline_events(tx)
+    payload = {"transaction": summary, "steps": rows, "timeline": events}
+    attention = tx.state in ATTENTION_STATES
+    panel = details_panel(
+        [
+            ("id", tx.transaction_id),
+            ("state", state_cell(tx.state.value)),
+            ("agents", ", ".join(tx.agents) or None),
+            ("created", format_time(tx.created_at)),
+            ("finished", format_time(tx.finished_at) if tx.finished_at else None),
+            ("took", format_duration(summary["duration_seconds"]) if tx.finished_at else None),
+            ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
+            ("recoveries", tx.recovery_attempts or None),
+            ("error", Text(tx.error, style="red") if tx.error else None),
+            ("blocked", Text(tx.blocked_reason, style="red") if tx.blocked_reason else None),
+        ],
+        title="Transaction",
+        style="red" if attention else "",
+    )
+    renderables: list[RenderableType] = [panel]
+    if rows:
+        renderables.append(steps_table(rows, output, data=True))
+    timeline = timeline_table(tx, events)
+    if timeline is not None:
+        renderables.append(timeline)
+    output.emit(payload, *renderables)
+
+
+@app.command("stats", rich_help_panel=_PANEL)
+def stats(
+    since: SinceOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Count transactions by state and by agent, with p50/p95 durations."""
+    output = Output(json_mode=as_json)
+    moment = parse_since(since)
+
+    async def body() -> tuple[list[Transaction], dict[TransactionState, int]]:
+        async with cli_store(store, output) as opened:
+            return await opened.list(since=moment), await opened.count_by_state()
+
+    found, counts = run_async(body)
+    if moment is not None:
+        counts = dict(Counter(tx.state for tx in found))
+    by_state = _state_rows(found, counts)
+    by_agent = _agent_rows(found)
+    payload = {"total": sum(counts.values()), "by_state": by_state, "by_agent": by_agent}
+    duration = [
+        Column("p50_seconds", "p50", format=format_duration, justify="right"),
+        Column("p95_seconds", "p95", format=format_duration, justify="right"),
+    ]
+    output.emit(
+        payload,
+        output.table(
+            by_state,
+            [Column("state", "state", format=state_cell), Column("count", "count", justify="right")]
+            + duration,
+            title=f"By state ({payload['total']} transactions)",
+        ),
+        output.table(
+            by_agent,
+            [
+                Column("agent_id", "agent"),
+                Column("transactions", "transactions", justify="right"),
+                Column("steps", "steps", justify="right"),
+                Column("failed_steps", "failed", justify="right"),
+            ]
+            + duration,
+            title="By agent (step durations)",
+        ),
+    )
+
+
+def _state_rows(
+    found: list[Transaction], counts: dict[TransactionState, int]
+) -> list[dict[str, Any]]:
+    durations: dict[TransactionState, list[float]] = defaultdict(list)
+    for tx in found:
+        seconds = transaction_duration(tx) if tx.finished_at else None
+        if seconds is not None:
+            durations[tx.state].append(seconds)
+    return [
+        {
+            "state": state.value,
+            "count": counts[state],
+            "p50_seconds": percentile(durations[state], 50),
+            "p95_seconds": percentile(durations[state], 95),
+        }
+        for state in TransactionState
+        if counts.get(state)
+    ]
+
+
+def _agent_rows(found: list[Transaction]) -> list[dict[str, Any]]:
+    transactions: Counter[str] = Counter()
+    steps: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    durations: dict[str, list[float]] = defaultdict(list)
+    for tx in found:
+        transactions.update(tx.agents)
+        for step in tx.steps:
+            steps[step.agent_id] += 1
+            if step.status.value == "failed":
+                failed[step.agent_id] += 1
+            seconds = seconds_between(step.started_at, step.finished_at)
+            if seconds is not None:
+                durations[step.agent_id].append(seconds)
+    return [
+        {
+            "agent_id": agent,
+            "transactions": transactions[agent],
+            "steps": steps[agent],
+            "failed_steps": failed[agent],
+            "p50_seconds": percentile(durations[agent], 50),
+            "p95_seconds": percentile(durations[agent], 95),
+        }
+        for agent in sorted(transactions, key=lambda a: (-transactions[a], a))
+    ]

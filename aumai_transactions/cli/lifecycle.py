@@ -1,0 +1,242 @@
+"""Building and driving one transaction: create, status, add-step, commit, rollback.
+
+Each command is its own short process, so the pending transaction lives in the store
+between them: ``create`` and ``add-step`` save it; ``commit`` and ``rollback`` load it,
+register it with a manager over the same store, and drive it there.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from .. import Transaction, TransactionManager, TransactionResult, TransactionState
+from ..models import utcnow
+from ._errors import EXIT_NOT_REACHED, CliError
+from ._handlers import check_handlers, load_handlers
+from ._options import HandlersOption, JsonOption, RevealOption, StoreOption, TxIdOption
+from ._output import Output, format_time, state_cell
+from ._parse import parse_data
+from ._store import cli_store, find_transaction, run_async
+from ._timeline import progress_display
+from ._views import details_panel, result_payload, result_renderables, step_rows, steps_table
+
+__all__ = ["app"]
+
+app = typer.Typer()
+
+_PANEL = "Build and drive a transaction"
+
+
+def _deadline_note(tx: Transaction) -> str | None:
+    deadline = tx.deadline
+    if deadline is None:
+        return None
+    if deadline <= utcnow():
+        return (
+            f"its deadline passed at {format_time(deadline)}: a commit now fails without "
+            "running any step (create one with a longer --timeout)"
+        )
+    return f"commit before {format_time(deadline)} (created with --timeout {tx.timeout_seconds:g})"
+
+
+@app.command("create", rich_help_panel=_PANEL)
+def create(
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="Seconds from now until the transaction times out."),
+    ] = 60,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a pending transaction and print its id."""
+    output = Output(json_mode=as_json)
+    if not timeout > 0 or timeout == float("inf"):
+        raise CliError(f"--timeout must be a positive number of seconds, not {timeout:g}.")
+
+    async def body() -> Transaction:
+        async with cli_store(store, output) as opened:
+            manager = TransactionManager(store=opened)
+            tx = manager.begin(timeout_seconds=timeout)
+            await manager.save(tx)
+            return tx
+
+    tx = run_async(body)
+    if as_json:
+        output.emit(
+            {
+                "transaction_id": tx.transaction_id,
+                "state": tx.state.value,
+                "created_at": tx.created_at.isoformat(),
+                "timeout_seconds": tx.timeout_seconds,
+            }
+        )
+        return
+    output.console.print(tx.transaction_id)
+    output.note(f"Created pending transaction {tx.transaction_id}; {_deadline_note(tx)}.")
+
+
+@app.command("status", rich_help_panel=_PANEL)
+def status(
+    tx_id: TxIdOption,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a transaction's id, state, number of steps, creation time and timeout."""
+    output = Output(json_mode=as_json)
+
+    async def body() -> Transaction:
+        async with cli_store(store, output) as opened:
+            return await find_transaction(opened, tx_id)
+
+    tx = run_async(body)
+    payload = {
+        "transaction_id": tx.transaction_id,
+        "state": tx.state.value,
+        "steps": len(tx.steps),
+        "created_at": tx.created_at.isoformat(),
+        "timeout_seconds": tx.timeout_seconds,
+    }
+    note = _deadline_note(tx) if tx.state is TransactionState.PENDING else None
+    panel = details_panel(
+        [
+            ("id", tx.transaction_id),
+            ("state", state_cell(tx.state.value)),
+            ("steps", len(tx.steps)),
+            ("created", format_time(tx.created_at)),
+            ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
+            ("note", note),
+        ],
+        title="Transaction",
+    )
+    output.emit(payload, panel)
+
+
+@app.command("add-step", rich_help_panel=_PANEL)
+def add_step(
+    tx_id: TxIdOption,
+    agent: Annotated[str, typer.Option("--agent", help="The agent performing the step.")],
+    action: Annotated[str, typer.Option("--action", help="The action (a handler name).")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            metavar="JSON|@FILE",
+            help="Step data: a JSON object, @file.json, or @- to read stdin.",
+        ),
+    ] = None,
+    compensate: Annotated[
+        str | None,
+        typer.Option("--compensate", metavar="ACTION", help="The action that undoes this step."),
+    ] = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    reveal: RevealOption = False,
+) -> None:
+    """Append a step (agent, action, data, compensating action) to a pending transaction."""
+    output = Output(json_mode=as_json, reveal=reveal)
+    step_data = parse_data(data)  # before the store is touched: bad input changes nothing
+
+    async def body() -> Transaction:
+        async with cli_store(store, output) as opened:
+            tx = await find_transaction(opened, tx_id)
+            if tx.state is not TransactionState.PENDING:
+                raise CliError(
+                    f"Transaction {tx.transaction_id} is {tx.state.value}; steps can only be "
+                    "added to pending transactions (create a new one)."
+                )
+            manager = TransactionManager(store=opened)
+            manager.register_transaction(tx)
+            manager.add_step(tx, agent, action, step_data, compensate)
+            await manager.save(tx)
+            return tx
+
+    tx = run_async(body)
+    rows = step_rows(tx, output)
+    output.emit(
+        {"transaction_id": tx.transaction_id, "step": rows[-1]},
+        steps_table(rows[-1:], output, data=True),
+    )
+    if not as_json:
+        note = _deadline_note(tx)
+        output.note(
+            f"Transaction {tx.transaction_id} has {len(tx.steps)} step(s)"
+            + (f"; {note}." if note else ".")
+        )
+
+
+def _drive(
+    store: str | None,
+    output: Output,
+    tx_id: str,
+    spec: str,
+    *,
+    rollback: bool,
+) -> tuple[TransactionResult, Transaction]:
+    handlers = load_handlers(spec)  # before the store is touched
+    allowed = (
+        (TransactionState.PENDING, TransactionState.COMMITTED)
+        if rollback
+        else (TransactionState.PENDING,)
+    )
+
+    async def body() -> tuple[TransactionResult, Transaction]:
+        async with cli_store(store, output) as opened:
+            tx = await find_transaction(opened, tx_id)
+            if tx.state not in allowed:
+                wanted = " or ".join(state.value for state in allowed)
+                raise CliError(
+                    f"Transaction {tx.transaction_id} is {tx.state.value}; only {wanted} "
+                    f"transactions can be {'rolled back' if rollback else 'committed'}."
+                )
+            check_handlers(handlers, tx, spec, forward=not rollback)
+            manager = TransactionManager(handlers, store=opened)
+            async with manager:
+                manager.register_transaction(tx)
+                title = "Rolling back" if rollback else "Committing"
+                with progress_display(tx, output, title=title):
+                    if rollback:
+                        result = await manager.rollback(tx)
+                    else:
+                        result = await manager.commit(tx)
+            return result, tx
+
+    return run_async(body)
+
+
+def _report(
+    result: TransactionResult, tx: Transaction, output: Output, goal: TransactionState
+) -> None:
+    payload: dict[str, Any] = result_payload(result, tx, output)
+    output.emit(payload, *result_renderables(result, tx, output, goal=goal))
+    if result.state is not goal:
+        raise typer.Exit(EXIT_NOT_REACHED)
+
+
+@app.command("commit", rich_help_panel=_PANEL)
+def commit(
+    tx_id: TxIdOption,
+    handlers: HandlersOption,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    reveal: RevealOption = False,
+) -> None:
+    """Run a pending transaction's steps; undo the completed ones if one fails (exit 1)."""
+    output = Output(json_mode=as_json, reveal=reveal)
+    result, tx = _drive(store, output, tx_id, handlers, rollback=False)
+    _report(result, tx, output, TransactionState.COMMITTED)
+
+
+@app.command("rollback", rich_help_panel=_PANEL)
+def rollback(
+    tx_id: TxIdOption,
+    handlers: HandlersOption,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    reveal: RevealOption = False,
+) -> None:
+    """Compensate every step of a pending or committed transaction, in reverse order."""
+    output = Output(json_mode=as_json, reveal=reveal)
+    result, tx = _drive(store, output, tx_id, handlers, rollback=True)
+    _report(result, tx, output, TransactionState.ROLLED_BACK)
