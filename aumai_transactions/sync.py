@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import ExitStack
@@ -128,7 +129,7 @@ class TransactionManager:
         self, policy: RecoveryPolicy = "compensate", *, limit: int = 1000
     ) -> list[TransactionResult]:
         """See :meth:`aumai_transactions.TransactionManager.recover`."""
-        return _run(self.manager.recover, policy, limit)
+        return _run(functools.partial(self.manager.recover, policy, limit=limit))
 
     def save(self, transaction: Transaction) -> None:
         """See :meth:`aumai_transactions.TransactionManager.save`."""
