@@ -12,6 +12,7 @@ It knows the journal only through the Store protocol. Rules it keeps:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import types
@@ -97,6 +98,32 @@ def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any,
                 pending = coro.send(value)
             except StopIteration as stop:
                 return stop.value
+
+
+async def _finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
+    """Run ``coro`` to its end; return a native cancellation that arrived meanwhile.
+
+    anyio's shield stops anyio cancellation, but on asyncio a plain ``task.cancel()``
+    still lands at the next await. So on asyncio the work runs in a task of its own,
+    awaited through ``asyncio.shield``: a cancellation of the caller is caught, held
+    and handed back once the work is done. Elsewhere the caller's shield suffices.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        await coro
+        return None
+    task = asyncio.ensure_future(coro)
+    held: BaseException | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():  # the work itself was cancelled: nothing to hold back
+                raise
+            held = exc
+        else:
+            return held
 
 
 def _message(exc: BaseException) -> str:
@@ -312,42 +339,54 @@ class TransactionDriver:
         goal: TransactionState,
         interrupted: TransactionStep | None = None,
     ) -> None:
-        """Compensate ``steps`` shielded from cancellation, then record the final state.
+        """Compensate ``steps`` whatever cancellation arrives, then record the final state.
 
         ``interrupted`` is a step cut short by a timeout or cancellation: its failure
-        is recorded first (it is not compensated: it is the failing step).
+        is recorded first (it is not compensated: it is the failing step). A native
+        asyncio cancellation (``task.cancel()``, as ``asyncio.timeout`` and
+        ``wait_for`` do) that arrives meanwhile is held back and re-raised at the end.
         """
-        tx = self.tx
         with anyio.CancelScope(shield=True):
-            if interrupted is not None:
-                await self._journal(interrupted)
-            if tx.state is not TransactionState.COMPENSATING:
-                tx.state = TransactionState.COMPENSATING
-                tx.updated_at = utcnow()
-                await self._journal()
-            with anyio.move_on_after(self._options.compensation_timeout) as bound:
-                await self._compensate(steps)
-            if bound.cancelled_caught:
-                for step in steps:
-                    if step.status is StepStatus.COMPENSATING:
-                        step.status = StepStatus.COMPENSATION_FAILED
-                        step.compensation_error = (
-                            f"compensation timed out after {self._options.compensation_timeout}s"
-                        )
-                        self._compensation_errors[step.step_id] = step.compensation_error
-                        await self._journal(step)
-                        break
-                for step in steps:
-                    if step.step_id not in self._undone and step.step_id not in (
-                        self._compensation_errors
-                    ):
-                        self._compensation_errors[step.step_id] = (
-                            "not compensated: the compensation time bound "
-                            f"({self._options.compensation_timeout}s) ran out first"
-                        )
-            await self._finish(
-                TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
-            )
+            held = await _finalize(self._compensate_and_finish(steps, goal, interrupted))
+        if held is not None:
+            raise held
+
+    async def _compensate_and_finish(
+        self,
+        steps: Sequence[TransactionStep],
+        goal: TransactionState,
+        interrupted: TransactionStep | None,
+    ) -> None:
+        tx = self.tx
+        bound_seconds = self._options.compensation_timeout
+        if interrupted is not None:
+            await self._journal(interrupted)
+        if tx.state is not TransactionState.COMPENSATING:
+            tx.state = TransactionState.COMPENSATING
+            tx.updated_at = utcnow()
+            await self._journal()
+        with anyio.move_on_after(bound_seconds) as bound:
+            await self._compensate(steps)
+        if bound.cancelled_caught:
+            errors = self._compensation_errors
+            for step in steps:
+                if step.status is StepStatus.COMPENSATING:
+                    step.status = StepStatus.COMPENSATION_FAILED
+                    step.compensation_error = f"compensation timed out after {bound_seconds}s"
+                    errors[step.step_id] = step.compensation_error
+                    await self._journal(step)
+                elif (
+                    step.compensating_action is not None
+                    and step.status is not StepStatus.COMPENSATED
+                    and step.step_id not in errors
+                ):
+                    errors[step.step_id] = (
+                        "not compensated: the compensation time bound "
+                        f"({bound_seconds}s) ran out first"
+                    )
+        await self._finish(
+            TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
+        )
 
     def _interrupted(self, error: str) -> TransactionStep | None:
         """Mark the step that was running when the pass was cut short, and return it."""

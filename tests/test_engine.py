@@ -444,12 +444,6 @@ async def test_outer_cancellation_during_compensation_waits_for_it_to_finish() -
     assert tx.steps[0].status is StepStatus.COMPENSATED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: asyncio's native task.cancel() (asyncio.timeout, wait_for) is not stopped "
-    "by anyio's shield, so it interrupts a running compensation and leaves the transaction "
-    "'compensating' with completed steps not undone",
-)
 async def test_native_asyncio_cancellation_during_compensation_does_not_interrupt_it() -> None:
     in_compensation = anyio.Event()
     release = anyio.Event()
@@ -479,11 +473,6 @@ async def test_native_asyncio_cancellation_during_compensation_does_not_interrup
     assert tx.state is TransactionState.ROLLED_BACK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a second native asyncio task.cancel() during the compensation that follows "
-    "a first one interrupts the compensation (anyio's shield does not stop it)",
-)
 async def test_repeated_native_asyncio_cancellation_still_compensates() -> None:
     entered = anyio.Event()
     in_compensation = anyio.Event()
