@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aumai_transactions import Transaction, TransactionResult
@@ -55,3 +60,69 @@ def actions_of(tx: Transaction, step_ids: Iterable[str | None]) -> list[str | No
 def completed_actions(tx: Transaction, result: TransactionResult) -> list[str | None]:
     """``result.completed_steps`` as action names."""
     return actions_of(tx, result.completed_steps)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python_files(
+    files: Mapping[str, Path], cwd: Path, timeout: float = 120
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run each file with this interpreter, all at once, each in its own directory under cwd."""
+
+    def run(name: str, path: Path) -> subprocess.CompletedProcess[str]:
+        workdir = cwd / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        return subprocess.run(
+            [sys.executable, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=workdir,
+            check=False,
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
+        futures = {name: pool.submit(run, name, path) for name, path in files.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    """A fenced code block of the README, with the section it sits in."""
+
+    language: str
+    code: str
+    section: str
+    index: int
+
+
+def readme_blocks() -> list[CodeBlock]:
+    """Every fenced code block of README.md, in order."""
+    blocks: list[CodeBlock] = []
+    section = ""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            section = line.lstrip("#").strip()
+        elif line.startswith("```"):
+            language = line[3:].strip()
+            body: list[str] = []
+            i += 1
+            while not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            blocks.append(CodeBlock(language, "\n".join(body) + "\n", section, len(blocks)))
+        i += 1
+    return blocks
+
+
+def readme_output_after(block: CodeBlock) -> str | None:
+    """The ``text`` block right after ``block`` (what it prints), or None."""
+    blocks = readme_blocks()
+    following = blocks[block.index + 1] if block.index + 1 < len(blocks) else None
+    if following is not None and following.language == "text":
+        return following.code
+    return None
