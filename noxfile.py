@@ -1,0 +1,32 @@
+"""Development sessions: ``nox`` runs them all; ``nox -s tests`` runs one."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PACKAGE = "aumai_transactions"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (extra pytest arguments pass through: ``nox -s tests -- -k saga``)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "--strict", PACKAGE)
