@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from aumai_transactions import __version__
-from tests._cli_support import ORDER, Cli, _interim_store, cli  # noqa: F401
+
+pytest.register_assert_rewrite("tests._cli_support")
+pytest_plugins = ["tests._cli_support"]
+
+from tests._cli_support import ORDER, Cli  # noqa: E402
 
 COMMANDS = (
     "create",
