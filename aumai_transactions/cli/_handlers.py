@@ -17,7 +17,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..models import Transaction
 from ._errors import CliError
 
 __all__ = ["Handlers", "check_handlers", "load_handlers"]
@@ -126,20 +125,13 @@ def load_handlers(spec: str) -> Handlers:
     return handlers
 
 
-def check_handlers(
-    handlers: Handlers, tx: Transaction, spec: str, *, forward: bool, compensations: bool = True
-) -> None:
-    """Refuse to drive ``tx`` when ``handlers`` lacks an action it needs.
+def check_handlers(handlers: Handlers, spec: str, needed: Iterable[str | None]) -> None:
+    """Refuse to go on when ``handlers`` lacks an action in ``needed``.
 
     The library records an action with no handler without running anything; from a
     terminal that is almost always a wrong ``--handlers``, so the CLI stops before
     anything is written instead.
     """
-    needed: Iterable[str | None] = []
-    if forward:
-        needed = [step.action for step in tx.steps]
-    if compensations:
-        needed = [*needed, *(step.compensating_action for step in tx.steps)]
     missing = sorted({name for name in needed if name is not None and name not in handlers})
     if missing:
         known = ", ".join(sorted(handlers)) or "none"

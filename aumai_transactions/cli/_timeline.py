@@ -13,6 +13,7 @@ from contextlib import contextmanager, redirect_stdout
 from datetime import datetime
 from typing import Any
 
+from rich import box
 from rich.console import RenderableType
 from rich.live import Live
 from rich.spinner import Spinner
@@ -195,6 +196,8 @@ def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | Non
         title_justify="left",
         caption=f"0 → {format_duration(span)}, from {origin.strftime('%H:%M:%S.%f')[:-3]}Z",
         caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     table.add_column("event")
     table.add_column("timeline", no_wrap=True, min_width=_WIDTH)

@@ -190,7 +190,10 @@ def _drive(
                     f"Transaction {tx.transaction_id} is {tx.state.value}; only {wanted} "
                     f"transactions can be {'rolled back' if rollback else 'committed'}."
                 )
-            check_handlers(handlers, tx, spec, forward=not rollback)
+            needed = [step.compensating_action for step in tx.steps]
+            if not rollback:
+                needed += [step.action for step in tx.steps]
+            check_handlers(handlers, spec, needed)
             manager = TransactionManager(handlers, store=opened)
             async with manager:
                 manager.register_transaction(tx)

@@ -205,6 +205,7 @@ def run(
     if timeout is not None and (not timeout > 0 or timeout == float("inf")):
         raise CliError(f"--timeout must be a positive number of seconds, not {timeout:g}.")
     mapping = load_handlers(handlers)
+    check_handlers(mapping, handlers, [n for s in saga.steps for n in (s.action, s.compensate)])
 
     async def body() -> tuple[TransactionResult, Transaction]:
         async with cli_store(store, output) as opened:
@@ -220,7 +221,6 @@ def run(
                     retry=step.retry,
                     recovery=step.recovery,  # type: ignore[arg-type]
                 )
-            check_handlers(mapping, tx, handlers, forward=True)
             async with manager:
                 with progress_display(tx, output, title=f"Saga {saga.name}"):
                     result = await manager.commit(tx)
