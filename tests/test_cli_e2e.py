@@ -1,0 +1,219 @@
+"""The installed ``aumai-transactions`` in real processes: the operator's scenario end
+to end, exit codes as a shell sees them, and ``recover --watch`` stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aumai_transactions import Transaction
+
+HANDLERS = """
+import json, os
+
+LOG = os.environ["AUMAI_E2E_LOG"]
+
+
+def _log(action, data):
+    with open(LOG, "a", encoding="utf-8") as handle:
+        handle.write(action + "\\n")
+
+
+def ok(action, data):
+    _log(action, data)
+    return {"ok": action}
+
+
+def declined(action, data):
+    _log(action, data)
+    raise RuntimeError("card declined")
+
+
+HANDLERS = {
+    "reserve": ok,
+    "release": ok,
+    "charge": declined,
+    "refund": ok,
+    "ship": ok,
+    "cancel": ok,
+}
+"""
+
+
+def command() -> list[str]:
+    """The console script next to this interpreter, or ``python -m`` when not installed."""
+    script = shutil.which("aumai-transactions", path=str(Path(sys.executable).parent))
+    if script is not None:
+        return [script]
+    return [sys.executable, "-m", "aumai_transactions.cli"]
+
+
+class Shell:
+    """Runs the CLI as a user's shell would, with its own HOME and store."""
+
+    def __init__(self, tmp_path: Path, store: str) -> None:
+        self.tmp_path = tmp_path
+        self.log = tmp_path / "side-effects.log"
+        (tmp_path / "handlers.py").write_text(HANDLERS)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AUMAI_")},
+            "HOME": str(tmp_path / "home"),
+            "AUMAI_TRANSACTIONS_STORE": store,
+            "AUMAI_E2E_LOG": str(self.log),
+            "NO_COLOR": "1",
+        }
+
+    def run(
+        self, *args: str, expect: int = 0, store: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        if store is not None:
+            env["AUMAI_TRANSACTIONS_STORE"] = store
+        done = subprocess.run(
+            [*command(), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.tmp_path,
+            timeout=60,
+        )
+        assert done.returncode == expect, (args, done.returncode, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        return done
+
+    def json(self, *args: str, **kwargs: Any) -> Any:
+        return json.loads(self.run(*args, "--json", **kwargs).stdout)
+
+    def side_effects(self) -> list[str]:
+        return self.log.read_text().split() if self.log.exists() else []
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Shell:
+    return Shell(tmp_path, f"sqlite:///{tmp_path / 'ops.db'}")
+
+
+def test_operator_scenario_end_to_end(shell: Shell, tmp_path: Path) -> None:
+    tx_id = shell.run("create", "--timeout", "300").stdout.strip()
+    assert len(tx_id) == 36
+    for agent, action, data, compensate in (
+        ("inventory", "reserve", '{"sku": "A-1", "qty": 2}', "release"),
+        ("billing", "charge", '{"amount": 42, "api_key": "sk-live-123"}', "refund"),
+        ("shipping", "ship", '{"address": "Lisbon"}', "cancel"),
+    ):
+        shell.run(
+            "add-step",
+            "--tx-id",
+            tx_id,
+            "--agent",
+            agent,
+            "--action",
+            action,
+            "--data",
+            data,
+            "--compensate",
+            compensate,
+        )
+    assert shell.json("status", "--tx-id", tx_id)["steps"] == 3
+
+    committed = shell.run("commit", "--tx-id", tx_id, "--handlers", "handlers:HANDLERS", expect=1)
+    assert "rolled_back" in committed.stdout and "card declined" in committed.stdout
+    assert shell.side_effects() == ["reserve", "charge", "release"]
+
+    shown = shell.run("show", tx_id[:8]).stdout
+    for fragment in ("rolled_back", "card declined", "Timeline", "↩ #1 release", "***"):
+        assert fragment in shown, fragment
+    assert "sk-live-123" not in shown
+
+    rows = shell.json("list")
+    assert [(r["transaction_id"], r["state"]) for r in rows] == [(tx_id, "rolled_back")]
+
+    exported = shell.run("export").stdout
+    dumps = json.loads(exported)
+    assert [Transaction.model_validate(d).transaction_id for d in dumps] == [tx_id]
+    assert dumps[0]["steps"][1]["data"]["api_key"] == "sk-live-123"  # a backup: unmasked
+    backup = tmp_path / "backup.json"
+    shell.run("export", "--output", str(backup))
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    imported = shell.json("import", str(backup), store=fresh)
+    assert imported["imported"] == [tx_id]
+    assert json.loads(shell.run("export", store=fresh).stdout) == dumps
+    again = shell.json("show", tx_id, store=fresh)
+    assert [s["status"] for s in again["steps"]] == ["compensated", "failed", "pending"]
+
+
+def test_exit_codes_as_a_shell_sees_them(shell: Shell, tmp_path: Path) -> None:
+    saga = tmp_path / "saga.json"
+    saga.write_text(
+        json.dumps({"steps": [{"agent": "a", "action": "reserve", "compensate": "release"}]})
+    )
+    shell.run("run", str(saga), "--handlers", "handlers:HANDLERS", expect=0)
+    saga.write_text(json.dumps({"steps": [{"agent": "a", "action": "charge"}]}))
+    shell.run("run", str(saga), "--handlers", "handlers:HANDLERS", expect=1)
+    bad = shell.run("status", "--tx-id", "nope", expect=2)
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
+    shell.run("list", "--store", "nosuch://x", expect=2)
+    assert shell.run("--version").stdout.startswith("aumai-transactions ")
+
+
+def test_recover_watch_runs_until_ctrl_c(shell: Shell, tmp_path: Path) -> None:
+    crashed = {
+        "transaction_id": "crashed-1",
+        "state": "active",
+        "timeout_seconds": None,
+        "steps": [
+            {
+                "agent_id": "inventory",
+                "action": "reserve",
+                "compensating_action": "release",
+                "status": "completed",
+                "attempts": 1,
+            },
+        ],
+    }
+    (tmp_path / "crashed.json").write_text(json.dumps([crashed]))
+    shell.run("import", str(tmp_path / "crashed.json"))
+    process = subprocess.Popen(
+        [
+            *command(),
+            "recover",
+            "--handlers",
+            "handlers:HANDLERS",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=shell.env,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert json.loads(line) | {
+            "transaction_id": "crashed-1",
+            "state": "rolled_back",
+        } == json.loads(line)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "Stopped." in stderr and "Traceback" not in stderr
+    assert shell.side_effects() == ["release"]
