@@ -42,6 +42,9 @@ def send_welcome_email(action, data):
     print(f"  {action}: {data['user_id']}")
 
 
+# Where the manager journals every step before running it.
+STORE = "memory://"
+
 HANDLERS = {
     "create_user": create_user,
     "delete_user": delete_user,
@@ -94,7 +97,7 @@ async def onboard(manager, user_id, card):
 
 
 async def main():
-    async with TransactionManager(action_handlers=HANDLERS) as manager:
+    async with TransactionManager(action_handlers=HANDLERS, store=STORE) as manager:
         print("Onboarding u-001")
         await onboard(manager, "u-001", card="4242-4242-4242-4242")
         print()

@@ -40,6 +40,9 @@ def send_welcome_email(action, data):
     print(f"  {action}: {data['user_id']}")
 
 
+# Where the manager journals every step before running it.
+STORE = "memory://"
+
 HANDLERS = {
     "create_user": create_user,
     "delete_user": delete_user,
@@ -92,7 +95,7 @@ def onboard(manager, user_id, card):
 
 
 def main():
-    with TransactionManager(action_handlers=HANDLERS) as manager:
+    with TransactionManager(action_handlers=HANDLERS, store=STORE) as manager:
         print("Onboarding u-001")
         onboard(manager, "u-001", card="4242-4242-4242-4242")
         print()
