@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -147,9 +146,3 @@ def test_timeout_cancels_the_slow_step_and_releases_the_seat(
 def test_examples_leave_nothing_in_the_repository() -> None:
     leftovers = {p.name for p in EXAMPLES.iterdir()} - {f"{n}.py" for n in NAMES}
     assert leftovers <= {"__pycache__"}
-
-
-def test_examples_are_run_from_a_clean_directory(tmp_path: Path) -> None:
-    # The README's main-job command runs the onboarding example from the checkout.
-    done = run_python_files({"repo": EXAMPLES / "onboarding.py"}, tmp_path)["repo"]
-    assert done.returncode == 0 and "state:           rolled_back" in done.stdout
