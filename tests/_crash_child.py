@@ -1,0 +1,366 @@
+"""The process tests/test_crash.py kills: runs transactions on a SQLite journal and
+SIGKILLs itself at a chosen journal point.
+
+Run as ``python -m tests._crash_child '<spec as JSON>'`` from the repository root.
+The spec (see :class:`Spec`) names the journal, the ledger, what to run (``commit``:
+fresh transactions; ``recover``: one ``manager.recover()`` round) and where to die:
+the ``occurrence``-th time the run reaches ``point``, the process sends itself a
+real SIGKILL, so nothing is flushed, no ``finally`` runs and no atexit hook fires.
+
+Handlers record each side effect as one line of a separate *ledger* file (appended,
+flushed and fsynced before the handler returns), so the parent can compare what
+really happened with what the journal says. The same handlers, store wrapper and
+ledger reader are imported by the tests themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aumai_transactions import (
+    Lease,
+    StepContext,
+    Store,
+    Transaction,
+    TransactionManager,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+)
+from aumai_transactions.models import StepStatus
+
+# Forward action -> compensating action, in step order.
+STEPS = (("reserve", "release"), ("charge", "refund"), ("ship", "cancel"))
+FORWARD = tuple(f for f, _ in STEPS)
+COMPENSATE = tuple(c for _, c in STEPS)
+
+# Where a run can be killed. The first five are the journal points of issue 3; the
+# others cover the two ends of a rollback and a committed-but-still-leased transaction.
+POINTS = (
+    "before_intent",  # a step's intent (running) record is about to be written
+    "after_intent",  # the intent is durable; the handler has not run
+    "after_effect",  # the handler's side effect happened; its completion is not recorded
+    "comp_after_intent",  # a compensation's intent is durable; it has not run
+    "comp_after_effect",  # a compensation happened; its completion is not recorded
+    "before_commit",  # every step ran; the committed record is about to be written
+    "after_commit",  # the committed record is durable; the lease is not released
+    "before_rolled_back",  # every compensation ran; the final record is about to be written
+)
+
+
+# ---------------------------------------------------------------------- the ledger
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One side effect a handler performed, as the ledger recorded it."""
+
+    index: int  # position in the ledger: the order things really happened in
+    stage: int  # 0: the original run; 1, 2, ...: successive recoveries
+    tx: str
+    step: str
+    kind: str  # "forward" or "compensate"
+    action: str
+    key: str  # the idempotency key the handler was given
+    attempt: int
+
+
+class Ledger:
+    """An append-only file of side effects, one JSON line each, fsynced per line."""
+
+    def __init__(self, path: str | os.PathLike[str], stage: int) -> None:
+        self.path = os.fspath(path)
+        self.stage = stage
+
+    def append(self, ctx: StepContext, kind: str) -> None:
+        line = json.dumps(
+            {
+                "stage": self.stage,
+                "tx": ctx.transaction_id,
+                "step": ctx.step_id,
+                "kind": kind,
+                "action": ctx.action,
+                "key": ctx.idempotency_key,
+                "attempt": ctx.attempt,
+            }
+        )
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def read(path: str | os.PathLike[str]) -> list[Effect]:
+        """Every effect recorded so far (a torn last line cannot happen: one write each)."""
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return []
+        return [
+            Effect(index=i, **json.loads(line))
+            for i, line in enumerate(text.splitlines())
+            if line.strip()
+        ]
+
+
+# ---------------------------------------------------------------------- killing
+
+
+class KillSwitch:
+    """SIGKILLs this process the ``occurrence``-th time ``point`` is reached."""
+
+    def __init__(self, point: str | None = None, occurrence: int = 1) -> None:
+        if point is not None and point not in POINTS:
+            raise ValueError(f"unknown kill point {point!r}; known: {', '.join(POINTS)}")
+        self.point = point
+        self.remaining = occurrence
+        self._lock = threading.Lock()  # handlers run in worker threads
+
+    def reached(self, point: str) -> None:
+        if point != self.point:
+            return
+        with self._lock:
+            self.remaining -= 1
+            if self.remaining == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DelegatingStore:
+    """A Store that hands every call to ``inner``: the base of the test wrappers."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    @property
+    def durable(self) -> bool:
+        return self.inner.durable
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> DelegatingStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def save(self, tx: Transaction) -> None:
+        await self.inner.save(tx)
+
+    async def acquire(
+        self, tx: Transaction, owner: str, ttl: float, expected: Iterable[TransactionState]
+    ) -> Lease:
+        return await self.inner.acquire(tx, owner, ttl, expected)
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        await self.inner.record(lease, tx, step, durable=durable)
+
+    async def renew(self, owner: str, ttl: float) -> int:
+        return await self.inner.renew(owner, ttl)
+
+    async def release(self, lease: Lease) -> None:
+        await self.inner.release(lease)
+
+    async def claim_expired(
+        self, owner: str, ttl: float, limit: int
+    ) -> Sequence[tuple[Transaction, Lease]]:
+        return await self.inner.claim_expired(owner, ttl, limit)
+
+    async def load(self, transaction_id: str) -> Transaction | None:
+        return await self.inner.load(transaction_id)
+
+    async def list(
+        self,
+        *,
+        state: TransactionState | None = None,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Transaction]:
+        return await self.inner.list(
+            state=state, agent_id=agent_id, since=since, until=until, limit=limit
+        )
+
+    async def count_by_state(self) -> dict[TransactionState, int]:
+        return await self.inner.count_by_state()
+
+    async def delete(self, transaction_id: str) -> bool:
+        return await self.inner.delete(transaction_id)
+
+    async def purge(self, *, states: Iterable[TransactionState], older_than: datetime) -> int:
+        return await self.inner.purge(states=states, older_than=older_than)
+
+
+class KillingStore(DelegatingStore):
+    """Dies at the journal points that sit around store writes."""
+
+    def __init__(self, inner: Store, kill: KillSwitch) -> None:
+        super().__init__(inner)
+        self.kill = kill
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        reached = self.kill.reached
+        if step is not None and step.status is StepStatus.RUNNING:
+            reached("before_intent")
+        if step is None and tx.state is TransactionState.COMMITTED:
+            reached("before_commit")
+        if step is None and tx.state is TransactionState.ROLLED_BACK:
+            reached("before_rolled_back")
+        await self.inner.record(lease, tx, step, durable=durable)
+        if step is not None and step.status is StepStatus.RUNNING:
+            reached("after_intent")
+        if step is not None and step.status is StepStatus.COMPENSATING:
+            reached("comp_after_intent")
+        if step is None and tx.state is TransactionState.COMMITTED:
+            reached("after_commit")
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+class Handlers:
+    """The actions of the crash tests, recording into a ledger and dying on cue.
+
+    Step data may carry ``fail`` (the forward action raises, before any side effect),
+    ``poison`` (the forward action records its effect, then kills the process, every
+    time) or ``poison_compensation`` (the same, for the compensation).
+    """
+
+    def __init__(self, ledger: Ledger, kill: KillSwitch | None = None) -> None:
+        self.ledger = ledger
+        self.kill = kill or KillSwitch()
+
+    def forward(self, action: str, data: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        if data.get("fail"):
+            raise RuntimeError(f"{action} refused (planned failure)")
+        self.ledger.append(ctx, "forward")
+        if data.get("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.kill.reached("after_effect")
+        return {"done": action, "key": ctx.idempotency_key}
+
+    def compensate(self, action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        self.ledger.append(ctx, "compensate")
+        if data.get("poison_compensation"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.kill.reached("comp_after_effect")
+
+    def mapping(self, missing: Iterable[str] = ()) -> dict[str, Any]:
+        handlers: dict[str, Any] = dict.fromkeys(FORWARD, self.forward)
+        handlers.update(dict.fromkeys(COMPENSATE, self.compensate))
+        for action in missing:
+            handlers.pop(action, None)
+        return handlers
+
+
+def build(manager: TransactionManager, plan: dict[str, Any]) -> Transaction:
+    """A 3-step transaction; ``plan`` may name a failing or poisoned step (1-based)."""
+    tx = manager.begin(timeout_seconds=None)
+    for position, (action, compensation) in enumerate(STEPS, start=1):
+        data: dict[str, Any] = {"position": position}
+        if plan.get("fail_at") == position:
+            data["fail"] = True
+        if plan.get("poison_at") == position:
+            data["poison"] = True
+        if plan.get("poison_compensation_at") == position:
+            data["poison_compensation"] = True
+        manager.add_step(tx, f"agent-{position}", action, data, compensation)
+    return tx
+
+
+# ---------------------------------------------------------------------- the run
+
+
+@dataclass
+class Spec:
+    """What one child process does."""
+
+    db: str
+    ledger: str
+    stage: int = 0
+    mode: str = "commit"  # "commit" or "recover"
+    point: str | None = None
+    occurrence: int = 1
+    txs: list[dict[str, Any]] = field(default_factory=list)  # commit: one plan per tx
+    policy: str = "compensate"  # recover
+    missing: list[str] = field(default_factory=list)  # recover: handlers left out
+    max_recovery_attempts: int = 3
+    lease_ttl: float = 3600.0
+
+
+def _summary(result: TransactionResult) -> dict[str, Any]:
+    return {"tx": result.transaction_id, "state": result.state.value, "error": result.error}
+
+
+async def run(spec: Spec) -> list[dict[str, Any]]:
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    kill = KillSwitch(spec.point, spec.occurrence)
+    handlers = Handlers(Ledger(spec.ledger, spec.stage), kill)
+    store = KillingStore(SqliteStore(spec.db), kill)
+    manager = TransactionManager(
+        handlers.mapping(spec.missing),
+        store=store,
+        lease_ttl=spec.lease_ttl,
+        max_recovery_attempts=spec.max_recovery_attempts,
+    )
+    async with manager:
+        if spec.mode == "recover":
+            results = await manager.recover(spec.policy)  # type: ignore[arg-type]
+            return [_summary(r) for r in results]
+        txs = [build(manager, plan) for plan in spec.txs]
+        outcomes: list[dict[str, Any]] = []
+
+        async def commit(tx: Transaction) -> None:
+            outcomes.append(_summary(await manager.commit(tx)))
+
+        async with anyio.create_task_group() as group:
+            for tx in txs:
+                group.start_soon(commit, tx)
+        return outcomes
+
+
+def main(argv: list[str]) -> int:
+    spec = Spec(**json.loads(argv[1]))
+    print(json.dumps(anyio.run(run, spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
