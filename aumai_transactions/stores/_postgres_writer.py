@@ -1,0 +1,437 @@
+"""Group commit for the PostgreSQL store: many writers, one round trip per batch.
+
+Every write of the store (acquire, save, record, release, renew) becomes an *op* in
+one queue. Whoever awaits an op while no batch is in flight becomes the *leader*: it
+takes the ops queued so far, sends them as one statement (one implicit transaction,
+so one commit and one WAL flush for all of them) and wakes the others; an op that
+arrived meanwhile rides with the next batch, whose leader is one of its waiters. No
+background task is needed, so the store has no task group to keep alive between
+``open()`` and ``close()``, and a batch is never idle while someone waits.
+
+A non-durable op (``record(..., durable=False)``, ``release``) is queued and not
+awaited: it reaches the database with the next batch, in queue order, before any later
+write of the same driver. The leader writes its batch inside a shielded cancel scope:
+a batch carries other tasks' writes, so cancelling one waiter must not abort it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+import psycopg
+
+from ..errors import LeaseLostError, StoreError
+from ..models import Transaction, TransactionState, TransactionStep
+from ._base import Lease
+from ._postgres_sql import HEADER_EXCLUDE, Statements
+
+__all__ = ["Op", "Writer"]
+
+OpKind = Literal["acquire", "save", "record", "release", "renew"]
+
+# Errors after which PostgreSQL rolled the whole statement back: safe to resend.
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_MAX_RETRIES = 5
+# A batch this large is already one fsync for hundreds of writers; bigger ones only
+# make one statement slower to plan and send.
+MAX_BATCH = 1024
+
+
+_dumps = json.dumps
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def step_rows(tx: Transaction) -> list[tuple[str, int, str, str]]:
+    """``(step_id, position, agent_id, json)`` for every step of ``tx``.
+
+    Raises ``ValueError`` when two steps share an id (they would share a row).
+    """
+    rows = [
+        (step.step_id, position, step.agent_id, step.model_dump_json())
+        for position, step in enumerate(tx.steps)
+    ]
+    if len({row[0] for row in rows}) != len(rows):
+        raise ValueError(
+            f"Transaction {tx.transaction_id} has two steps with the same step_id; "
+            "step ids must be unique within a transaction."
+        )
+    return rows
+
+
+def header_json(tx: Transaction) -> str:
+    """The header fields that have no column of their own, as JSON."""
+    return tx.model_dump_json(exclude=set(HEADER_EXCLUDE))
+
+
+def _position(tx: Transaction, step: TransactionStep) -> int:
+    for index, candidate in enumerate(tx.steps):
+        if candidate is step:
+            return index
+    for index, candidate in enumerate(tx.steps):
+        if candidate.step_id == step.step_id:
+            return index
+    raise ValueError(
+        f"Step {step.step_id} is not a step of transaction {tx.transaction_id}; "
+        "only its own steps can be recorded."
+    )
+
+
+@dataclass(eq=False, slots=True)
+class Op:
+    """One queued write. Serialized when queued: the caller may change ``tx`` after."""
+
+    kind: OpKind
+    tid: str
+    epoch: int = 0
+    durable: bool = True
+    state: str | None = None
+    attempts: int | None = None
+    header: str | None = None
+    created_at: datetime | None = None
+    steps: list[tuple[str, int, str, str]] = field(default_factory=list)
+    owner: str | None = None
+    ttl: float = 0.0
+    expected: str = ""
+    taken: bool = False
+    done: bool = False
+    error: BaseException | None = None
+    result: Any = None
+
+    @classmethod
+    def whole(
+        cls,
+        tx: Transaction,
+        *,
+        owner: str | None = None,
+        ttl: float = 0.0,
+        expected: Iterable[TransactionState] = (),
+    ) -> Op:
+        """An acquire (``owner`` given) or a save: the header and every step."""
+        return cls(
+            kind="save" if owner is None else "acquire",
+            tid=tx.transaction_id,
+            state=tx.state.value,
+            attempts=tx.recovery_attempts,
+            header=header_json(tx),
+            created_at=_aware(tx.created_at),
+            steps=step_rows(tx),
+            owner=owner,
+            ttl=float(ttl),
+            expected=",".join(TransactionState(s).value for s in expected),
+        )
+
+    @classmethod
+    def record(
+        cls, lease: Lease, tx: Transaction, step: TransactionStep | None, durable: bool
+    ) -> Op:
+        """A fenced write of the header of ``tx`` and, if given, the row of ``step``."""
+        rows = []
+        if step is not None:
+            rows.append((step.step_id, _position(tx, step), step.agent_id, step.model_dump_json()))
+        return cls(
+            kind="record",
+            tid=tx.transaction_id,
+            epoch=lease.epoch,
+            durable=durable,
+            state=tx.state.value,
+            attempts=tx.recovery_attempts,
+            header=header_json(tx),
+            steps=rows,
+        )
+
+
+def _s(value: str | None) -> str:
+    return "null" if value is None else _dumps(value)
+
+
+class _Batch:
+    """The one parameter of a batch statement: a JSON document built from ops in order.
+
+    Header and step documents are already JSON (made when the op was queued) and are
+    spliced in as they are; only ids and names go through ``json.dumps``.
+    """
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+        a: list[str] = []
+        a_steps: list[str] = []
+        # tid -> [epoch, state, attempts, header, release]; a later write of the same
+        # lease supersedes the header of an earlier one.
+        records: dict[str, list[Any]] = {}
+        r_steps: dict[tuple[str, str], str] = {}
+        self.renew: dict[str, float] = {}
+        durable = False
+        for op in ops:
+            kind = op.kind
+            if kind == "record":
+                row = records.get(op.tid)
+                if row is None:
+                    records[op.tid] = [op.epoch, op.state, op.attempts, op.header, False]
+                else:
+                    row[1], row[2], row[3] = op.state, op.attempts, op.header
+                tid = _dumps(op.tid)
+                for step_id, position, agent_id, doc in op.steps:
+                    r_steps[(op.tid, step_id)] = (
+                        f'{{"tid":{tid},"step_id":{_dumps(step_id)},"position":{position},'
+                        f'"agent_id":{_dumps(agent_id)},"doc":{doc}}}'
+                    )
+                durable = durable or op.durable
+            elif kind == "acquire" or kind == "save":
+                tid = _dumps(op.tid)
+                assert op.created_at is not None
+                a.append(
+                    f'{{"tid":{tid},"state":{_s(op.state)},'
+                    f'"created_at":"{op.created_at.isoformat()}","attempts":{op.attempts},'
+                    f'"header":{op.header},"owner":{_s(op.owner)},"ttl":{op.ttl!r},'
+                    f'"expected":{_s(op.expected)}}}'
+                )
+                for step_id, position, agent_id, doc in op.steps:
+                    a_steps.append(
+                        f'{{"tid":{tid},"step_id":{_dumps(step_id)},"position":{position},'
+                        f'"agent_id":{_dumps(agent_id)},"doc":{doc}}}'
+                    )
+                durable = True
+            elif kind == "release":
+                row = records.get(op.tid)
+                if row is None:
+                    records[op.tid] = [op.epoch, None, None, None, True]
+                else:
+                    row[4] = True
+            else:
+                assert op.owner is not None
+                self.renew[op.owner] = op.ttl
+        r = [
+            f'{{"tid":{_dumps(tid)},"epoch":{epoch},"state":{_s(state)},'
+            f'"attempts":{"null" if attempts is None else attempts},'
+            f'"header":{"null" if header is None else header},'
+            f'"release":{"true" if release else "false"}}}'
+            for tid, (epoch, state, attempts, header, release) in records.items()
+        ]
+        self.has_main = bool(a or r)
+        self.params = {
+            "batch": (
+                f'{{"a":[{",".join(a)}],"s":[{",".join(a_steps)}],'
+                f'"r":[{",".join(r)}],"rs":[{",".join(r_steps.values())}]}}'
+            ),
+            "sync": "on" if durable else "off",
+        }
+
+
+def take_batch(queue: deque[Op], limit: int = MAX_BATCH) -> list[Op]:
+    """Pop the longest prefix of ``queue`` that one statement can write.
+
+    One statement must not touch a row twice, so the batch ends before an op whose
+    transaction is already in it under another kind or lease epoch (an acquire after
+    a release of the same transaction, say); that op leads the next batch, keeping
+    every transaction's writes in queue order.
+    """
+    batch: list[Op] = []
+    seen: dict[str, int] = {}  # tid -> epoch of its records, or -1 for acquire/save
+    while queue and len(batch) < limit:
+        op = queue[0]
+        if op.kind == "acquire" or op.kind == "save":
+            if op.tid in seen:
+                break
+            seen[op.tid] = -1
+        elif op.kind != "renew":
+            previous = seen.get(op.tid)
+            if previous is not None and previous != op.epoch:
+                break
+            seen[op.tid] = op.epoch
+        queue.popleft()
+        op.taken = True
+        batch.append(op)
+    return batch
+
+
+class Writer:
+    """The queue, the leader election and the batch statement of one store."""
+
+    def __init__(
+        self,
+        statements: Statements,
+        connection: Callable[[], Any],
+        translate: Callable[[BaseException, str], StoreError],
+    ) -> None:
+        self._statements = statements
+        self._connection = connection
+        self._translate = translate
+        self._queue: deque[Op] = deque()
+        self._flushing: anyio.Event | None = None
+        # (transaction_id, epoch) of non-durable writes that failed: the driver's next
+        # write raises this error instead of going ahead.
+        self.poisoned: dict[tuple[str, int], StoreError] = {}
+        self.batches = 0
+        self.durable_batches = 0
+        self.ops_written = 0
+
+    def check_poisoned(self, tid: str, epoch: int) -> None:
+        """Raise the error a queued non-durable write of this lease met, if any."""
+        if self.poisoned:
+            error = self.poisoned.pop((tid, epoch), None)
+            if error is not None:
+                raise error
+
+    def enqueue(self, op: Op) -> None:
+        """Queue ``op``; a non-durable op is done as far as its caller is concerned."""
+        self._queue.append(op)
+
+    async def submit(self, op: Op) -> Any:
+        """Queue ``op`` and return its result once the batch carrying it committed."""
+        self._queue.append(op)
+        return await self.wait(op)
+
+    async def wait(self, op: Op, *, mine: bool = True) -> Any:
+        """Wait until ``op`` is written, leading batches while nobody else does.
+
+        ``mine``: the caller queued ``op`` (its error is raised, and a cancellation
+        withdraws it if still queued); otherwise the caller only waits for it.
+        """
+        try:
+            while not op.done:
+                flushing = self._flushing
+                if flushing is not None:
+                    await flushing.wait()
+                else:
+                    await self._flush()
+        except BaseException:
+            # A cancelled acquire that is still queued must not take a lease later
+            # that nobody would drive; queued records are kept: the ones behind
+            # them assume they were written, and a later write supersedes them.
+            if mine and not op.taken and op.kind == "acquire":
+                try:
+                    self._queue.remove(op)
+                except ValueError:
+                    pass
+            raise
+        if mine and op.error is not None:
+            raise op.error
+        return op.result
+
+    async def drain(self) -> None:
+        """Wait until every op queued so far is written (errors are their owners')."""
+        if self._queue:
+            await self.wait(self._queue[-1], mine=False)
+        elif self._flushing is not None:
+            await self._flushing.wait()
+
+    async def _flush(self) -> None:
+        # Yield once before leading: writers that are ready right now join this batch,
+        # and a caller that enters a cancel scope lazily, at its first suspension (as
+        # the engine does with a transaction's deadline), sees that suspension outside
+        # the shield below, so the scopes still nest.
+        await anyio.lowlevel.checkpoint()
+        if self._flushing is not None:
+            return
+        event = self._flushing = anyio.Event()
+        try:
+            batch = take_batch(self._queue)
+            if batch:
+                with anyio.CancelScope(shield=True):
+                    await self._write(batch)
+        finally:
+            self._flushing = None
+            event.set()
+
+    async def _write(self, ops: list[Op]) -> None:
+        batch = _Batch(ops)
+        main = [op for op in ops if op.kind != "renew"]
+        if main:
+            await self._guarded(main, self._write_main(batch, main))
+        if batch.renew:
+            await self._guarded([op for op in ops if op.kind == "renew"], self._write_renew(batch))
+
+    async def _guarded(self, ops: list[Op], work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``; if it fails, fail every op of ``ops`` not yet done with it.
+
+        No op may stay undone whatever happens, or its waiter would wait for ever.
+        A failed non-durable record poisons its lease: the driver's next write raises.
+        """
+        try:
+            await work
+        except BaseException as exc:
+            error = (
+                self._translate(exc, "write to")
+                if isinstance(exc, Exception)
+                else StoreError(f"a write was interrupted ({type(exc).__name__})")
+            )
+            for op in ops:
+                if op.done:
+                    continue
+                op.error = error
+                op.done = True
+                if op.kind == "record" and not op.durable:
+                    self.poisoned[(op.tid, op.epoch)] = error
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _write_main(self, batch: _Batch, ops: list[Op]) -> None:
+        rows = await self._execute_main(batch)
+        self.batches += 1
+        if batch.params["sync"] == "on":
+            self.durable_batches += 1
+        self.ops_written += len(ops)
+        acquired: dict[str, tuple[int, datetime]] = {}
+        fenced: set[str] = set()
+        for part, tid, epoch, expires in rows:
+            if part == "a":
+                acquired[tid] = (epoch, expires)
+            elif part == "r":
+                fenced.add(tid)
+        for op in ops:
+            kind = op.kind
+            if kind == "acquire":
+                got = acquired.get(op.tid)
+                if got is not None:
+                    assert op.owner is not None
+                    op.result = Lease(op.tid, op.owner, got[0], got[1].astimezone(UTC))
+            elif kind == "save":
+                op.result = op.tid in acquired
+            elif kind == "record" and op.tid not in fenced:
+                error = LeaseLostError(
+                    f"Transaction {op.tid}: lease epoch {op.epoch} is stale (another "
+                    "driver took the transaction over, or it was deleted); this driver "
+                    "must stop."
+                )
+                if op.durable:
+                    op.error = error
+                else:
+                    self.poisoned[(op.tid, op.epoch)] = error
+            op.done = True
+
+    async def _write_renew(self, batch: _Batch) -> None:
+        # On the writer, after the main statement: renewals and records of one
+        # process never wait on each other's row locks, so they cannot deadlock.
+        renewed: dict[str, int] = {}
+        async with self._connection() as conn:
+            for owner, ttl in batch.renew.items():
+                cur = await conn.execute(self._statements.renew, {"owner": owner, "ttl": ttl})
+                renewed[owner] = cur.rowcount
+        for op in batch.ops:
+            if op.kind == "renew":
+                assert op.owner is not None
+                op.result = renewed.get(op.owner, 0)
+                op.done = True
+
+    async def _execute_main(self, batch: _Batch) -> list[tuple[str, str, int, datetime]]:
+        for attempt in range(1, _MAX_RETRIES + 1):
+            try:
+                async with self._connection() as conn:
+                    cur = await conn.execute(self._statements.batch, batch.params)
+                    rows: list[tuple[str, str, int, datetime]] = await cur.fetchall()
+                    return rows
+            except _RETRYABLE:
+                # PostgreSQL rolled the whole statement back: resending it is safe.
+                if attempt == _MAX_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
