@@ -16,7 +16,8 @@ Layout (schema version 1)::
 
 A released lease has ``lease_expires_at = '-infinity'`` rather than NULL, so "the
 lease is live" is the single comparison ``lease_expires_at > now()`` and the claim
-query walks one partial index. Expiries are always computed by the database clock
+query walks one partial index (queries hand it to Python as NULL: a datetime cannot
+hold minus infinity). Expiries are always computed by the database clock
 (``now()``), never the client's, so workers on machines whose clocks disagree still
 agree on who holds a lease.
 """
@@ -135,7 +136,7 @@ def _compact(text: str) -> str:
 
 def _q(text: str, schema: str) -> bytes:
     """``text`` with ``{s}`` replaced by the quoted schema name, ready to execute."""
-    return sql.SQL(_compact(text)).format(s=sql.Identifier(schema)).as_bytes(None)  # type: ignore[arg-type]
+    return sql.SQL(_compact(text)).format(s=sql.Identifier(schema)).as_bytes(None)
 
 
 async def migrate(conn: AsyncConnection[Any], schema: str) -> int:
@@ -287,7 +288,7 @@ WITH b AS (
     FROM rs_in AS v JOIN r_up ON r_up.transaction_id = v.tid
     ON CONFLICT (transaction_id, step_id) DO UPDATE SET doc = EXCLUDED.doc
 )
-SELECT 'a', transaction_id, lease_epoch, lease_expires_at FROM a_up
+SELECT 'a', transaction_id, lease_epoch, nullif(lease_expires_at, '-infinity') FROM a_up
 UNION ALL
 SELECT 'r', transaction_id, NULL::bigint, NULL::timestamptz FROM r_up
 UNION ALL
@@ -340,7 +341,8 @@ WHERE t.transaction_id = %s
 )
 
 _LEASE_OF = """
-SELECT transaction_id, state, lease_owner, lease_expires_at, lease_expires_at > now()
+SELECT transaction_id, state, lease_owner, nullif(lease_expires_at, '-infinity'),
+       lease_expires_at > now()
 FROM {s}.transactions WHERE transaction_id = %s
 """
 
@@ -352,7 +354,7 @@ WITH d AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM d),
-       t.state, t.lease_owner, t.lease_expires_at
+       t.state, t.lease_owner, nullif(t.lease_expires_at, '-infinity')
 FROM (SELECT 1) AS one
 LEFT JOIN {s}.transactions AS t ON t.transaction_id = %(tid)s
 """
