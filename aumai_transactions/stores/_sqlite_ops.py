@@ -1,0 +1,445 @@
+"""The SQL of every SqliteStore operation, run by the writer thread in its transaction.
+
+Operations arrive as ``Op`` objects whose arguments were serialized on the event loop
+(so the snapshot is the one the caller recorded). The hot ones, ``acquire``,
+``record`` and ``release``, are applied a batch at a time: one read of the rows
+concerned, then one ``executemany`` per table. Every handler refuses (raises a
+``StoreError`` or sets ``op.error``) before its first write, so a refused operation
+never leaves a partial change in the shared SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    CorruptRecordError,
+    LeaseConflictError,
+    LeaseLostError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ..models import Transaction, TransactionState
+from ._base import Lease
+from ._sqlite_schema import HEADER_COLUMNS, decode_transaction, from_us
+
+__all__ = ["Journal", "Op", "now_us"]
+
+logger = logging.getLogger("aumai_transactions")
+
+_TX_COLUMNS = f"id, transaction_id, {HEADER_COLUMNS}"
+_INSERT_TX = (
+    f"INSERT INTO transactions (id, transaction_id, {HEADER_COLUMNS}, lease_owner, "
+    "lease_expires, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SET_HEADER = "state=?, updated_at=?, finished_at=?, error=?, blocked_reason=?, recovery_attempts=?"
+_SET_FULL_HEADER = f"{_SET_HEADER}, created_at=?, timeout_seconds=?"
+_FENCE = "WHERE id=? AND transaction_id=? AND epoch=?"
+_UPDATE_HEADER = f"UPDATE transactions SET {_SET_HEADER} {_FENCE}"
+# Most records leave the state as it is; not naming it spares rewriting its index entry.
+_UPDATE_HEADER_SAME_STATE = (
+    "UPDATE transactions SET updated_at=?, finished_at=?, error=?, blocked_reason=?, "
+    f"recovery_attempts=? {_FENCE}"
+)
+_UPDATE_STEP = "UPDATE steps SET body=? WHERE tx=? AND position=? AND step_id=?"
+_INSERT_STEP = "INSERT INTO steps (tx, position, step_id, body) VALUES (?, ?, ?, ?)"
+_INSERT_AGENT = "INSERT INTO transaction_agents (tx, agent_id) VALUES (?, ?)"
+_RELEASE = (
+    "UPDATE transactions SET lease_owner=NULL, lease_expires=NULL "
+    "WHERE transaction_id=? AND epoch=?"
+)
+_EXPIRED = (
+    "state IN ('active', 'compensating') "
+    "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= ?)"
+)
+_IN_FLIGHT = ("active", "compensating")
+_CHUNK = 512
+
+
+def now_us() -> int:
+    """Wall-clock time in microseconds since the Unix epoch (what leases compare)."""
+    return time.time_ns() // 1000
+
+
+class Op:
+    """One request from the event loop to the writer thread, and its outcome."""
+
+    __slots__ = ("args", "error", "future", "kind", "result")
+
+    def __init__(
+        self, kind: int, args: tuple[Any, ...], future: asyncio.Future[Any] | None = None
+    ) -> None:
+        self.kind = kind
+        self.args = args
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _in_list(size: int) -> tuple[int, str]:
+    """A padded size (a power of two) and its ``(?, ?, ...)``: few distinct statements."""
+    padded = 1
+    while padded < size:
+        padded *= 2
+    return padded, "(" + ", ".join("?" * padded) + ")"
+
+
+def _select_in(conn: sqlite3.Connection, sql: str, keys: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (with one ``{}`` for an IN list) over ``keys``, in chunks."""
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), _CHUNK):
+        chunk = list(keys[start : start + _CHUNK])
+        padded, marks = _in_list(len(chunk))
+        chunk.extend(chunk[:1] * (padded - len(chunk)))
+        rows.extend(conn.execute(sql.format(marks), chunk))
+    return rows
+
+
+class Journal:
+    """The operations, bound to the file they report errors against."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # ---------------------------------------------------------------- batched
+
+    def acquire_many(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
+        """Take the lease of each transaction, writing it in full (distinct ids)."""
+        found = {
+            row[0]: row[1:]
+            for row in _select_in(
+                conn,
+                "SELECT transaction_id, id, state, lease_owner, lease_expires, epoch "
+                "FROM transactions WHERE transaction_id IN {}",
+                [op.args[0] for op in ops],
+            )
+        }
+        now = now_us()
+        next_id: int | None = None
+        tx_rows: list[tuple[Any, ...]] = []
+        step_rows: list[tuple[int, int, str, str]] = []
+        agent_rows: list[tuple[int, str]] = []
+        for op in ops:
+            tid, owner, ttl, expected, header, steps, agents = op.args
+            expires = now + round(ttl * 1_000_000)
+            row = found.get(tid)
+            if row is None:
+                if next_id is None:
+                    top = conn.execute("SELECT MAX(id) FROM transactions").fetchone()[0]
+                    next_id = (top or 0) + 1
+                rid, epoch = next_id, 1
+                next_id += 1
+                tx_rows.append((rid, tid, *header, owner, expires, epoch))
+            else:
+                rid, state, holder, held_until, stored_epoch = row
+                if holder is not None and held_until is not None and held_until > now:
+                    op.error = LeaseConflictError(
+                        f"Transaction {tid} is being driven by {holder}; try again after "
+                        f"its lease expires at {from_us(held_until)}."
+                    )
+                    continue
+                if state not in expected:
+                    op.error = LeaseConflictError(
+                        f"Transaction {tid} is stored in state '{state}'; expected "
+                        + " or ".join(f"'{s}'" for s in sorted(expected))
+                        + "."
+                    )
+                    continue
+                epoch = stored_epoch + 1
+                conn.execute(
+                    f"UPDATE transactions SET {_SET_FULL_HEADER}, lease_owner=?, "
+                    "lease_expires=?, epoch=? WHERE id=?",
+                    (*header, owner, expires, epoch, rid),
+                )
+                self._drop_children(conn, rid)
+            step_rows.extend((rid, position, step_id, body) for position, step_id, body in steps)
+            agent_rows.extend((rid, agent) for agent in agents)
+            expiry = from_us(expires)
+            assert expiry is not None
+            op.result = Lease(tid, owner, epoch, expiry)
+        if tx_rows:
+            conn.executemany(_INSERT_TX, tx_rows)
+        if step_rows:
+            conn.executemany(_INSERT_STEP, step_rows)
+        if agent_rows:
+            conn.executemany(_INSERT_AGENT, agent_rows)
+
+    def record_many(
+        self, conn: sqlite3.Connection, ops: Sequence[Op], poisoned: dict[tuple[str, int], str]
+    ) -> None:
+        """Apply ``record`` operations, each fenced by its lease epoch.
+
+        Each transaction's header is written once (its newest snapshot) and each step
+        row once; a stale record is refused and changes nothing, and does not disturb
+        the others.
+        """
+        current = {
+            row[0]: row[1:]
+            for row in _select_in(
+                conn,
+                "SELECT transaction_id, id, epoch, state FROM transactions "
+                "WHERE transaction_id IN {}",
+                list({op.args[0]: None for op in ops}),
+            )
+        }
+        headers: dict[int, tuple[Any, ...]] = {}
+        steps: dict[tuple[int, int], tuple[str, int, int, str]] = {}
+        step_ops: dict[tuple[int, int], Op] = {}
+        for op in ops:
+            tid, epoch, header, position, step_id, body = op.args
+            if poisoned and (tid, epoch) in poisoned:
+                op.error = _lost(tid, poisoned[(tid, epoch)])
+                continue
+            stored = current.get(tid)
+            if stored is None or stored[1] != epoch:
+                op.error = LeaseLostError(
+                    f"Transaction {tid}: lease epoch {epoch} is stale "
+                    + (
+                        f"(the journal {self.path} holds epoch {stored[1]}); "
+                        if stored is not None
+                        else f"(it is not in the journal {self.path}); "
+                    )
+                    + "this driver must stop."
+                )
+                continue
+            rid = stored[0]
+            headers[rid] = (*header, rid, tid, epoch)
+            if position is not None:
+                steps[(rid, position)] = (body, rid, position, step_id)
+                step_ops[(rid, position)] = op
+        if headers:
+            changed: list[tuple[Any, ...]] = []
+            same: list[tuple[Any, ...]] = []
+            for row in headers.values():
+                if row[0] == current[row[7]][2]:
+                    same.append(row[1:])
+                else:
+                    changed.append(row)
+            written = 0
+            if changed:
+                written += conn.executemany(_UPDATE_HEADER, changed).rowcount
+            if same:
+                written += conn.executemany(_UPDATE_HEADER_SAME_STATE, same).rowcount
+            if written != len(headers):  # cannot happen: we hold the write lock
+                raise RuntimeError(f"epoch-fenced update wrote {written} of {len(headers)} rows")
+        if steps and conn.executemany(_UPDATE_STEP, steps.values()).rowcount != len(steps):
+            for key, row in steps.items():  # rare: find the step that is not stored
+                if conn.execute(_UPDATE_STEP, row).rowcount != 1:
+                    op = step_ops[key]
+                    op.error = ValueError(
+                        f"record: step {row[3]} at position {row[2]} is not a stored step of "
+                        f"transaction {op.args[0]}."
+                    )
+
+    @staticmethod
+    def release_many(
+        conn: sqlite3.Connection, ops: Sequence[Op], poisoned: dict[tuple[str, int], str]
+    ) -> None:
+        """Give up leases (the epoch stays, so the next lease is greater)."""
+        conn.executemany(_RELEASE, [op.args for op in ops])
+        if poisoned:
+            for op in ops:
+                poisoned.pop(op.args, None)
+
+    # ---------------------------------------------------------------- single
+
+    @staticmethod
+    def _drop_children(conn: sqlite3.Connection, rid: int) -> None:
+        conn.execute("DELETE FROM steps WHERE tx=?", (rid,))
+        conn.execute("DELETE FROM transaction_agents WHERE tx=?", (rid,))
+
+    def _check_not_driven(self, conn: sqlite3.Connection, tid: str, verb: str) -> int | None:
+        """Raise if ``tid`` is in flight under a live lease; return its row id or None."""
+        row = conn.execute(
+            "SELECT id, state, lease_owner, lease_expires FROM transactions WHERE transaction_id=?",
+            (tid,),
+        ).fetchone()
+        if row is None:
+            return None
+        rid, state, holder, expires = row
+        if state in _IN_FLIGHT and holder is not None and expires is not None:
+            if expires > now_us():
+                raise LeaseConflictError(
+                    f"Transaction {tid} is {state} under a live lease held by {holder}; "
+                    f"it cannot be {verb}."
+                )
+        return int(rid)
+
+    def save(
+        self,
+        conn: sqlite3.Connection,
+        tid: str,
+        header: tuple[Any, ...],
+        steps: list[tuple[int, str, str]],
+        agents: list[str],
+    ) -> None:
+        rid = self._check_not_driven(conn, tid, "replaced")
+        if rid is None:
+            rid = conn.execute(
+                f"INSERT INTO transactions (transaction_id, {HEADER_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (tid, *header),
+            ).lastrowid
+            assert rid is not None
+        else:
+            conn.execute(f"UPDATE transactions SET {_SET_FULL_HEADER} WHERE id=?", (*header, rid))
+            self._drop_children(conn, rid)
+        conn.executemany(_INSERT_STEP, [(rid, *step) for step in steps])
+        conn.executemany(_INSERT_AGENT, [(rid, agent) for agent in agents])
+
+    @staticmethod
+    def renew(conn: sqlite3.Connection, owner: str, ttl: float) -> int:
+        expires = now_us() + round(ttl * 1_000_000)
+        return conn.execute(
+            "UPDATE transactions SET lease_expires=? "
+            "WHERE state IN ('active', 'compensating') AND lease_owner=?",
+            (expires, owner),
+        ).rowcount
+
+    def claim(
+        self, conn: sqlite3.Connection, owner: str, ttl: float, limit: int
+    ) -> list[tuple[Transaction, Lease]]:
+        """Claim up to ``limit`` expired in-flight transactions, oldest first.
+
+        Runs inside BEGIN IMMEDIATE, so no other process claims between the read and
+        the write. A row that does not decode is logged and left untouched (the
+        others are still recovered); an operator must repair or delete it.
+        """
+        now = now_us()
+        expires = now + round(ttl * 1_000_000)
+        expiry = from_us(expires)
+        assert expiry is not None
+        claimed: list[tuple[Transaction, Lease]] = []
+        skipped = 0
+        while len(claimed) < limit:
+            want = limit - len(claimed)
+            rows = conn.execute(
+                f"SELECT {_TX_COLUMNS}, epoch FROM transactions WHERE {_EXPIRED} "
+                "ORDER BY created_at, id LIMIT ? OFFSET ?",
+                (now, want, skipped),
+            ).fetchall()
+            if not rows:
+                break
+            bodies = self._step_rows(conn, [row[0] for row in rows])
+            updates: list[tuple[str, int, int]] = []
+            for row in rows:
+                rid, tid, epoch = row[0], row[1], row[-1]
+                try:
+                    tx = decode_transaction(self.path, row[1:-1], bodies.get(rid, ()))
+                except StoreError as exc:
+                    skipped += 1
+                    logger.error("recovery skips transaction %s: %s", tid, exc)
+                    continue
+                tx.recovery_attempts += 1
+                updates.append((owner, expires, rid))
+                claimed.append((tx, Lease(tid, owner, epoch + 1, expiry)))
+            conn.executemany(
+                "UPDATE transactions SET epoch=epoch+1, lease_owner=?, lease_expires=?, "
+                "recovery_attempts=recovery_attempts+1 WHERE id=?",
+                updates,
+            )
+            if len(rows) < want:
+                break
+        return claimed
+
+    def delete(self, conn: sqlite3.Connection, tid: str) -> bool:
+        rid = self._check_not_driven(conn, tid, "deleted")
+        if rid is None:
+            return False
+        self._drop_children(conn, rid)
+        conn.execute("DELETE FROM transactions WHERE id=?", (rid,))
+        return True
+
+    @staticmethod
+    def purge(conn: sqlite3.Connection, states: tuple[str, ...], older: int) -> int:
+        if not states:
+            return 0
+        where = f"state IN ({', '.join('?' * len(states))}) AND created_at < ?"
+        params = (*states, older)
+        doomed = f"SELECT id FROM transactions WHERE {where}"
+        conn.execute(f"DELETE FROM steps WHERE tx IN ({doomed})", params)
+        conn.execute(f"DELETE FROM transaction_agents WHERE tx IN ({doomed})", params)
+        return conn.execute(f"DELETE FROM transactions WHERE {where}", params).rowcount
+
+    # ---------------------------------------------------------------- reads
+
+    @staticmethod
+    def _step_rows(conn: sqlite3.Connection, ids: list[int]) -> dict[int, list[tuple[str, str]]]:
+        found: dict[int, list[tuple[str, str]]] = {}
+        for rid, step_id, body in _select_in(
+            conn,
+            "SELECT tx, step_id, body FROM steps WHERE tx IN {} ORDER BY tx, position",
+            ids,
+        ):
+            found.setdefault(rid, []).append((step_id, body))
+        return found
+
+    def load(self, conn: sqlite3.Connection, tid: str) -> Transaction | None:
+        row = conn.execute(
+            f"SELECT {_TX_COLUMNS} FROM transactions WHERE transaction_id=?", (tid,)
+        ).fetchone()
+        if row is None:
+            return None
+        steps = conn.execute(
+            "SELECT step_id, body FROM steps WHERE tx=? ORDER BY position", (row[0],)
+        ).fetchall()
+        return decode_transaction(self.path, row[1:], steps)
+
+    def list(
+        self,
+        conn: sqlite3.Connection,
+        state: str | None,
+        agent_id: str | None,
+        since: int | None,
+        until: int | None,
+        limit: int | None,
+    ) -> list[Transaction]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        if agent_id is not None:
+            clauses.append("id IN (SELECT tx FROM transaction_agents WHERE agent_id = ?)")
+            params.append(agent_id)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("created_at < ?")
+            params.append(until)
+        sql = f"SELECT {_TX_COLUMNS} FROM transactions"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = conn.execute(sql, params).fetchall()
+        bodies = self._step_rows(conn, [row[0] for row in rows])
+        return [decode_transaction(self.path, row[1:], bodies.get(row[0], ())) for row in rows]
+
+    def count(self, conn: sqlite3.Connection) -> dict[TransactionState, int]:
+        counts: dict[TransactionState, int] = {}
+        for state, count in conn.execute("SELECT state, COUNT(*) FROM transactions GROUP BY state"):
+            try:
+                counts[TransactionState(state)] = count
+            except ValueError:
+                raise CorruptRecordError(
+                    f"The journal {self.path} holds {count} transaction(s) in the unknown "
+                    f"state {state!r}."
+                ) from None
+        return counts
+
+
+def _lost(tid: str, cause: str) -> StoreError:
+    return StoreUnavailableError(
+        f"An earlier write of transaction {tid} under this lease was lost when the journal "
+        f"failed ({cause}); this driver must stop."
+    )

@@ -1,0 +1,402 @@
+"""SqliteStore: the embedded durable journal (stdlib sqlite3, WAL, group commit).
+
+One file holds every transaction. All SQL runs on one writer thread per store, so the
+event loop never blocks on disk; writes from every transaction running in the loop
+are batched into one SQLite transaction and one fsync (*group commit*), and each
+durable writer resumes only once its batch is on disk. See ``_sqlite_writer`` for the
+hand-off protocol and ``_sqlite_schema`` for the file layout.
+
+Guarantees:
+
+* ``synchronous=FULL`` (the default): a durable record survives a crash of the
+  process and of the machine. ``NORMAL`` keeps it across process crashes only.
+* Every write under a lease is fenced by its epoch in the same SQL statement; a
+  stale write changes nothing and raises ``LeaseLostError``.
+* Step data and results are stored as JSON and validated on load; a tampered row
+  raises ``CorruptRecordError`` naming the transaction, and nothing runs.
+* Many processes may share the file (a CLI next to a worker): writers queue on
+  SQLite's busy timeout, and ``claim_expired`` is atomic across them.
+* The file and its -wal/-shm companions are created with mode 0600.
+
+A lease release (like a step completion, ``record(..., durable=False)``) is not
+waited for: it rides with the next commit, at most ``group_commit_delay`` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic_core import PydanticSerializationError
+
+from ..errors import StoreUnavailableError
+from ..models import (
+    IN_FLIGHT_STATES,
+    TERMINAL_STATES,
+    Transaction,
+    TransactionState,
+    TransactionStep,
+)
+from ._base import Lease
+from ._sqlite_ops import Op
+from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, header_of, to_us
+from ._sqlite_writer import (
+    ACQUIRE,
+    CLAIM,
+    COUNT,
+    DELETE,
+    LIST,
+    LOAD,
+    PURGE,
+    RECORD,
+    RELEASE,
+    RENEW,
+    SAVE,
+    Writer,
+)
+
+__all__ = ["SqliteStore", "SqliteStoreStats"]
+
+_URL_OPTIONS = {"synchronous": str, "busy_timeout": float, "group_commit_delay": float}
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteStoreStats:
+    """What the writer thread has done since the store was opened.
+
+    ``commits`` counts SQLite COMMITs, i.e. fsyncs of the write-ahead log under
+    ``synchronous=FULL``; ``records`` the ``record`` calls they carried; ``batches``
+    the hand-offs from the event loop; ``operations`` every request of any kind.
+    """
+
+    commits: int
+    batches: int
+    operations: int
+    records: int
+
+
+_to_json = TransactionStep.__pydantic_serializer__.to_json
+
+
+def _step_json(step: TransactionStep, transaction_id: str) -> str:
+    """The step as JSON (pydantic's serializer, called directly: this is the hot path)."""
+    try:
+        return _to_json(step).decode()
+    except PydanticSerializationError as exc:
+        raise TypeError(
+            f"Step {step.step_id} of transaction {transaction_id} cannot be stored as JSON: {exc}"
+        ) from exc
+
+
+def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, str]], list[str]]:
+    """Header, step rows and agents of ``tx``, serialized on the caller's side."""
+    if not isinstance(tx, Transaction):
+        raise TypeError(f"Expected a Transaction, not {type(tx).__name__}.")
+    tid = tx.transaction_id
+    steps = [
+        (position, step.step_id, _step_json(step, tid)) for position, step in enumerate(tx.steps)
+    ]
+    if len({row[1] for row in steps}) != len(steps):
+        raise ValueError(f"Transaction {tid} has two steps with the same step_id.")
+    return full_header_of(tx), steps, tx.agents
+
+
+class SqliteStore:
+    """A durable journal in one SQLite file, shared safely by many processes.
+
+    ``path`` may start with ``~``; missing parent directories are created (0700).
+    ``synchronous`` is SQLite's setting (``FULL`` by default; ``NORMAL`` trades the
+    machine-crash guarantee for speed). ``busy_timeout`` bounds how long a write waits
+    for another process holding the file. ``group_commit_delay`` bounds how long a
+    write nobody waits for (a step completion, a lease release) may be held back to
+    share a commit, and how long an open batch waits for a durable write to join it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 10.0,
+        group_commit_delay: float = 0.005,
+    ) -> None:
+        if isinstance(path, str) and (not path or path == ":memory:" or path.startswith("file:")):
+            raise ValueError(
+                f"SqliteStore needs a file path, not {path!r}; use MemoryStore "
+                "(memory://) for a journal that lives in memory."
+            )
+        mode = str(synchronous).upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}."
+            )
+        for name, value in (
+            ("busy_timeout", busy_timeout),
+            ("group_commit_delay", group_commit_delay),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}.")
+        self._path = Path(os.path.expanduser(os.fspath(path)))
+        self._synchronous = mode
+        self._busy_timeout = float(busy_timeout)
+        self._delay = float(group_commit_delay)
+        self._writer: Writer | None = None
+        self._open_lock: asyncio.Lock | None = None
+        # Position of each step (by id) of the transactions this store leased out, so
+        # a record finds its step row without scanning the transaction's steps.
+        self._positions: dict[str, dict[str, int]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqliteStore:
+        """Build a store from ``sqlite:///relative.db``, ``sqlite:////abs.db`` or
+        ``sqlite:///~/journal.db``, with options as query parameters
+        (``?synchronous=NORMAL&busy_timeout=5``) or keyword arguments (which win).
+        """
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite":
+            raise ValueError(f"Not a sqlite:// URL: {url!r}.")
+        if parts.netloc:
+            raise ValueError(
+                f"Store URL {url!r} has a host part ({parts.netloc!r}); write "
+                "sqlite:///relative/path.db or sqlite:////absolute/path.db."
+            )
+        path = unquote(parts.path)
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ValueError(f"Store URL {url!r} names no file; e.g. sqlite:///journal.db.")
+        merged: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+            convert = _URL_OPTIONS.get(key)
+            if convert is None:
+                raise ValueError(
+                    f"Unknown option {key!r} in {url!r}; accepted: {', '.join(_URL_OPTIONS)}."
+                )
+            try:
+                merged[key] = convert(value)
+            except ValueError:
+                raise ValueError(f"Option {key}={value!r} in {url!r} is not valid.") from None
+        merged.update(options)
+        return cls(path, **merged)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def url(self) -> str:
+        """``sqlite:///`` followed by the absolute path of the file."""
+        return f"sqlite:///{self._path.absolute()}"
+
+    @property
+    def path(self) -> Path:
+        """The database file (``~`` expanded)."""
+        return self._path
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+    @property
+    def stats(self) -> SqliteStoreStats:
+        """Counters of the current writer thread (all zero when not open)."""
+        writer = self._writer
+        if writer is None:
+            return SqliteStoreStats(0, 0, 0, 0)
+        s = writer.stats
+        return SqliteStoreStats(s.commits, s.batches, s.operations, s.records)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self._path)!r}, synchronous={self._synchronous!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create or open the file, check and migrate its schema, start the writer."""
+        if self._writer is not None:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._writer is not None:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError("SqliteStore runs on an asyncio event loop.") from None
+            writer = Writer(
+                self._path,
+                synchronous=self._synchronous,
+                busy_timeout=self._busy_timeout,
+                hold=self._delay,
+                loop=loop,
+            )
+            started: asyncio.Future[None] = loop.create_future()
+            writer.start(started)
+            try:
+                await started
+            except BaseException:
+                writer.stop(None)  # cancelled while opening: do not leak the thread
+                raise
+            self._writer = writer
+
+    async def close(self) -> None:
+        """Flush every queued write, then stop the writer and close the file."""
+        writer = self._writer
+        if writer is None:
+            return
+        self._writer = None
+        done: asyncio.Future[None] = writer.loop.create_future()
+        writer.stop(done)
+        # Shielded: the queued writes of other tasks are flushed even if we are cancelled.
+        await asyncio.shield(done)
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _require(self) -> Writer:
+        writer = self._writer
+        if writer is None:
+            raise StoreUnavailableError(
+                f"The journal {self._path} is not open; use 'async with store:' or "
+                "'await store.open()' first."
+            )
+        return writer
+
+    async def _call(self, kind: int, *args: Any) -> Any:
+        writer = self._require()
+        future: asyncio.Future[Any] = writer.loop.create_future()
+        writer.submit(Op(kind, args, future))
+        return await future
+
+    # ------------------------------------------------------------------ writes
+
+    async def save(self, tx: Transaction) -> None:
+        header, steps, agents = _full_rows(tx)
+        await self._call(SAVE, tx.transaction_id, header, steps, agents)
+
+    async def acquire(
+        self,
+        tx: Transaction,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> Lease:
+        header, steps, agents = _full_rows(tx)
+        states = frozenset(TransactionState(state).value for state in expected)
+        tid = tx.transaction_id
+        lease: Lease = await self._call(
+            ACQUIRE, tid, owner, float(ttl), states, header, steps, agents
+        )
+        self._positions[tid] = {step_id: position for position, step_id, _ in steps}
+        return lease
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        writer = self._writer
+        if writer is None:
+            writer = self._require()
+        tid = lease.transaction_id
+        if tx.transaction_id != tid:
+            raise ValueError(
+                f"record: the lease is for transaction {tid}, not {tx.transaction_id}."
+            )
+        if step is None:
+            args: tuple[Any, ...] = (tid, lease.epoch, header_of(tx), None, None, None)
+        else:
+            step_id = step.step_id
+            positions = self._positions.get(tid)
+            position = None if positions is None else positions.get(step_id)
+            if position is None:
+                position = self._position_of(tx, step)
+            args = (tid, lease.epoch, header_of(tx), position, step_id, _step_json(step, tid))
+        if durable:
+            future: asyncio.Future[None] = writer.loop.create_future()
+            writer.submit(Op(RECORD, args, future))
+            await future
+        else:
+            writer.submit_lazy(Op(RECORD, args))
+
+    def _position_of(self, tx: Transaction, step: TransactionStep) -> int:
+        for position, candidate in enumerate(tx.steps):
+            if candidate.step_id == step.step_id:
+                self._positions.setdefault(tx.transaction_id, {})[step.step_id] = position
+                return position
+        raise ValueError(
+            f"record: step {step.step_id} is not a step of transaction {tx.transaction_id}."
+        )
+
+    async def renew(self, owner: str, ttl: float) -> int:
+        renewed: int = await self._call(RENEW, owner, float(ttl))
+        return renewed
+
+    async def release(self, lease: Lease) -> None:
+        self._require().submit_lazy(Op(RELEASE, (lease.transaction_id, lease.epoch)))
+        self._positions.pop(lease.transaction_id, None)
+
+    async def claim_expired(
+        self, owner: str, ttl: float, limit: int
+    ) -> Sequence[tuple[Transaction, Lease]]:
+        if limit <= 0:
+            return []
+        claimed: list[tuple[Transaction, Lease]] = await self._call(
+            CLAIM, owner, float(ttl), int(limit)
+        )
+        positions = self._positions
+        for tx, _ in claimed:
+            positions[tx.transaction_id] = {s.step_id: i for i, s in enumerate(tx.steps)}
+        return claimed
+
+    async def delete(self, transaction_id: str) -> bool:
+        deleted: bool = await self._call(DELETE, transaction_id)
+        return deleted
+
+    async def purge(self, *, states: Iterable[TransactionState], older_than: datetime) -> int:
+        wanted = frozenset(TransactionState(s) for s in states) & TERMINAL_STATES
+        values = tuple(sorted(state.value for state in wanted - IN_FLIGHT_STATES))
+        purged: int = await self._call(PURGE, values, to_us(older_than))
+        return purged
+
+    # ------------------------------------------------------------------ reads
+
+    async def load(self, transaction_id: str) -> Transaction | None:
+        tx: Transaction | None = await self._call(LOAD, transaction_id)
+        return tx
+
+    async def list(
+        self,
+        *,
+        state: TransactionState | None = None,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Transaction]:
+        found: list[Transaction] = await self._call(
+            LIST,
+            None if state is None else TransactionState(state).value,
+            agent_id,
+            to_us(since),
+            to_us(until),
+            limit,
+        )
+        return found
+
+    async def count_by_state(self) -> dict[TransactionState, int]:
+        counts: dict[TransactionState, int] = await self._call(COUNT)
+        return counts
