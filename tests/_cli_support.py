@@ -145,23 +145,3 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setattr(sys, "path", list(sys.path))  # handler loading may prepend dirs
     monkeypatch.chdir(tmp_path)
     return harness
-
-
-@pytest.fixture(autouse=True)
-def _interim_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TEMPORARY until stores/sqlite.py lands: sqlite URLs map to shared memory stores."""
-    try:
-        import aumai_transactions.stores.sqlite  # noqa: F401
-    except ImportError:
-        from aumai_transactions import MemoryStore
-        from aumai_transactions.cli import _store
-
-        real = _store.open_store
-        shared: dict[str, Any] = {}
-
-        def fake(url: str) -> Any:
-            if url.startswith("sqlite:"):
-                return shared.setdefault(url, MemoryStore())
-            return real(url)
-
-        monkeypatch.setattr(_store, "open_store", fake)

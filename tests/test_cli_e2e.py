@@ -38,7 +38,15 @@ def declined(action, data):
     raise RuntimeError("card declined")
 
 
+async def slow(action, data):
+    import anyio
+
+    _log(action, data)
+    await anyio.sleep(60)
+
+
 HANDLERS = {
+    "wait": slow,
     "reserve": ok,
     "release": ok,
     "charge": declined,
@@ -217,3 +225,45 @@ def test_recover_watch_runs_until_ctrl_c(shell: Shell, tmp_path: Path) -> None:
     assert process.returncode == 0, stderr
     assert "Stopped." in stderr and "Traceback" not in stderr
     assert shell.side_effects() == ["release"]
+
+
+def test_ctrl_c_during_commit_compensates_and_exits_130(shell: Shell) -> None:
+    tx_id = shell.run("create", "--timeout", "300").stdout.strip()
+    shell.run(
+        "add-step",
+        "--tx-id",
+        tx_id,
+        "--agent",
+        "a",
+        "--action",
+        "reserve",
+        "--compensate",
+        "release",
+    )
+    shell.run(
+        "add-step", "--tx-id", tx_id, "--agent", "a", "--action", "wait", "--compensate", "cancel"
+    )
+    process = subprocess.Popen(
+        [*command(), "commit", "--tx-id", tx_id, "--handlers", "handlers:HANDLERS"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=shell.env,
+        cwd=shell.tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "wait" not in shell.side_effects() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert shell.side_effects() == ["reserve", "wait", "release"]
+    shown = shell.json("show", tx_id)
+    assert shown["transaction"]["state"] == "failed"
+    assert [s["status"] for s in shown["steps"]] == ["compensated", "failed"]

@@ -73,6 +73,8 @@ class _StderrHandler(logging.Handler):
 
 
 def _configure_logging() -> None:
+    """Route the library's warnings to stderr lines; done in ``main`` only, because it
+    changes process-wide logging (tests drive ``app`` in-process and keep theirs)."""
     logger = logging.getLogger("aumai_transactions")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler(logging.WARNING))
@@ -110,7 +112,6 @@ def _root(
     ] = False,
 ) -> None:
     """ACID-like transactions for multi-agent operations, from a terminal."""
-    _configure_logging()
 
 
 app.add_typer(lifecycle.app)
@@ -121,4 +122,5 @@ app.add_typer(maintenance.app)
 
 def main() -> None:
     """Entry point of the ``aumai-transactions`` console script."""
+    _configure_logging()
     app(prog_name="aumai-transactions")
