@@ -1,0 +1,597 @@
+"""The Store contract, run against every backend (memory, sqlite, postgres).
+
+Every test here takes the ``store`` fixture (or ``store_factory`` when two stores must
+share one location) from ``conftest.py``, which is parametrized over the backends; a
+test never asks which backend it runs on. Expired leases are made by acquiring with a
+negative time-to-live, never by sleeping.
+
+The memory store keeps the very objects it is given, the others keep copies; the
+tests hand each store call its own object (``copy``) wherever that could matter, and
+compare what comes back through ``model_dump(mode="json")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from aumai_transactions import TransactionManager
+from aumai_transactions.errors import LeaseConflictError, LeaseLostError
+from aumai_transactions.models import (
+    RetryPolicy,
+    StepStatus,
+    Transaction,
+    TransactionState,
+    TransactionStep,
+    utcnow,
+)
+from aumai_transactions.stores import Lease, Store
+
+PENDING = TransactionState.PENDING
+ACTIVE = TransactionState.ACTIVE
+COMPENSATING = TransactionState.COMPENSATING
+COMMITTED = TransactionState.COMMITTED
+ROLLED_BACK = TransactionState.ROLLED_BACK
+FAILED = TransactionState.FAILED
+
+EXPIRED = -60.0  # a lease that was already over when it was taken
+LIVE = 60.0
+
+
+def make_tx(
+    steps: int = 3,
+    *,
+    agent: str = "agent-a",
+    state: TransactionState = PENDING,
+    created_at: datetime | None = None,
+) -> Transaction:
+    """A transaction built the way the manager builds them."""
+    manager = TransactionManager()
+    tx = manager.begin(timeout_seconds=120)
+    for index in range(steps):
+        manager.add_step(tx, agent, f"act{index}", {"n": index, "text": "é€ ✓"}, f"undo{index}")
+    tx.state = state
+    if created_at is not None:
+        tx.created_at = created_at
+    return tx
+
+
+def copy(tx: Transaction) -> Transaction:
+    """An independent copy: what another process would hold."""
+    return tx.model_copy(deep=True)
+
+
+def dump(tx: Transaction | None) -> dict[str, Any] | None:
+    return None if tx is None else tx.model_dump(mode="json")
+
+
+async def in_flight(
+    store: Store,
+    *,
+    owner: str = "driver-a",
+    ttl: float = LIVE,
+    state: TransactionState = ACTIVE,
+    **make: Any,
+) -> tuple[Transaction, Lease]:
+    """A transaction stored in flight under a lease held by ``owner``."""
+    tx = make_tx(state=state, **make)
+    lease = await store.acquire(tx, owner, ttl, [PENDING])
+    return tx, lease
+
+
+# --------------------------------------------------------------------- basics
+
+
+async def test_describes_itself(store: Store) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store.url, str) and "://" in store.url
+    assert isinstance(store.durable, bool)
+
+
+async def test_open_and_close_are_idempotent(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
+    await store.open()
+    await store.open()
+    tx = make_tx()
+    await store.save(copy(tx))
+    await store.close()
+    await store.close()
+    async with store_factory() as again:
+        assert again is not None
+
+
+async def test_load_of_unknown_id_is_none(store: Store) -> None:
+    assert await store.load("no-such-transaction") is None
+
+
+async def test_save_and_load_round_trip_every_field(store: Store) -> None:
+    tx = make_tx(steps=3)
+    tx.timeout_seconds = 12.5
+    tx.error = "an error, kept"
+    tx.blocked_reason = "blocked: no handler for 'x'"
+    tx.recovery_attempts = 2
+    tx.updated_at = tx.created_at + timedelta(seconds=1)
+    tx.finished_at = tx.created_at + timedelta(seconds=2)
+    first, second, third = tx.steps
+    first.status = StepStatus.COMPENSATED
+    first.attempts = 2
+    first.compensation_attempts = 1
+    first.result = {"id": 7, "nested": [1, 2.5, None, {"ok": True}], "text": "ünï"}
+    first.started_at = tx.created_at
+    first.finished_at = tx.created_at + timedelta(microseconds=1)
+    first.compensated_at = tx.created_at + timedelta(milliseconds=3)
+    first.retry = RetryPolicy(max_attempts=4, initial_delay=0.5, jitter=0.0)
+    first.recovery = "resume"
+    second.status = StepStatus.FAILED
+    second.error = "boom"
+    second.compensation_error = "undo failed"
+    second.compensating_action = None
+    third.data = {}
+    await store.save(copy(tx))
+    loaded = await store.load(tx.transaction_id)
+    assert dump(loaded) == dump(tx)
+    assert loaded is not None
+    assert [s.step_id for s in loaded.steps] == [s.step_id for s in tx.steps]
+    assert loaded.created_at == tx.created_at  # exact, microseconds included
+
+
+async def test_a_transaction_without_steps_round_trips(store: Store) -> None:
+    tx = make_tx(steps=0)
+    await store.save(copy(tx))
+    assert dump(await store.load(tx.transaction_id)) == dump(tx)
+
+
+async def test_save_replaces_a_copy_nobody_drives(store: Store) -> None:
+    tx = make_tx(steps=1)
+    await store.save(copy(tx))
+    tx.steps.append(TransactionStep(agent_id="agent-b", action="later"))
+    tx.error = "changed"
+    await store.save(copy(tx))
+    loaded = await store.load(tx.transaction_id)
+    assert dump(loaded) == dump(tx)
+    assert [t.transaction_id for t in await store.list(agent_id="agent-b")] == [tx.transaction_id]
+
+
+async def test_save_refuses_a_transaction_driven_under_a_live_lease(store: Store) -> None:
+    tx, _ = await in_flight(store)
+    before = dump(await store.load(tx.transaction_id))
+    replacement = copy(tx)
+    replacement.state = PENDING
+    with pytest.raises(LeaseConflictError):
+        await store.save(replacement)
+    assert dump(await store.load(tx.transaction_id)) == before
+
+
+# --------------------------------------------------------------------- acquire
+
+
+async def test_acquire_writes_the_transaction_and_grants_a_lease(store: Store) -> None:
+    tx = make_tx(state=ACTIVE)
+    before = utcnow()
+    lease = await store.acquire(tx, "driver-a", LIVE, [PENDING])
+    assert lease.transaction_id == tx.transaction_id
+    assert lease.owner == "driver-a"
+    assert lease.epoch >= 1
+    assert lease.expires_at >= before + timedelta(seconds=LIVE - 1)
+    assert dump(await store.load(tx.transaction_id)) == dump(tx)
+
+
+async def test_acquire_of_a_saved_pending_transaction(store: Store) -> None:
+    tx = make_tx()
+    await store.save(copy(tx))
+    tx.state = ACTIVE
+    await store.acquire(tx, "driver-a", LIVE, [PENDING])
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.state is ACTIVE
+
+
+async def test_acquire_refuses_an_unexpected_stored_state(store: Store) -> None:
+    tx = make_tx(state=COMMITTED)
+    await store.save(copy(tx))
+    before = dump(await store.load(tx.transaction_id))
+    driver = copy(tx)
+    driver.state = ACTIVE
+    with pytest.raises(LeaseConflictError):
+        await store.acquire(driver, "driver-a", LIVE, [PENDING])
+    assert dump(await store.load(tx.transaction_id)) == before
+    lease = await store.acquire(driver, "driver-a", LIVE, [PENDING, COMMITTED])
+    assert lease.owner == "driver-a"
+
+
+async def test_acquire_refuses_a_live_lease_and_writes_nothing(store: Store) -> None:
+    tx, first = await in_flight(store, owner="driver-a")
+    before = dump(await store.load(tx.transaction_id))
+    rival = copy(tx)
+    rival.error = "the rival's copy"
+    with pytest.raises(LeaseConflictError):
+        await store.acquire(rival, "driver-b", LIVE, [PENDING, ACTIVE])
+    assert dump(await store.load(tx.transaction_id)) == before
+    await store.release(first)
+    second = await store.acquire(rival, "driver-b", LIVE, [ACTIVE])
+    assert second.epoch > first.epoch
+
+
+async def test_every_new_lease_has_a_greater_epoch(store: Store) -> None:
+    tx = make_tx(state=ACTIVE)
+    epochs = []
+    lease = await store.acquire(tx, "driver-0", EXPIRED, [PENDING])
+    epochs.append(lease.epoch)
+    for index in range(1, 4):  # taken over after expiry, each by a new driver
+        lease = await store.acquire(copy(tx), f"driver-{index}", EXPIRED, [ACTIVE])
+        epochs.append(lease.epoch)
+    await store.release(lease)
+    lease = await store.acquire(copy(tx), "driver-4", LIVE, [ACTIVE])
+    epochs.append(lease.epoch)
+    assert epochs == sorted(set(epochs))
+
+
+# --------------------------------------------------------------------- record
+
+
+async def test_record_writes_the_header_and_the_step(store: Store) -> None:
+    tx, lease = await in_flight(store)
+    step = tx.steps[1]
+    step.status = StepStatus.COMPLETED
+    step.attempts = 1
+    step.result = {"charged": 12.5, "currency": "€"}
+    step.finished_at = utcnow()
+    tx.updated_at = utcnow()
+    await store.record(lease, tx, step)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None
+    assert dump(loaded) == dump(tx)
+    tx.state = COMMITTED
+    tx.finished_at = utcnow()
+    await store.record(lease, tx)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.state is COMMITTED
+    assert loaded.finished_at == tx.finished_at
+
+
+async def test_a_non_durable_record_is_kept_with_the_next_write(store: Store) -> None:
+    tx, lease = await in_flight(store)
+    first, second, _ = tx.steps
+    first.status = StepStatus.COMPLETED
+    await store.record(lease, tx, first, durable=False)
+    second.status = StepStatus.RUNNING
+    await store.record(lease, tx, second)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None
+    assert [s.status for s in loaded.steps] == [
+        StepStatus.COMPLETED,
+        StepStatus.RUNNING,
+        StepStatus.PENDING,
+    ]
+
+
+async def test_a_stale_record_is_rejected_and_changes_nothing(store: Store) -> None:
+    tx, stale = await in_flight(store, owner="driver-a", ttl=EXPIRED)
+    taker = copy(tx)
+    fresh = await store.acquire(taker, "driver-b", LIVE, [ACTIVE])
+    assert fresh.epoch > stale.epoch
+    before = dump(await store.load(tx.transaction_id))
+    tx.steps[0].status = StepStatus.COMPLETED
+    tx.state = COMPENSATING
+    tx.error = "written by the stale driver"
+    with pytest.raises(LeaseLostError):
+        # A non-durable stale write may be dropped quietly; the next write must raise.
+        await store.record(stale, tx, tx.steps[0], durable=False)
+        await store.record(stale, tx, tx.steps[1])
+    with pytest.raises(LeaseLostError):
+        await store.record(stale, tx)
+    assert dump(await store.load(tx.transaction_id)) == before
+    taker.steps[0].status = StepStatus.RUNNING
+    await store.record(fresh, taker, taker.steps[0])
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.steps[0].status is StepStatus.RUNNING
+
+
+async def test_a_stale_record_among_concurrent_ones_does_not_break_them(store: Store) -> None:
+    drivers = [await in_flight(store, owner=f"driver-{i}") for i in range(8)]
+    victim, stale = await in_flight(store, owner="driver-x", ttl=EXPIRED)
+    await store.acquire(copy(victim), "driver-y", LIVE, [ACTIVE])
+    outcomes: dict[str, str] = {}
+
+    async def write(tx: Transaction, lease: Lease) -> None:
+        tx.steps[0].status = StepStatus.RUNNING
+        tx.error = f"by {lease.owner}"
+        try:
+            await store.record(lease, tx, tx.steps[0])
+        except LeaseLostError:
+            outcomes[tx.transaction_id] = "lost"
+        else:
+            outcomes[tx.transaction_id] = "ok"
+
+    async with anyio.create_task_group() as group:
+        for tx, lease in [*drivers[:4], (victim, stale), *drivers[4:]]:
+            group.start_soon(write, tx, lease)
+    assert outcomes.pop(victim.transaction_id) == "lost"
+    assert set(outcomes.values()) == {"ok"}
+    for tx, lease in drivers:
+        loaded = await store.load(tx.transaction_id)
+        assert loaded is not None and loaded.error == f"by {lease.owner}"
+    loaded = await store.load(victim.transaction_id)
+    assert loaded is not None and loaded.error is None
+
+
+# --------------------------------------------------------------------- leases
+
+
+async def test_renew_extends_only_the_owners_in_flight_leases(store: Store) -> None:
+    mine = [await in_flight(store, owner="driver-a", ttl=EXPIRED) for _ in range(2)]
+    await in_flight(store, owner="driver-b", ttl=EXPIRED)
+    done, done_lease = await in_flight(store, owner="driver-a")
+    done.state = COMMITTED
+    await store.record(done_lease, done)
+    taken, _ = await in_flight(store, owner="driver-a", ttl=EXPIRED)
+    await store.acquire(copy(taken), "driver-c", EXPIRED, [ACTIVE])
+
+    assert await store.renew("driver-a", LIVE) == 2
+    claimed = await store.claim_expired("recoverer", LIVE, 100)
+    claimed_ids = {tx.transaction_id for tx, _ in claimed}
+    assert not claimed_ids & {tx.transaction_id for tx, _ in mine}
+    assert len(claimed_ids) == 2  # driver-b's and the one driver-c took over
+    assert await store.renew("nobody", LIVE) == 0
+
+
+async def test_release_lets_another_driver_in_at_once(store: Store) -> None:
+    tx, lease = await in_flight(store, owner="driver-a")
+    await store.release(lease)
+    taken = await store.acquire(copy(tx), "driver-b", LIVE, [ACTIVE])
+    assert taken.epoch > lease.epoch
+
+
+async def test_a_stale_release_does_not_free_the_new_lease(store: Store) -> None:
+    tx, stale = await in_flight(store, owner="driver-a", ttl=EXPIRED)
+    await store.acquire(copy(tx), "driver-b", LIVE, [ACTIVE])
+    await store.release(stale)
+    with pytest.raises(LeaseConflictError):
+        await store.acquire(copy(tx), "driver-c", LIVE, [ACTIVE])
+
+
+async def test_claim_expired_takes_only_expired_in_flight_transactions(store: Store) -> None:
+    pending = make_tx()
+    await store.save(copy(pending))
+    live, _ = await in_flight(store, ttl=LIVE)
+    expired, expired_lease = await in_flight(store, ttl=EXPIRED)
+    undoing, _ = await in_flight(store, ttl=EXPIRED, state=COMPENSATING)
+    orphan, orphan_lease = await in_flight(store, ttl=LIVE)
+    await store.release(orphan_lease)  # in flight with no lease at all
+    finished, finished_lease = await in_flight(store, ttl=EXPIRED)
+    finished.state = COMMITTED
+    await store.record(finished_lease, finished)
+
+    claimed = await store.claim_expired("recoverer", LIVE, 100)
+    by_id = {tx.transaction_id: (tx, lease) for tx, lease in claimed}
+    assert set(by_id) == {expired.transaction_id, undoing.transaction_id, orphan.transaction_id}
+    for tx, lease in claimed:
+        assert lease.owner == "recoverer"
+        assert lease.transaction_id == tx.transaction_id
+        assert tx.recovery_attempts == 1
+        stored = await store.load(tx.transaction_id)
+        assert stored is not None and stored.recovery_attempts == 1
+    claimed_tx, new_lease = by_id[expired.transaction_id]
+    assert new_lease.epoch > expired_lease.epoch
+    assert dump(claimed_tx) is not None
+    assert [s.step_id for s in claimed_tx.steps] == [s.step_id for s in expired.steps]
+    with pytest.raises(LeaseLostError):
+        await store.record(expired_lease, expired)
+    assert await store.claim_expired("another", LIVE, 100) == []
+    for tx in (pending, live, finished):
+        stored = await store.load(tx.transaction_id)
+        assert stored is not None and stored.recovery_attempts == 0
+
+
+async def test_claim_expired_respects_the_limit(store: Store) -> None:
+    ids = {(await in_flight(store, ttl=EXPIRED))[0].transaction_id for _ in range(5)}
+    first = await store.claim_expired("recoverer", LIVE, 2)
+    second = await store.claim_expired("recoverer", LIVE, 2)
+    third = await store.claim_expired("recoverer", LIVE, 2)
+    assert [len(first), len(second), len(third)] == [2, 2, 1]
+    assert {tx.transaction_id for tx, _ in [*first, *second, *third]} == ids
+    assert await store.claim_expired("recoverer", LIVE, 0) == []
+
+
+async def test_concurrent_claimers_never_get_the_same_transaction(
+    store_factory: Callable[[], Store],
+) -> None:
+    async with store_factory() as one, store_factory() as two:
+        ids = {(await in_flight(one, ttl=EXPIRED))[0].transaction_id for _ in range(30)}
+        got: dict[str, list[str]] = {"one": [], "two": []}
+
+        async def claim_all(name: str, store: Store) -> None:
+            while True:
+                claimed = await store.claim_expired(f"recoverer-{name}", LIVE, 4)
+                if not claimed:
+                    return
+                got[name] += [tx.transaction_id for tx, _ in claimed]
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(claim_all, "one", one)
+                group.start_soon(claim_all, "two", two)
+        every = got["one"] + got["two"]
+        assert len(every) == len(set(every))
+        assert set(every) == ids
+
+
+# --------------------------------------------------------------------- queries
+
+
+async def populate(store: Store) -> tuple[datetime, list[Transaction]]:
+    """Six transactions a minute apart, in assorted states and agents."""
+    base = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    plan = [
+        (COMMITTED, "billing"),
+        (ROLLED_BACK, "shipping"),
+        (COMMITTED, "shipping"),
+        (PENDING, "billing"),
+        (FAILED, "billing"),
+        (COMMITTED, "mail"),
+    ]
+    made = []
+    for minute, (state, agent) in enumerate(plan):
+        tx = make_tx(steps=2, agent=agent, state=state, created_at=base + timedelta(minutes=minute))
+        tx.steps[1].agent_id = "common"
+        await store.save(copy(tx))
+        made.append(tx)
+    return base, made
+
+
+def ids(found: list[Transaction]) -> list[str]:
+    return [tx.transaction_id for tx in found]
+
+
+async def test_list_is_newest_first_and_filters_combine(store: Store) -> None:
+    base, made = await populate(store)
+    newest_first = [tx.transaction_id for tx in reversed(made)]
+    assert ids(await store.list()) == newest_first
+    assert ids(await store.list(limit=2)) == newest_first[:2]
+    assert ids(await store.list(state=COMMITTED)) == ids([made[5], made[2], made[0]])
+    assert ids(await store.list(agent_id="billing")) == ids([made[4], made[3], made[0]])
+    assert ids(await store.list(agent_id="common")) == newest_first
+    assert await store.list(agent_id="nobody") == []
+    assert ids(
+        await store.list(since=base + timedelta(minutes=1), until=base + timedelta(minutes=4))
+    ) == ids([made[3], made[2], made[1]])  # since inclusive, until exclusive
+    assert ids(await store.list(state=COMMITTED, agent_id="shipping", since=base, limit=5)) == ids(
+        [made[2]]
+    )
+    listed = await store.list(agent_id="mail")
+    assert [dump(tx) for tx in listed] == [dump(made[5])]
+
+
+async def test_count_by_state(store: Store) -> None:
+    assert await store.count_by_state() == {}
+    await populate(store)
+    await in_flight(store)
+    assert await store.count_by_state() == {
+        COMMITTED: 3,
+        ROLLED_BACK: 1,
+        PENDING: 1,
+        FAILED: 1,
+        ACTIVE: 1,
+    }
+
+
+async def test_delete(store: Store) -> None:
+    _, made = await populate(store)
+    assert await store.delete(made[0].transaction_id) is True
+    assert await store.load(made[0].transaction_id) is None
+    assert await store.delete(made[0].transaction_id) is False
+    assert made[0].transaction_id not in ids(await store.list(agent_id="billing"))
+    driven, _ = await in_flight(store)
+    with pytest.raises(LeaseConflictError):
+        await store.delete(driven.transaction_id)
+    assert await store.load(driven.transaction_id) is not None
+    abandoned, _ = await in_flight(store, ttl=EXPIRED)
+    assert await store.delete(abandoned.transaction_id) is True
+
+
+async def test_purge_removes_old_terminal_transactions_only(store: Store) -> None:
+    base, made = await populate(store)
+    old_active, _ = await in_flight(store, ttl=EXPIRED, created_at=base - timedelta(days=1))
+    every_state = list(TransactionState)
+    purged = await store.purge(states=every_state, older_than=base + timedelta(minutes=3))
+    assert purged == 3  # made[0..2]; the pending one and the in-flight one stay
+    left = set(ids(await store.list()))
+    assert left == {tx.transaction_id for tx in made[3:]} | {old_active.transaction_id}
+    assert await store.purge(states=[COMMITTED], older_than=base + timedelta(hours=2)) == 1
+    assert await store.purge(states=[ACTIVE, PENDING], older_than=utcnow()) == 0
+    assert await store.count_by_state() == {PENDING: 1, FAILED: 1, ACTIVE: 1}
+
+
+# --------------------------------------------------------------------- engine
+
+
+class Ledger:
+    """Async handlers that note what ran; ``fail`` names the actions that raise."""
+
+    def __init__(self, *fail: str) -> None:
+        self.ran: list[str] = []
+        self.fail = set(fail)
+
+    async def __call__(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        self.ran.append(action)
+        if action in self.fail:
+            raise RuntimeError(f"{action} failed")
+        return {"action": action, "n": data.get("n")}
+
+    def handlers(self) -> dict[str, Any]:
+        return {name: self for name in ("reserve", "charge", "ship", "unreserve", "refund")}
+
+
+def order(manager: TransactionManager) -> Transaction:
+    tx = manager.begin(timeout_seconds=60)
+    manager.add_step(tx, "stock", "reserve", {"n": 1}, "unreserve")
+    manager.add_step(tx, "billing", "charge", {"n": 2}, "refund")
+    manager.add_step(tx, "shipping", "ship", {"n": 3})
+    return tx
+
+
+async def test_engine_commit_round_trip(store: Store) -> None:
+    ledger = Ledger()
+    manager = TransactionManager(ledger.handlers(), store=store)
+    tx = order(manager)
+    result = await manager.commit(tx)
+    assert result.state is COMMITTED
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None
+    assert dump(loaded) == dump(tx)
+    assert loaded.state is COMMITTED and loaded.finished_at is not None
+    assert [s.status for s in loaded.steps] == [StepStatus.COMPLETED] * 3
+    assert [s.result for s in loaded.steps] == [
+        {"action": "reserve", "n": 1},
+        {"action": "charge", "n": 2},
+        {"action": "ship", "n": 3},
+    ]
+    assert await store.claim_expired("recoverer", LIVE, 10) == []
+
+
+async def test_engine_failure_and_rollback_round_trip(store: Store) -> None:
+    ledger = Ledger("ship")
+    manager = TransactionManager(ledger.handlers(), store=store)
+    tx = order(manager)
+    result = await manager.commit(tx)
+    assert result.state is ROLLED_BACK
+    assert ledger.ran == ["reserve", "charge", "ship", "refund", "unreserve"]
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None
+    assert dump(loaded) == dump(tx)
+    assert loaded.state is ROLLED_BACK
+    assert loaded.error == "ship failed"
+    assert [s.status for s in loaded.steps] == [
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATED,
+        StepStatus.FAILED,
+    ]
+    assert (await store.list(state=ROLLED_BACK))[0].transaction_id == tx.transaction_id
+
+
+async def test_engine_recovers_an_abandoned_transaction_from_the_store(store: Store) -> None:
+    tx = make_tx(state=ACTIVE)
+    first, second, _ = tx.steps
+    first.status = StepStatus.COMPLETED
+    first.attempts = 1
+    second.status = StepStatus.RUNNING  # in doubt: its driver died mid-call
+    second.attempts = 1
+    await store.acquire(tx, "dead-driver", EXPIRED, [PENDING])
+    ran: list[str] = []
+
+    async def handler(action: str, data: dict[str, Any]) -> None:
+        ran.append(action)
+
+    actions = ("act0", "act1", "act2", "undo0", "undo1", "undo2")
+    manager = TransactionManager(dict.fromkeys(actions, handler), store=store)
+    results = await manager.recover()
+    assert [r.state for r in results] == [ROLLED_BACK]
+    assert ran == ["undo1", "undo0"]
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.state is ROLLED_BACK
+    assert [s.status for s in loaded.steps][:2] == [StepStatus.COMPENSATED] * 2
+    assert loaded.recovery_attempts == 1
+    assert await manager.recover() == []
