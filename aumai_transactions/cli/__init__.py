@@ -37,8 +37,8 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):
-            raise
+        except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
+            raise  # Typer reports these itself (a closed pipe quietly, as `| head` expects)
         except KeyboardInterrupt:
             Output().error("interrupted.")
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -22,6 +22,7 @@ __all__ = [
     "ATTENTION_STATES",
     "STEP_COLUMNS",
     "compensation_outcome",
+    "data_table",
     "details_panel",
     "result_payload",
     "result_renderables",
@@ -140,13 +141,24 @@ STEP_COLUMNS = [
 """The per-step table of ``show``, ``commit``, ``rollback`` and ``run``."""
 
 
-def steps_table(rows: list[dict[str, Any]], output: Output, *, data: bool = False) -> Table:
-    """The per-step table; with ``data`` a column of (masked) step data too."""
+def steps_table(rows: list[dict[str, Any]], output: Output) -> Table:
+    """The per-step table: status, attempts, duration, error, compensation outcome."""
     view = [{**row, "compensation_view": _compensation_cell(row)} for row in rows]
-    columns = list(STEP_COLUMNS)
-    if data:
-        columns.append(Column("data", "data", max_width=40))
-    return output.table(view, columns, title="Steps")
+    return output.table(view, STEP_COLUMNS, title="Steps")
+
+
+DATA_COLUMNS = [
+    Column("index", "#", justify="right"),
+    Column("action", "action"),
+    Column("data", "data"),
+    Column("result", "result"),
+]
+"""Step data and results, masked: a table of their own, as they can be long."""
+
+
+def data_table(rows: list[dict[str, Any]], output: Output) -> Table:
+    """The (masked) data each step was given and the result it returned."""
+    return output.table(rows, DATA_COLUMNS, title="Data and results")
 
 
 def details_panel(pairs: Sequence[tuple[str, Any] | None], *, title: str, style: str = "") -> Panel:

@@ -19,6 +19,7 @@ from ._store import cli_store, find_transaction, run_async
 from ._timeline import timeline_events, timeline_table
 from ._views import (
     ATTENTION_STATES,
+    data_table,
     details_panel,
     seconds_between,
     step_rows,
@@ -104,7 +105,11 @@ def list_transactions(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List transactions, newest first; those needing an operator are counted at the top."""
+    """List transactions, newest first; problems counted on top.
+
+    Transactions in compensation_failed or dead_letter need an operator: they are
+    counted above the table and highlighted in it.
+    """
     output = Output(json_mode=as_json)
     moment = parse_since(since)
 
@@ -148,7 +153,11 @@ def show(
     as_json: JsonOption = False,
     reveal: RevealOption = False,
 ) -> None:
-    """Show a transaction: its steps, their outcomes and a timeline of what ran when."""
+    """Show a transaction's steps, outcomes and timeline.
+
+    Each step with its status, attempts, duration, error and compensation outcome,
+    then a timeline of the steps and compensations on one time axis.
+    """
     output = Output(json_mode=as_json, reveal=reveal)
 
     async def body() -> Transaction:
@@ -179,7 +188,8 @@ def show(
     )
     renderables: list[RenderableType] = [panel]
     if rows:
-        renderables.append(steps_table(rows, output, data=True))
+        renderables.append(steps_table(rows, output))
+        renderables.append(data_table(rows, output))
     timeline = timeline_table(tx, events)
     if timeline is not None:
         renderables.append(timeline)
@@ -192,7 +202,7 @@ def stats(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Count transactions by state and by agent, with p50/p95 durations."""
+    """Counts by state and by agent, with p50/p95 durations."""
     output = Output(json_mode=as_json)
     moment = parse_since(since)
 

@@ -20,7 +20,7 @@ from ._output import Output, format_time, state_cell
 from ._parse import parse_data
 from ._store import cli_store, find_transaction, run_async
 from ._timeline import progress_display
-from ._views import details_panel, result_payload, result_renderables, step_rows, steps_table
+from ._views import details_panel, result_payload, result_renderables, step_rows
 
 __all__ = ["app"]
 
@@ -83,7 +83,11 @@ def status(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a transaction's id, state, number of steps, creation time and timeout."""
+    """Show a transaction's state, step count, creation time and timeout.
+
+    The fields the original tool printed: transaction_id, state, steps, created_at,
+    timeout_seconds.
+    """
     output = Output(json_mode=as_json)
 
     async def body() -> Transaction:
@@ -134,7 +138,11 @@ def add_step(
     as_json: JsonOption = False,
     reveal: RevealOption = False,
 ) -> None:
-    """Append a step (agent, action, data, compensating action) to a pending transaction."""
+    """Append a step to a pending transaction.
+
+    The step is an action by an agent, with JSON data and an optional compensating
+    action; bad data is refused before anything is written.
+    """
     output = Output(json_mode=as_json, reveal=reveal)
     step_data = parse_data(data)  # before the store is touched: bad input changes nothing
 
@@ -153,10 +161,19 @@ def add_step(
             return tx
 
     tx = run_async(body)
-    rows = step_rows(tx, output)
+    row = step_rows(tx, output)[-1]
     output.emit(
-        {"transaction_id": tx.transaction_id, "step": rows[-1]},
-        steps_table(rows[-1:], output, data=True),
+        {"transaction_id": tx.transaction_id, "step": row},
+        details_panel(
+            [
+                ("step", f"#{row['index']} {row['step_id']}"),
+                ("agent", row["agent_id"]),
+                ("action", row["action"]),
+                ("undo", row["compensating_action"] or "— (nothing to undo)"),
+                ("data", row["data"]),
+            ],
+            title=f"Added to {tx.transaction_id}",
+        ),
     )
     if not as_json:
         note = _deadline_note(tx)
@@ -225,7 +242,11 @@ def commit(
     as_json: JsonOption = False,
     reveal: RevealOption = False,
 ) -> None:
-    """Run a pending transaction's steps; undo the completed ones if one fails (exit 1)."""
+    """Run a pending transaction; undo it if a step fails (exit 1).
+
+    Steps run in order with the handlers named by --handlers; when one fails, the
+    completed ones are compensated in reverse order and the command exits 1.
+    """
     output = Output(json_mode=as_json, reveal=reveal)
     result, tx = _drive(store, output, tx_id, handlers, rollback=False)
     _report(result, tx, output, TransactionState.COMMITTED)
@@ -239,7 +260,11 @@ def rollback(
     as_json: JsonOption = False,
     reveal: RevealOption = False,
 ) -> None:
-    """Compensate every step of a pending or committed transaction, in reverse order."""
+    """Compensate every step of a transaction, in reverse order.
+
+    For a pending transaction (steps that ran elsewhere) or a committed one; exits 1
+    when a compensation fails.
+    """
     output = Output(json_mode=as_json, reveal=reveal)
     result, tx = _drive(store, output, tx_id, handlers, rollback=True)
     _report(result, tx, output, TransactionState.ROLLED_BACK)

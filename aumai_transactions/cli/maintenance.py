@@ -100,7 +100,11 @@ def recover(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Drive transactions whose driver died to an end (exit 1 if one needs an operator)."""
+    """Finish transactions whose driver died, once or with --watch.
+
+    Claims active and compensating transactions whose lease expired and drives each
+    to an end; exits 1 when one is left needing an operator.
+    """
     output = Output(json_mode=as_json)
     mapping = load_handlers(handlers)
 
@@ -156,7 +160,10 @@ def export(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export transactions as a JSON list (the original tool's format), oldest first."""
+    """Export transactions as JSON (the original tool's format).
+
+    A list of transaction dumps, oldest first; step data is not masked (a backup).
+    """
     output = Output(json_mode=as_json)
 
     async def body() -> list[Transaction]:
@@ -193,7 +200,11 @@ def import_(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import transactions from a JSON file; all are validated before any is written."""
+    """Import transactions from a JSON file, all or nothing.
+
+    Every entry is validated before any is written; ids already stored are skipped
+    unless --replace.
+    """
     output = Output(json_mode=as_json)
     incoming = parse_transactions(read_text(file, "import"), "<stdin>" if file == "-" else file)
 
@@ -271,7 +282,7 @@ def purge(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete old transactions in the given states (asks first unless --yes)."""
+    """Delete old transactions in given states (asks unless --yes)."""
     output = Output(json_mode=as_json)
     states = list(dict.fromkeys(state))
     flying = [s.value for s in states if s in _IN_FLIGHT]

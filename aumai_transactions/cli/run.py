@@ -199,7 +199,11 @@ def run(
     as_json: JsonOption = False,
     reveal: RevealOption = False,
 ) -> None:
-    """Run a saga from a JSON, TOML or YAML file, showing each step live (exit 1 if undone)."""
+    """Run a saga file (JSON, TOML or YAML) with a live display.
+
+    The steps run as one new transaction; each step and each compensation is shown
+    as it happens. Exits 1 when the saga does not commit.
+    """
     output = Output(json_mode=as_json, reveal=reveal)
     saga = load_saga(saga_file)
     if timeout is not None and (not timeout > 0 or timeout == float("inf")):
