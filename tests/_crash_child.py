@@ -70,8 +70,8 @@ class Effect:
     stage: int  # 0: the original run; 1, 2, ...: successive recoveries
     tx: str
     step: str
-    kind: str  # "forward" or "compensate"
-    action: str
+    kind: str  # "forward", "compensate", or "outcome" (what the caller was told)
+    action: str  # for an outcome: the state the caller was told
     key: str  # the idempotency key the handler was given
     attempt: int
 
@@ -84,7 +84,8 @@ class Ledger:
         self.stage = stage
 
     def append(self, ctx: StepContext, kind: str) -> None:
-        line = json.dumps(
+        """Record a side effect (``kind`` "forward" or "compensate") of the step ``ctx``."""
+        self._write(
             {
                 "stage": self.stage,
                 "tx": ctx.transaction_id,
@@ -95,6 +96,23 @@ class Ledger:
                 "attempt": ctx.attempt,
             }
         )
+
+    def outcome(self, result: TransactionResult) -> None:
+        """Record what a caller was told: the journal must never contradict it later."""
+        self._write(
+            {
+                "stage": self.stage,
+                "tx": result.transaction_id,
+                "step": "",
+                "kind": "outcome",
+                "action": result.state.value,
+                "key": "",
+                "attempt": 0,
+            }
+        )
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, (line + "\n").encode())
@@ -348,7 +366,9 @@ async def run(spec: Spec) -> list[dict[str, Any]]:
         outcomes: list[dict[str, Any]] = []
 
         async def commit(tx: Transaction) -> None:
-            outcomes.append(_summary(await manager.commit(tx)))
+            result = await manager.commit(tx)
+            handlers.ledger.outcome(result)
+            outcomes.append(_summary(result))
 
         async with anyio.create_task_group() as group:
             for tx in txs:

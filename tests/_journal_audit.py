@@ -87,6 +87,16 @@ def audit(
         where = f"tx {tx[:8]}" + (f" step {step.action}" if step is not None else "")
         problems.append(f"{prefix}{where}: {text}")
 
+    # A commit or rollback acknowledged to its caller is never contradicted later.
+    for told in (e for e in effects if e.kind == "outcome"):
+        ended = final.get(told.tx)
+        if ended is None or ended.state.value != told.action:
+            where = "gone" if ended is None else ended.state.value
+            problems.append(
+                f"{prefix}tx {told.tx[:8]}: its caller was told {told.action!r}, "
+                f"the journal ends {where!r}"
+            )
+    effects = [e for e in effects if e.kind != "outcome"]
     by_step: dict[tuple[str, str], list[Effect]] = defaultdict(list)
     for effect in effects:
         by_step[(effect.tx, effect.step)].append(effect)

@@ -179,6 +179,7 @@ async def run_with_fault(
             if exc not in faulty.injected:
                 tally.anomalies.append(f"[{label}] commit raised {exc!r}, not the fault")
         else:
+            handlers.ledger.outcome(result)
             if faulty.faulted:
                 tally.anomalies.append(
                     f"[{label}] commit returned {result.state.value} despite {faulty.injected}"
@@ -233,8 +234,8 @@ async def test_every_failed_journal_write_stops_the_engine_and_recovery_repairs_
         total.add(tally)
     print(
         f"\nI/O faults ({scenario}, {'persistent' if persistent else 'transient'}, "
-        f"{'ack lost' if after else 'write lost'}): {writes} writes "
-        f"({', '.join(counted.writes)}), {total.transactions} transactions recovered, "
+        f"{'ack lost' if after else 'write lost'}): a fault at each of {writes} journal "
+        f"writes, {total.transactions} transactions audited after recovery, "
         f"anomalies: {len(total.anomalies)}"
     )
     assert total.anomalies == []
