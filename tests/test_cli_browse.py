@@ -91,9 +91,9 @@ def test_list_counts_and_highlights_transactions_needing_an_operator(cli: Cli) -
     commit(cli, ORDER[0])
     cli.create()
     out = cli.ok("list").stdout
-    first_line = out.splitlines()[0]
-    assert "1 transaction(s) need an operator: 1 compensation_failed" in first_line
-    assert "list --state compensation_failed" in first_line
+    first, second = out.splitlines()[:2]
+    assert "1 transaction(s) need an operator: 1 compensation_failed" in first
+    assert "aumai-transactions list --state compensation_failed" in second
     assert tx_id[:8] in out
     forced = cli.ok("list", env={"FORCE_COLOR": "1"}).stdout
     red_rows = [line for line in forced.splitlines() if tx_id[:8] in line]

@@ -171,6 +171,19 @@ def test_exit_codes_as_a_shell_sees_them(shell: Shell, tmp_path: Path) -> None:
     bad = shell.run("status", "--tx-id", "nope", expect=2)
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
     shell.run("list", "--store", "nosuch://x", expect=2)
+    saga.write_text(
+        json.dumps(
+            {
+                "steps": [
+                    {"agent": "a", "action": "reserve", "compensate": "charge"},
+                    {"agent": "b", "action": "charge"},
+                ]
+            }
+        )
+    )
+    undone = shell.run("run", str(saga), "--handlers", "handlers:HANDLERS", expect=1)
+    assert "compensation_failed" in undone.stdout
+    assert "aumai_transactions ERROR: compensation 'charge'" in undone.stderr  # library log line
     assert shell.run("--version").stdout.startswith("aumai-transactions ")
 
 

@@ -67,7 +67,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            Output().note(f"{record.levelname.lower()}: {record.getMessage()}")
+            Output().note(f"{record.name} {record.levelname}: {record.getMessage()}")
         except Exception:  # logging must never break a command
             self.handleError(record)
 

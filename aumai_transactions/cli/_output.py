@@ -101,6 +101,7 @@ class Column:
     no_wrap: bool = False
     max_width: int | None = None
     style: str | None = None
+    overflow: Literal["fold", "ellipsis"] = "fold"
 
 
 def state_cell(value: Any) -> Text:
@@ -155,7 +156,7 @@ class Output:
                 no_wrap=column.no_wrap,
                 max_width=column.max_width,
                 style=column.style,
-                overflow="fold",
+                overflow=column.overflow,
             )
         for row in rows:
             cells = [column.format(row.get(column.key)) for column in columns]

@@ -69,27 +69,31 @@ _LIST_COLUMNS = [
     Column("transaction_id", "id", format=_short_id, no_wrap=True),
     Column("state", "state", format=state_cell, no_wrap=True),
     Column("steps", "steps", justify="right"),
-    Column("agents", "agents", format=lambda agents: ", ".join(agents)),
+    Column(
+        "agents",
+        "agents",
+        format=lambda agents: ", ".join(agents),
+        no_wrap=True,
+        max_width=24,
+        overflow="ellipsis",
+    ),
     Column("created_at", "created (UTC)", format=format_time, no_wrap=True),
     Column("duration_seconds", "took", format=format_duration, justify="right"),
     Column("problem", "error", format=_blank_if_none, style="red", max_width=48),
 ]
 
 
-def _attention_line(counts: dict[TransactionState, int]) -> Text | None:
+def _attention_lines(counts: dict[TransactionState, int]) -> list[Text]:
+    """The count of transactions needing an operator, and how to list them."""
     parts = [f"{counts[state]} {state.value}" for state in ATTENTION_STATES if counts.get(state)]
     if not parts:
-        return None
+        return []
+    total = sum(counts.get(state, 0) for state in ATTENTION_STATES)
     worst = next(state for state in ATTENTION_STATES if counts.get(state))
-    return Text.assemble(
-        ("⚠ ", "bold red"),
-        (
-            f"{sum(counts.get(s, 0) for s in ATTENTION_STATES)} transaction(s) need an operator: ",
-            "bold red",
-        ),
-        (", ".join(parts), "bold red"),
-        (f"  (aumai-transactions list --state {worst.value})", "dim"),
-    )
+    return [
+        Text(f"⚠ {total} transaction(s) need an operator: {', '.join(parts)}", style="bold red"),
+        Text(f"  see them with: aumai-transactions list --state {worst.value}", style="dim"),
+    ]
 
 
 @app.command("list", rich_help_panel=_PANEL)
@@ -124,9 +128,8 @@ def list_transactions(
     if as_json:
         output.emit(rows)
         return
-    attention = _attention_line(counts)
-    if attention is not None:
-        output.console.print(attention)
+    for line in _attention_lines(counts):
+        output.console.print(line)
     view = [{**row, "problem": row["blocked_reason"] or row["error"]} for row in rows]
     caption = f"{len(rows)} shown of {total} stored" + (
         f"; --limit {limit} reached" if len(rows) == limit else ""
