@@ -148,6 +148,7 @@ class Output:
             header_style="bold",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
+            collapse_padding=True,
         )
         for column in columns:
             table.add_column(

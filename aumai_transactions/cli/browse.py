@@ -61,26 +61,34 @@ def _short_id(value: Any) -> str:
     return str(value)[:8]
 
 
-def _blank_if_none(value: Any) -> str:
-    return str(value or "")
+def _first_words(value: Any, limit: int = 80) -> str:
+    text = str(value or "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _minute(value: Any) -> str:
+    return format_time(value)[:16]
+
+
+# Fixed columns never wrap; the error column takes what is left (`show` has the whole
+# story), and narrow terminals lose the agents column rather than every other one.
 _LIST_COLUMNS = [
     Column("transaction_id", "id", format=_short_id, no_wrap=True),
     Column("state", "state", format=state_cell, no_wrap=True),
-    Column("steps", "steps", justify="right"),
+    Column("steps", "steps", justify="right", no_wrap=True),
     Column(
         "agents",
         "agents",
         format=lambda agents: ", ".join(agents),
         no_wrap=True,
-        max_width=24,
+        max_width=22,
         overflow="ellipsis",
     ),
-    Column("created_at", "created (UTC)", format=format_time, no_wrap=True),
-    Column("duration_seconds", "took", format=format_duration, justify="right"),
-    Column("problem", "error", format=_blank_if_none, style="red", max_width=48),
+    Column("created_at", "created (UTC)", format=_minute, no_wrap=True),
+    Column("duration_seconds", "took", format=format_duration, justify="right", no_wrap=True),
+    Column("problem", "error", format=_first_words, style="red"),
 ]
+_NARROW = 130  # below this many columns the agents column is left out
 
 
 def _attention_lines(counts: dict[TransactionState, int]) -> list[Text]:
@@ -134,10 +142,15 @@ def list_transactions(
     caption = f"{len(rows)} shown of {total} stored" + (
         f"; --limit {limit} reached" if len(rows) == limit else ""
     )
+    columns = [
+        column
+        for column in _LIST_COLUMNS
+        if column.key != "agents" or output.console.width >= _NARROW
+    ]
     output.console.print(
         output.table(
             view,
-            _LIST_COLUMNS,
+            columns,
             title="Transactions",
             caption=caption,
             row_style=lambda row: (
