@@ -211,15 +211,31 @@ _STEPS_OF_T = """
 """
 
 # One round trip writes a whole batch, sent as one JSON document (the step and header
-# documents inside it verbatim, so nothing is escaped twice): acquires and saves
-# (upsert of the header and every step, pruning steps no longer present), then records
-# and releases (fenced by epoch), then the step rows of the records that passed the
-# fence. The writer never puts two writes of different kinds or epochs for one
-# transaction in a batch, so no row is touched twice by one statement.
-_BATCH = """
+# documents inside it verbatim, so nothing is escaped twice). The statement is put
+# together from two parts, so a batch of records does not pay for acquire machinery:
+#
+# * acquires and saves: upsert of the header and every step, pruning steps no longer
+#   present. An acquire succeeds where the stored lease is not live and the state is
+#   one of those expected; a save where no live lease holds an in-flight transaction.
+# * records and releases, fenced: a row is written only while it still carries the
+#   writer's epoch *and* owner. (The owner matters after a server crash: an acquire
+#   that committed without waiting for its WAL flush can be lost, and a later acquire
+#   may hand out the same epoch again, but never to the same owner.) A record that
+#   ends the transaction also ends its lease: there is nothing left to drive.
+#
+# The writer never puts two writes of different kinds or epochs for one transaction in
+# a batch, so no row is touched twice by one statement. A batch with no durable write
+# in it (acquires, releases, non-durable records) commits without waiting for the WAL
+# flush: the next durable write flushes it anyway, and until then nothing depends on
+# it (an acquire lost in a crash fails its driver's first write: see above).
+_BATCH_HEAD = """
 WITH b AS (
     SELECT %(batch)s::jsonb AS j
-), a_in AS (
+)
+"""
+
+_BATCH_ACQUIRE = """
+, a_in AS (
     SELECT * FROM jsonb_to_recordset((SELECT j -> 'a' FROM b)) AS a(
         tid text, state text, created_at timestamptz, attempts integer, header jsonb,
         owner text, ttl float8, expected text)
@@ -265,19 +281,24 @@ WITH b AS (
     WHERE x.transaction_id = a_up.transaction_id
       AND NOT EXISTS (
           SELECT 1 FROM as_in AS v WHERE v.tid = x.transaction_id AND v.step_id = x.step_id)
-), r_in AS (
+)
+"""
+
+_BATCH_RECORD = """
+, r_in AS (
     SELECT * FROM jsonb_to_recordset((SELECT j -> 'r' FROM b)) AS r(
-        tid text, epoch bigint, state text, attempts integer, header jsonb, release boolean)
+        tid text, epoch bigint, owner text, state text, attempts integer, header jsonb,
+        release boolean)
 ), r_up AS (
     UPDATE {s}.transactions AS t SET
         state = coalesce(r.state, t.state),
         recovery_attempts = coalesce(r.attempts, t.recovery_attempts),
         header = coalesce(r.header, t.header),
-        lease_owner = CASE WHEN r.release THEN NULL ELSE t.lease_owner END,
-        lease_expires_at = CASE WHEN r.release THEN '-infinity'::timestamptz
-                                ELSE t.lease_expires_at END
+        lease_expires_at = CASE
+            WHEN r.release OR r.state NOT IN ('pending', 'active', 'compensating')
+            THEN '-infinity'::timestamptz ELSE t.lease_expires_at END
     FROM r_in AS r
-    WHERE t.transaction_id = r.tid AND t.lease_epoch = r.epoch
+    WHERE t.transaction_id = r.tid AND t.lease_epoch = r.epoch AND t.lease_owner = r.owner
     RETURNING t.transaction_id
 ), rs_in AS (
     SELECT * FROM jsonb_to_recordset((SELECT j -> 'rs' FROM b)) AS v(
@@ -288,19 +309,39 @@ WITH b AS (
     FROM rs_in AS v JOIN r_up ON r_up.transaction_id = v.tid
     ON CONFLICT (transaction_id, step_id) DO UPDATE SET doc = EXCLUDED.doc
 )
-SELECT 'a', transaction_id, lease_epoch, nullif(lease_expires_at, '-infinity') FROM a_up
-UNION ALL
-SELECT 'r', transaction_id, NULL::bigint, NULL::timestamptz FROM r_up
-UNION ALL
--- A batch of lease bookkeeping only (releases, non-durable records) commits without
--- waiting for the WAL flush: the next durable write flushes it anyway.
-SELECT 'c', set_config('synchronous_commit', %(sync)s, true), NULL::bigint, NULL::timestamptz
 """
 
+_BATCH_SYNC = """
+SELECT 'c', set_config('synchronous_commit', %(sync)s, true), NULL::bigint, NULL::timestamptz
+"""
+_BATCH_ACQUIRED = """
+SELECT 'a', transaction_id, lease_epoch, nullif(lease_expires_at, '-infinity') FROM a_up
+UNION ALL
+"""
+_BATCH_RECORDED = """
+SELECT 'r', transaction_id, NULL::bigint, NULL::timestamptz FROM r_up
+UNION ALL
+"""
+
+
+def _batch(acquire: bool, record: bool) -> str:
+    return (
+        _BATCH_HEAD
+        + (_BATCH_ACQUIRE if acquire else "")
+        + (_BATCH_RECORD if record else "")
+        + (_BATCH_ACQUIRED if acquire else "")
+        + (_BATCH_RECORDED if record else "")
+        + _BATCH_SYNC
+    )
+
+
+# A released lease (expiry minus infinity) keeps its owner, for fencing, but is not
+# renewed; an expired one is, until another owner takes it.
 _RENEW = """
 UPDATE {s}.transactions
 SET lease_expires_at = now() + %(ttl)s * interval '1 second'
 WHERE lease_owner = %(owner)s AND state IN ('active', 'compensating')
+  AND lease_expires_at > '-infinity'
 """
 
 # The lease columns are set in the same statement that picks the rows, so two
@@ -372,7 +413,9 @@ class Statements:
     """Every statement of the store, compiled once for one schema."""
 
     schema: str
-    batch: bytes
+    batch_acquire: bytes
+    batch_record: bytes
+    batch_both: bytes
     renew: bytes
     claim: bytes
     load: bytes
@@ -386,7 +429,9 @@ class Statements:
     def for_schema(cls, schema: str) -> Statements:
         return cls(
             schema=schema,
-            batch=_q(_BATCH, schema),
+            batch_acquire=_q(_batch(acquire=True, record=False), schema),
+            batch_record=_q(_batch(acquire=False, record=True), schema),
+            batch_both=_q(_batch(acquire=True, record=True), schema),
             renew=_q(_RENEW, schema),
             claim=_q(_CLAIM, schema),
             load=_q(_LOAD, schema),

@@ -28,7 +28,7 @@ import anyio.lowlevel
 import psycopg
 
 from ..errors import LeaseLostError, StoreError
-from ..models import Transaction, TransactionState, TransactionStep
+from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
 from ._base import Lease
 from ._postgres_sql import HEADER_EXCLUDE, Statements
 
@@ -39,6 +39,9 @@ OpKind = Literal["acquire", "save", "record", "release", "renew"]
 # Errors after which PostgreSQL rolled the whole statement back: safe to resend.
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _MAX_RETRIES = 5
+# States after which a lease has nothing left to drive (see the record statement).
+_ENDED = frozenset(s.value for s in TERMINAL_STATES)
+_MAX_REMEMBERED = 100_000
 # A batch this large is already one fsync for hundreds of writers; bigger ones only
 # make one statement slower to plan and send.
 MAX_BATCH = 1024
@@ -120,6 +123,8 @@ class Op:
         return cls(
             kind="save" if owner is None else "acquire",
             tid=tx.transaction_id,
+            # An acquire need not wait for the WAL flush: see the batch statement.
+            durable=owner is None,
             state=tx.state.value,
             attempts=tx.recovery_attempts,
             header=header_json(tx),
@@ -142,6 +147,7 @@ class Op:
             kind="record",
             tid=tx.transaction_id,
             epoch=lease.epoch,
+            owner=lease.owner,
             durable=durable,
             state=tx.state.value,
             attempts=tx.recovery_attempts,
@@ -165,8 +171,8 @@ class _Batch:
         self.ops = ops
         a: list[str] = []
         a_steps: list[str] = []
-        # tid -> [epoch, state, attempts, header, release]; a later write of the same
-        # lease supersedes the header of an earlier one.
+        # tid -> [epoch, owner, state, attempts, header, release]; a later write of the
+        # same lease supersedes the header of an earlier one.
         records: dict[str, list[Any]] = {}
         r_steps: dict[tuple[str, str], str] = {}
         self.renew: dict[str, float] = {}
@@ -176,9 +182,9 @@ class _Batch:
             if kind == "record":
                 row = records.get(op.tid)
                 if row is None:
-                    records[op.tid] = [op.epoch, op.state, op.attempts, op.header, False]
+                    records[op.tid] = [op.epoch, op.owner, op.state, op.attempts, op.header, False]
                 else:
-                    row[1], row[2], row[3] = op.state, op.attempts, op.header
+                    row[2], row[3], row[4] = op.state, op.attempts, op.header
                 tid = _dumps(op.tid)
                 for step_id, position, agent_id, doc in op.steps:
                     r_steps[(op.tid, step_id)] = (
@@ -200,24 +206,25 @@ class _Batch:
                         f'{{"tid":{tid},"step_id":{_dumps(step_id)},"position":{position},'
                         f'"agent_id":{_dumps(agent_id)},"doc":{doc}}}'
                     )
-                durable = True
+                durable = durable or op.durable
             elif kind == "release":
                 row = records.get(op.tid)
                 if row is None:
-                    records[op.tid] = [op.epoch, None, None, None, True]
+                    records[op.tid] = [op.epoch, op.owner, None, None, None, True]
                 else:
-                    row[4] = True
+                    row[5] = True
             else:
                 assert op.owner is not None
                 self.renew[op.owner] = op.ttl
         r = [
-            f'{{"tid":{_dumps(tid)},"epoch":{epoch},"state":{_s(state)},'
+            f'{{"tid":{_dumps(tid)},"epoch":{epoch},"owner":{_s(owner)},"state":{_s(state)},'
             f'"attempts":{"null" if attempts is None else attempts},'
             f'"header":{"null" if header is None else header},'
             f'"release":{"true" if release else "false"}}}'
-            for tid, (epoch, state, attempts, header, release) in records.items()
+            for tid, (epoch, owner, state, attempts, header, release) in records.items()
         ]
-        self.has_main = bool(a or r)
+        self.has_acquire = bool(a)
+        self.has_record = bool(r)
         self.params = {
             "batch": (
                 f'{{"a":[{",".join(a)}],"s":[{",".join(a_steps)}],'
@@ -271,6 +278,8 @@ class Writer:
         # (transaction_id, epoch) of non-durable writes that failed: the driver's next
         # write raises this error instead of going ahead.
         self.poisoned: dict[tuple[str, int], StoreError] = {}
+        # (transaction_id, epoch) of leases a terminal record already ended.
+        self.released: set[tuple[str, int]] = set()
         self.batches = 0
         self.durable_batches = 0
         self.ops_written = 0
@@ -346,7 +355,7 @@ class Writer:
     async def _write(self, ops: list[Op]) -> None:
         batch = _Batch(ops)
         main = [op for op in ops if op.kind != "renew"]
-        if main:
+        if batch.has_acquire or batch.has_record:
             await self._guarded(main, self._write_main(batch, main))
         if batch.renew:
             await self._guarded([op for op in ops if op.kind == "renew"], self._write_renew(batch))
@@ -397,7 +406,13 @@ class Writer:
                     op.result = Lease(op.tid, op.owner, got[0], got[1].astimezone(UTC))
             elif kind == "save":
                 op.result = op.tid in acquired
-            elif kind == "record" and op.tid not in fenced:
+            elif kind == "record" and op.tid in fenced:
+                if op.state in _ENDED:
+                    # The record ended the lease too: release() has nothing left to do.
+                    if len(self.released) > _MAX_REMEMBERED:
+                        self.released.clear()
+                    self.released.add((op.tid, op.epoch))
+            elif kind == "record":
                 error = LeaseLostError(
                     f"Transaction {op.tid}: lease epoch {op.epoch} is stale (another "
                     "driver took the transaction over, or it was deleted); this driver "
@@ -424,10 +439,15 @@ class Writer:
                 op.done = True
 
     async def _execute_main(self, batch: _Batch) -> list[tuple[str, str, int, datetime]]:
+        statements = self._statements
+        if batch.has_acquire:
+            query = statements.batch_both if batch.has_record else statements.batch_acquire
+        else:
+            query = statements.batch_record
         for attempt in range(1, _MAX_RETRIES + 1):
             try:
                 async with self._connection() as conn:
-                    cur = await conn.execute(self._statements.batch, batch.params)
+                    cur = await conn.execute(query, batch.params)
                     rows: list[tuple[str, str, int, datetime]] = await cur.fetchall()
                     return rows
             except _RETRYABLE:

@@ -383,9 +383,20 @@ class PostgresStore:
         return result
 
     async def release(self, lease: Lease) -> None:
+        writer = self._open_writer()
+        key = (lease.transaction_id, lease.epoch)
+        if key in writer.released:  # the terminal record ended the lease already
+            writer.released.discard(key)
+            return
         # Rides with any batch in flight; alone, it commits without a WAL flush wait.
-        await self._open_writer().submit(
-            Op(kind="release", tid=lease.transaction_id, epoch=lease.epoch, durable=False)
+        await writer.submit(
+            Op(
+                kind="release",
+                tid=lease.transaction_id,
+                epoch=lease.epoch,
+                owner=lease.owner,
+                durable=False,
+            )
         )
 
     # ------------------------------------------------------------------ recovery
