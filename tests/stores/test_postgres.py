@@ -384,6 +384,48 @@ async def test_release_keeps_the_epoch_growing(pg: PostgresStore) -> None:
 
 
 @needs_server
+async def test_a_terminal_record_ends_the_lease(pg: PostgresStore) -> None:
+    tx = make_tx()
+    lease = await start(pg, tx, owner="driver")
+    tx.state = TransactionState.COMMITTED
+    await pg.record(lease, tx)
+    before = pg.stats
+    await pg.release(lease)  # nothing left to do: no round trip
+    assert pg.stats == before
+    rollback = await pg.acquire(tx, "rollbacker", 30, (TransactionState.COMMITTED,))
+    assert rollback.epoch == lease.epoch + 1
+
+
+@needs_server
+async def test_fencing_checks_the_owner_as_well_as_the_epoch(pg: PostgresStore, db: Any) -> None:
+    # An acquire commits without waiting for its WAL flush; if the server crashes
+    # before the flush, another owner may be handed the same epoch. Simulate that.
+    tx = make_tx()
+    lease = await start(pg, tx, owner="lost-in-crash")
+    await sql(
+        db,
+        f"UPDATE {pg.schema}.transactions SET lease_owner = 'successor' WHERE transaction_id = %s",
+        tx.transaction_id,
+    )
+    with pytest.raises(LeaseLostError):
+        await pg.record(lease, tx)
+
+
+@needs_server
+async def test_only_durable_writes_wait_for_the_wal_flush(pg: PostgresStore) -> None:
+    tx = make_tx()
+    before = pg.stats
+    lease = await start(pg, tx)
+    await pg.release(lease)
+    await pg.renew("w1", 30)
+    middle = pg.stats
+    assert middle["batches"] == before["batches"] + 2  # acquire, release; renew is apart
+    assert middle["durable_batches"] == before["durable_batches"]
+    await pg.record(await pg.acquire(tx, "w2", 30, (ACTIVE,)), tx)
+    assert pg.stats["durable_batches"] == middle["durable_batches"] + 1
+
+
+@needs_server
 async def test_record_writes_the_header_and_the_step(pg: PostgresStore) -> None:
     tx = make_tx()
     lease = await start(pg, tx)
