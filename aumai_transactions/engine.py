@@ -180,6 +180,11 @@ class TransactionDriver:
         if store.durable:
             self._renew_at = time.monotonic() + self._options.lease_ttl / 3
 
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this driver holds, or None until it took (or adopted) one."""
+        return self._lease
+
     def adopt_lease(self, lease: Lease) -> None:
         """Drive under a lease claimed elsewhere (recovery)."""
         self._lease = lease

@@ -10,7 +10,7 @@ from typing import Any, Self
 import anyio
 
 from .engine import EngineOptions, TransactionDriver
-from .errors import LeaseConflictError, LeaseLostError, StoreError
+from .errors import LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
 from .models import (
     RecoveryPolicy,
@@ -226,12 +226,17 @@ class TransactionManager:
         # Claimed before the first await: a concurrent commit sees 'active' and refuses.
         transaction.state = TransactionState.ACTIVE
         self._transactions[transaction.transaction_id] = transaction
+        driver: TransactionDriver | None = None
         try:
             if not self._store_opened:
                 await self._ensure_open()
-            return await self._driver(transaction).commit()
-        except LeaseConflictError:
-            transaction.state = _PENDING
+            driver = self._driver(transaction)
+            return await driver.commit()
+        except StoreError:
+            # No lease was taken (the store did not open, or refused or failed the
+            # lease): nothing ran and nothing is in flight, so it may be committed again.
+            if driver is None or driver.lease is None:
+                transaction.state = _PENDING
             raise
 
     async def rollback(self, transaction: Transaction) -> TransactionResult:
@@ -246,11 +251,14 @@ class TransactionManager:
             )
         transaction.state = TransactionState.COMPENSATING
         self._transactions[transaction.transaction_id] = transaction
+        driver: TransactionDriver | None = None
         try:
             await self._ensure_open()
-            return await self._driver(transaction).rollback((previous,))
-        except LeaseConflictError:
-            transaction.state = previous
+            driver = self._driver(transaction)
+            return await driver.rollback((previous,))
+        except StoreError:
+            if driver is None or driver.lease is None:  # nothing ran: as it was before
+                transaction.state = previous
             raise
 
     async def recover(
