@@ -60,7 +60,15 @@ def _live_status(step: TransactionStep, spinners: dict[str, Spinner]) -> tuple[A
 
 
 def _live_table(tx: Transaction, title: str, spinners: dict[str, Spinner]) -> RenderableType:
-    table = Table(title=f"{title} {tx.transaction_id} · {tx.state.value}", title_justify="left")
+    heading = f"{title} {tx.transaction_id} · {tx.state.value}"
+    table = Table(
+        title=heading,
+        min_width=len(heading),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for header, justify in (("#", "right"), ("agent", "left"), ("action", "left")):
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     table.add_column("")
