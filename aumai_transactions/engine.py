@@ -197,7 +197,18 @@ class TransactionDriver:
         fields["finished_at"] = fields["updated_at"] = utcnow()
         await self._journal()
         assert self._lease is not None
-        await self._store.release(self._lease)
+        try:
+            await self._store.release(self._lease)
+        except StoreError as exc:
+            # The outcome is durable: the caller must get it, not an error that reads as
+            # "it failed" (and invites a retry). The lease lapses by itself, and a
+            # transaction in a terminal state is never claimed.
+            logger.warning(
+                "transaction %s is %s, but its lease could not be released: %s",
+                self.tx.transaction_id,
+                state.value,
+                exc,
+            )
 
     # ------------------------------------------------------------------ steps
 

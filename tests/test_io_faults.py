@@ -5,7 +5,8 @@ A store wrapper fails one journal write (*transient*) or every write from the N-
 acknowledgement). Handlers check, each time they are called, that a second,
 independent connection to the file sees their intent record: the engine must never run
 a handler without a durable record, and must run nothing after a write failed. The
-commit raises the StoreError; recovery afterwards (the same manager once a transient
+commit raises the StoreError (unless only the lease release after the durable outcome
+failed: then it returns that outcome, which the journal holds); recovery afterwards (the same manager once a transient
 fault has passed, a fresh one after a persistent fault) reaches a terminal state that
 agrees with what the handlers did, and ``PRAGMA integrity_check`` stays "ok".
 """
@@ -180,7 +181,8 @@ async def run_with_fault(
                 tally.anomalies.append(f"[{label}] commit raised {exc!r}, not the fault")
         else:
             handlers.ledger.outcome(result)
-            if faulty.faulted:
+            # Only a failed lease release, after the outcome is durable, is not an error.
+            if fail_at is not None and faulty.faulted and faulty.writes[fail_at - 1] != "release":
                 tally.anomalies.append(
                     f"[{label}] commit returned {result.state.value} despite {faulty.injected}"
                 )
@@ -271,3 +273,57 @@ async def test_recovery_reaches_a_terminal_state_after_each_fault(tmp_path: Path
     ]
     effects = Ledger.read(tmp_path / "ledger.jsonl")
     assert [(e.stage, e.action) for e in effects] == [(0, "reserve"), (1, "release")]
+
+
+async def test_a_commit_whose_lease_was_never_taken_can_be_retried(tmp_path: Path) -> None:
+    """Regression: a StoreError before the lease was taken (the first journal write, or
+    opening the store) left the transaction 'active' in memory with nothing in flight,
+    so it could never be committed again."""
+    db, ledger = tmp_path / "journal.db", Ledger(tmp_path / "ledger.jsonl", 0)
+    async with SqliteStore(db) as reader:
+        faulty = FaultyStore(SqliteStore(db), 1, persistent=False, after=False)
+        handlers = CheckingHandlers(ledger, reader, None)
+        async with TransactionManager(handlers.mapping(), store=faulty) as manager:
+            tx = build(manager, {})
+            with pytest.raises(StoreError, match="journal write 1"):
+                await manager.commit(tx)
+            assert tx.state is TransactionState.PENDING
+            assert await reader.list() == []
+            result = await manager.commit(tx)  # the fault has passed
+        assert result.state is TransactionState.COMMITTED
+    assert handlers.problems == []
+    assert [e.action for e in Ledger.read(ledger.path)] == list(FORWARD)
+
+
+async def test_a_commit_on_a_store_that_cannot_open_can_be_retried(tmp_path: Path) -> None:
+    """Regression: the same, when the journal cannot even be opened."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    manager = TransactionManager(
+        {"a": lambda action, data: None}, store=SqliteStore(blocker / "j.db")
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a")
+    with pytest.raises(StoreError):
+        await manager.commit(tx)
+    assert tx.state is TransactionState.PENDING
+
+
+async def test_a_lease_release_that_fails_after_the_outcome_is_durable_is_not_a_failure(
+    tmp_path: Path,
+) -> None:
+    """Regression: when only the lease release after the committed record failed,
+    commit raised, telling the caller the transaction failed although the journal
+    holds it committed (a caller that retries would run every step twice)."""
+    db, ledger = tmp_path / "journal.db", Ledger(tmp_path / "ledger.jsonl", 0)
+    async with SqliteStore(db) as reader:
+        faulty = FaultyStore(SqliteStore(db), 9, persistent=False, after=False)
+        handlers = CheckingHandlers(ledger, reader, None)
+        manager = TransactionManager(handlers.mapping(), store=faulty)
+        tx = build(manager, {})
+        result = await manager.commit(tx)
+        await faulty.close()
+        assert faulty.writes[-1] == "release" and faulty.injected
+        assert result.state is TransactionState.COMMITTED
+        stored = await reader.load(tx.transaction_id)
+        assert stored is not None and stored.state is TransactionState.COMMITTED
