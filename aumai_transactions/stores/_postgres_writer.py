@@ -26,6 +26,7 @@ from typing import Any, Literal
 import anyio
 import anyio.lowlevel
 import psycopg
+from pydantic_core import PydanticSerializationError
 
 from ..errors import LeaseLostError, StoreError
 from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
@@ -60,7 +61,7 @@ def step_rows(tx: Transaction) -> list[tuple[str, int, str, str]]:
     Raises ``ValueError`` when two steps share an id (they would share a row).
     """
     rows = [
-        (step.step_id, position, step.agent_id, step.model_dump_json())
+        (step.step_id, position, step.agent_id, step_json(step, tx.transaction_id))
         for position, step in enumerate(tx.steps)
     ]
     if len({row[0] for row in rows}) != len(rows):
@@ -71,9 +72,25 @@ def step_rows(tx: Transaction) -> list[tuple[str, int, str, str]]:
     return rows
 
 
+_HEADER_EXCLUDE = set(HEADER_EXCLUDE)
+
+
+def step_json(step: TransactionStep, transaction_id: str) -> str:
+    """The whole step as JSON; a value JSON cannot hold is a TypeError naming the step."""
+    try:
+        return step.model_dump_json()
+    except PydanticSerializationError as exc:
+        raise TypeError(
+            f"Step {step.step_id} of transaction {transaction_id} cannot be stored as JSON: {exc}"
+        ) from exc
+
+
 def header_json(tx: Transaction) -> str:
     """The header fields that have no column of their own, as JSON."""
-    return tx.model_dump_json(exclude=set(HEADER_EXCLUDE))
+    try:
+        return tx.model_dump_json(exclude=_HEADER_EXCLUDE)
+    except PydanticSerializationError as exc:
+        raise TypeError(f"Transaction {tx.transaction_id} cannot be stored as JSON: {exc}") from exc
 
 
 def _position(tx: Transaction, step: TransactionStep) -> int:
@@ -142,7 +159,14 @@ class Op:
         """A fenced write of the header of ``tx`` and, if given, the row of ``step``."""
         rows = []
         if step is not None:
-            rows.append((step.step_id, _position(tx, step), step.agent_id, step.model_dump_json()))
+            rows.append(
+                (
+                    step.step_id,
+                    _position(tx, step),
+                    step.agent_id,
+                    step_json(step, tx.transaction_id),
+                )
+            )
         return cls(
             kind="record",
             tid=tx.transaction_id,
