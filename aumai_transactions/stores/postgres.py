@@ -8,15 +8,19 @@ It needs the ``postgres`` extra: ``pip install 'aumai-transactions[postgres]'``.
 How it keeps the Store contract across processes:
 
 * Leases live in the rows: owner, expiry and epoch (the fencing token). Every write
-  is an ``UPDATE ... WHERE lease_epoch = %s``, so a driver that lost its lease (it was
-  paused, partitioned, or its process was presumed dead) can no longer write, and the
-  store raises ``LeaseLostError``; expiries compare against the database's ``now()``,
-  so clock skew between machines does not matter.
+  is an ``UPDATE ... WHERE lease_epoch = %s AND lease_owner = %s``, so a driver that
+  lost its lease (it was paused, partitioned, or presumed dead) can no longer write,
+  and the store raises ``LeaseLostError``. Expiries compare against the database's
+  ``now()``, so clock skew between machines does not matter.
 * ``claim_expired`` picks rows ``FOR UPDATE SKIP LOCKED`` and sets owner, expiry,
   epoch + 1 and recovery_attempts + 1 in the same statement: recovery workers divide
   the abandoned transactions between them without ever taking the same one.
 * Group commit: the writes of all transactions a process runs at once travel in one
   statement per round trip (see ``_postgres_writer``), one commit for all of them.
+  Only durable writes wait for the WAL flush; an acquire, a release or a renewal
+  alone commits without waiting (the next durable write flushes it).
+* A record that moves a transaction to a terminal state ends its lease in the same
+  statement, so the engine's ``release`` right after it costs nothing.
 * Step data and results are stored as JSONB and validated on load; a row that does
   not validate raises ``CorruptRecordError``. Nothing is ever unpickled.
 """

@@ -273,6 +273,27 @@ async def test_errors_from_the_server_become_store_errors(pg: PostgresStore, db:
     assert isinstance(info.value.__cause__, psycopg.Error)
 
 
+@needs_server
+async def test_a_lost_connection_fails_the_write_in_flight_and_the_next_one_reconnects(
+    pg_url: str, schema: str, db: Any
+) -> None:
+    name = f"aumai-test-{uuid.uuid4().hex[:8]}"
+    async with PostgresStore(
+        pg_url, schema=schema, application_name=name, drop_schema_on_close=True
+    ) as store:
+        tx = make_tx()
+        lease = await start(store, tx)
+        await sql(
+            db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            name,
+        )
+        with pytest.raises(StoreUnavailableError, match="unavailable"):
+            await store.record(lease, tx)
+        await store.record(lease, tx)  # the pool replaced the dead connection
+        assert await store.load(tx.transaction_id) == tx
+
+
 # ---------------------------------------------------------------------- save / load
 
 
