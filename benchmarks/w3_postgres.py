@@ -1,0 +1,214 @@
+"""W3 on PostgreSQL: durable steps per second with 1, 16 and 256 transactions in flight,
+from one process and from 4 processes side by side.
+
+Three async no-op steps per transaction, PostgresStore on a fresh schema, the server's
+own durability settings (``synchronous_commit`` as configured: on by default). Figures:
+steps per second, and WAL-flushing commits per step (batches the store sent that
+waited for the flush, counted by the store). Baselines in the same run, with the same
+driver (psycopg 3 async) and a step-sized JSONB row: one INSERT + COMMIT per step on one
+connection (the round-trip-and-flush limit), and 256 rows per COMMIT (the batching
+limit); from 4 processes, 4 connections each committing one row per step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any
+
+from ._common import REPEATS, emit
+from ._postgres import Children, child_loop, drop_schema, fresh_schema, server_url
+
+WORKLOADS = ("W3",)
+
+LEVELS = (1, 16, 256)
+# Transactions per timed run (per process), sized so a run takes about a second.
+TX_PER_RUN = {1: 100, 16: 400, 256: 1024}
+TX_PER_RUN_EACH_OF_4 = {1: 40, 16: 160, 256: 512}
+RAW_ROWS = 600
+RAW_BATCH = 256
+ACTIONS = ("reserve", "charge", "ship", "release", "refund", "cancel")
+
+
+# ---------------------------------------------------------------------- the timed jobs
+
+
+async def _engine(url: str, schema: str, transactions: int, inflight: int) -> dict[str, Any]:
+    """One timed run of the engine; returns elapsed seconds and store counters."""
+    import anyio
+
+    from aumai_transactions import TransactionManager
+    from aumai_transactions.stores.postgres import PostgresStore
+
+    async def noop(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    store = PostgresStore(url, schema=schema, max_size=4)
+    manager = TransactionManager(dict.fromkeys(ACTIONS, noop), store=store)
+    async with manager:
+
+        async def run(count: int) -> None:
+            todo = iter(range(count))
+
+            async def lane() -> None:
+                for _ in todo:
+                    tx = manager.begin()
+                    for forward, undo in (ACTIONS[0:4:3], ACTIONS[1:5:3], ACTIONS[2:6:3]):
+                        manager.add_step(tx, "agent", forward, {"user_id": "u-001"}, undo)
+                    result = await manager.commit(tx)
+                    assert result.state.value == "committed"
+                    manager.forget(tx.transaction_id)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(min(inflight, count)):
+                    group.start_soon(lane)
+
+        await run(max(inflight, 20))  # warm-up: connections, prepared statements
+        before = store.stats
+        start = time.perf_counter()
+        await run(transactions)
+        elapsed = time.perf_counter() - start
+        after = store.stats
+    return {
+        "elapsed": elapsed,
+        "steps": transactions * 3,
+        "durable": after["durable_batches"] - before["durable_batches"],
+        "batches": after["batches"] - before["batches"],
+    }
+
+
+async def _raw(url: str, schema: str, rows: int, batch: int) -> dict[str, Any]:
+    """Raw psycopg: ``rows`` step-sized rows, ``batch`` rows per COMMIT."""
+    import psycopg
+
+    from aumai_transactions import TransactionManager
+
+    builder = TransactionManager()
+    tx = builder.begin()
+    step = builder.add_step(tx, "agent", "reserve", {"user_id": "u-001"}, "release")
+    doc = step.model_dump_json()
+    insert = f"INSERT INTO {schema}.raw_steps (transaction_id, step_id, doc) VALUES (%s, %s, %s)"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(insert, (tx.transaction_id, "warm", doc))
+        start = time.perf_counter()
+        if batch == 1:
+            for index in range(rows):
+                await conn.execute(insert, (tx.transaction_id, str(index), doc))
+        else:
+            for first in range(0, rows, batch):
+                async with conn.transaction():
+                    cur = conn.cursor()
+                    await cur.executemany(
+                        insert,
+                        [(tx.transaction_id, str(i), doc) for i in range(first, first + batch)],
+                    )
+        elapsed = time.perf_counter() - start
+    return {"elapsed": elapsed, "steps": rows}
+
+
+def _job(job: dict[str, Any]) -> dict[str, Any]:
+    import anyio
+
+    if job["kind"] == "engine":
+        return anyio.run(_engine, job["url"], job["schema"], job["transactions"], job["inflight"])
+    return anyio.run(_raw, job["url"], job["schema"], job["rows"], job["batch"])
+
+
+# ---------------------------------------------------------------------- the workload
+
+
+def _median_rate(runs: list[list[dict[str, Any]]]) -> tuple[float, float]:
+    """Median over repetitions of (steps/s, WAL-flushing commits per step).
+
+    A repetition of several processes counts all their steps over the slowest one's
+    time: the fleet's throughput.
+    """
+    rates, flushes = [], []
+    for replies in runs:
+        steps = sum(r["steps"] for r in replies)
+        rates.append(steps / max(r["elapsed"] for r in replies))
+        flushes.append(sum(r.get("durable", r["steps"]) for r in replies) / steps)
+    return statistics.median(rates), statistics.median(flushes)
+
+
+def _repeat(children: Children, job: dict[str, Any]) -> tuple[float, float]:
+    children.run(job)  # warm-up
+    return _median_rate([children.run(job) for _ in range(REPEATS)])
+
+
+def _prepare(url: str, schema: str) -> None:
+    import anyio
+    import psycopg
+
+    from aumai_transactions.stores.postgres import PostgresStore
+
+    async def create() -> None:
+        async with PostgresStore(url, schema=schema):
+            pass
+
+    anyio.run(create)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {schema}.raw_steps (id bigserial PRIMARY KEY, "
+            "transaction_id text NOT NULL, step_id text NOT NULL, doc jsonb NOT NULL)"
+        )
+
+
+def main() -> None:
+    url, problem = server_url()
+    if problem is not None:
+        emit("W3", "postgres", 0, "steps/s", 0, f"skipped: no PostgreSQL at {url} ({problem})")
+        return
+    schema = fresh_schema("bench_w3")
+    _prepare(url, schema)
+    module = "benchmarks.w3_postgres"
+    try:
+        one = Children(module, [{}])
+        four = Children(module, [{}] * 4)
+        base = {"url": url, "schema": schema}
+        try:
+            raw1, _ = _repeat(one, {**base, "kind": "raw", "rows": RAW_ROWS, "batch": 1})
+            raw_batched, _ = _repeat(
+                one, {**base, "kind": "raw", "rows": RAW_ROWS * 4, "batch": RAW_BATCH}
+            )
+            raw4, _ = _repeat(four, {**base, "kind": "raw", "rows": RAW_ROWS // 2, "batch": 1})
+            for processes, children, sizes in (
+                (1, one, TX_PER_RUN),
+                (4, four, TX_PER_RUN_EACH_OF_4),
+            ):
+                raw = raw1 if processes == 1 else raw4
+                for inflight in LEVELS:
+                    job = {**base, "kind": "engine", "inflight": inflight}
+                    rate, flushes = _repeat(children, {**job, "transactions": sizes[inflight]})
+                    emit(
+                        "W3",
+                        "postgres",
+                        rate,
+                        "steps/s",
+                        sizes[inflight] * 3 * processes,
+                        f"{processes} process(es) x {inflight} in flight: {rate:,.0f} steps/s, "
+                        f"{flushes:.3f} WAL-flushing commits per step; same-run raw psycopg "
+                        f"baselines: {raw:,.0f} steps/s at one INSERT+COMMIT per step"
+                        f"{' from 4 connections' if processes == 4 else ''} "
+                        f"(ratio {rate / raw:.2f}), {raw_batched:,.0f} steps/s at "
+                        f"{RAW_BATCH} rows per COMMIT",
+                        processes=processes,
+                        inflight=inflight,
+                        commits_per_step=round(flushes, 4),
+                        baseline_commit_per_step=round(raw, 1),
+                        baseline_batched=round(raw_batched, 1),
+                        ratio=round(rate / raw, 3),
+                    )
+        finally:
+            one.close()
+            four.close()
+    finally:
+        drop_schema(url, schema)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child_loop(_job)
+    else:
+        main()
