@@ -1,0 +1,255 @@
+"""W3 on SQLite: durable steps per second with 1, 16 and 256 transactions in flight.
+
+Three async no-op steps per transaction through ``TransactionManager(store=SqliteStore)``
+on a fresh file per run, ``synchronous=FULL`` (every commit fsyncs the write-ahead log).
+Figures: steps per second, and commits (fsyncs) per step as counted by the store.
+
+Baselines in the same run, same file settings (WAL, synchronous=FULL) and a step-sized
+JSON row:
+
+* raw sqlite3, one INSERT + COMMIT per step: the fsync limit;
+* raw sqlite3, 256 steps per COMMIT: the group-commit limit;
+* asyncio + a writer thread committing once per step (``run_in_executor`` on a
+  one-thread executor, one step in flight): what a naive async journal gets.
+
+Targets (issue 3): 256 in flight >= 30,000 steps/s and >= 3x the one-commit-per-step
+baseline; 1 in flight >= the writer-thread baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ._common import REPEATS, emit
+
+WORKLOADS = ("W3",)
+
+LEVELS = (1, 16, 256)
+TX_PER_RUN = {1: 200, 16: 600, 256: 2048}  # about a second per timed run
+STEPS = (("reserve", "release"), ("charge", "refund"), ("ship", "cancel"))
+RAW_STEPS = 1000
+RAW_BATCH = 256
+
+# What one step row weighs in the journal (the JSON of a running step).
+ROW = json.dumps(
+    {
+        "step_id": "0f8e4a52-7d1b-4c0e-9a43-3c2f6a1d9e77",
+        "agent_id": "agent",
+        "action": "charge",
+        "data": {"user_id": "u-001"},
+        "compensating_action": "refund",
+        "status": "running",
+        "attempts": 1,
+        "compensation_attempts": 0,
+        "result": None,
+        "error": None,
+        "compensation_error": None,
+        "started_at": "2026-01-01T00:00:00.000000Z",
+        "finished_at": None,
+        "compensated_at": None,
+        "retry": None,
+        "recovery": None,
+    }
+)
+
+
+class _Scratch:
+    """A temporary directory handing out fresh database paths."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="aumai-w3-"))
+        self.count = 0
+
+    def fresh(self) -> Path:
+        self.count += 1
+        return self.root / f"run-{self.count}.db"
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _median_run(run: Callable[[], float]) -> float:
+    """Median of ``run()`` (seconds it reports) over REPEATS runs, after a warm-up."""
+    run()
+    times = []
+    for _ in range(REPEATS):
+        gc.collect()
+        times.append(run())
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------- the engine
+
+
+async def _engine_run(path: Path, transactions: int, inflight: int) -> tuple[float, int]:
+    """Seconds for ``transactions`` commits with ``inflight`` at a time; and commits."""
+    from aumai_transactions import TransactionManager
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    async def noop(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    handlers = {name: noop for pair in STEPS for name in pair}
+    store = SqliteStore(path, synchronous="FULL")
+    manager = TransactionManager(handlers, store=store)
+    async with manager:
+        todo = iter(range(transactions))
+
+        async def lane() -> None:
+            begin, add_step, commit = manager.begin, manager.add_step, manager.commit
+            for _ in todo:
+                tx = begin()
+                for action, undo in STEPS:
+                    add_step(tx, "agent", action, {"user_id": "u-001"}, undo)
+                result = await commit(tx)
+                if result.state.value != "committed":
+                    raise RuntimeError(f"unexpected outcome {result.state.value}")
+                manager.forget(tx.transaction_id)
+
+        before = store.stats.commits
+        start = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(inflight)))
+        elapsed = time.perf_counter() - start
+        commits = store.stats.commits - before
+    return elapsed, commits
+
+
+def measure_engine(scratch: _Scratch, inflight: int) -> tuple[float, float]:
+    """Median steps per second and commits per step at ``inflight``."""
+    transactions = TX_PER_RUN[inflight]
+    commits: list[int] = []
+
+    def run() -> float:
+        elapsed, made = asyncio.run(_engine_run(scratch.fresh(), transactions, inflight))
+        commits.append(made)
+        return elapsed
+
+    seconds = _median_run(run)
+    steps = transactions * len(STEPS)
+    return steps / seconds, statistics.median(commits) / steps
+
+
+# ---------------------------------------------------------------------- baselines
+
+
+def _raw_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS steps (id INTEGER PRIMARY KEY, body TEXT)")
+    return conn
+
+
+def raw_commit_per_step(scratch: _Scratch) -> float:
+    def run() -> float:
+        conn = _raw_connection(scratch.fresh())
+        start = time.perf_counter()
+        for _ in range(RAW_STEPS):
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO steps (body) VALUES (?)", (ROW,))
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return elapsed
+
+    return RAW_STEPS / _median_run(run)
+
+
+def raw_batched(scratch: _Scratch) -> float:
+    steps = RAW_STEPS * 20
+
+    def run() -> float:
+        conn = _raw_connection(scratch.fresh())
+        start = time.perf_counter()
+        for _ in range(steps // RAW_BATCH):
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO steps (body) VALUES (?)", [(ROW,)] * RAW_BATCH)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return elapsed
+
+    return steps // RAW_BATCH * RAW_BATCH / _median_run(run)
+
+
+def thread_commit_per_step(scratch: _Scratch) -> float:
+    async def timed(path: Path) -> float:
+        executor = ThreadPoolExecutor(max_workers=1)
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(executor, _raw_connection, path)
+
+        def write() -> None:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO steps (body) VALUES (?)", (ROW,))
+            conn.execute("COMMIT")
+
+        call: Callable[[], Awaitable[None]] = lambda: loop.run_in_executor(executor, write)  # noqa: E731
+        start = time.perf_counter()
+        for _ in range(RAW_STEPS):
+            await call()
+        elapsed = time.perf_counter() - start
+        await loop.run_in_executor(executor, conn.close)
+        executor.shutdown()
+        return elapsed
+
+    return RAW_STEPS / _median_run(lambda: asyncio.run(timed(scratch.fresh())))
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main() -> None:
+    scratch = _Scratch()
+    try:
+        per_commit = raw_commit_per_step(scratch)
+        batched = raw_batched(scratch)
+        threaded = thread_commit_per_step(scratch)
+        baselines = {
+            "raw_commit_per_step": round(per_commit),
+            "raw_batched": round(batched),
+            "thread_commit_per_step": round(threaded),
+        }
+        emit("W3", "sqlite3-raw", per_commit, "steps/s", RAW_STEPS, "one INSERT+COMMIT per step")
+        emit("W3", "sqlite3-raw", batched, "steps/s", RAW_STEPS * 20, f"{RAW_BATCH} steps/COMMIT")
+        emit(
+            "W3",
+            "sqlite3-thread",
+            threaded,
+            "steps/s",
+            RAW_STEPS,
+            "asyncio + writer thread (run_in_executor), one COMMIT per step",
+        )
+        for inflight in LEVELS:
+            rate, commits_per_step = measure_engine(scratch, inflight)
+            emit(
+                "W3",
+                "sqlite",
+                rate,
+                "steps/s",
+                TX_PER_RUN[inflight] * len(STEPS),
+                f"{inflight} in flight, synchronous=FULL; {commits_per_step:.3f} commits/step; "
+                f"{rate / per_commit:.2f}x raw one-commit-per-step, "
+                f"{rate / threaded:.2f}x writer-thread baseline",
+                inflight=inflight,
+                commits_per_step=round(commits_per_step, 4),
+                vs_raw_commit_per_step=round(rate / per_commit, 2),
+                vs_thread_commit_per_step=round(rate / threaded, 2),
+                **baselines,
+            )
+    finally:
+        scratch.close()
+
+
+if __name__ == "__main__":
+    main()

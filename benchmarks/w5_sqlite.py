@@ -1,0 +1,113 @@
+"""W5 on SQLite: recovery of 10,000 transactions whose driver died.
+
+Each run builds a fresh journal (``synchronous=FULL``) holding 10,000 three-step
+transactions left ``active`` under an expired lease, as a crashed worker leaves them:
+step 1 completed, step 2 running (in doubt), step 3 pending. They are written through
+the store API (``acquire`` with an already-expired lease, many at once). Then a new
+manager times ``await manager.recover()``, which claims them in batches and
+compensates steps 2 and 1 of each (async no-op handlers). Figure: transactions
+recovered per second (target >= 5,000/s). No baseline (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import REPEATS, emit
+
+WORKLOADS = ("W5",)
+
+TRANSACTIONS = 10_000
+STEPS = (("reserve", "release"), ("charge", "refund"), ("ship", "cancel"))
+
+
+async def _abandon(path: Path, count: int) -> None:
+    """Leave ``count`` transactions in flight under expired leases, as a crash would."""
+    from aumai_transactions import TransactionManager
+    from aumai_transactions.models import StepStatus, TransactionState
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    builder = TransactionManager()
+    async with SqliteStore(path) as store:
+
+        async def one() -> None:
+            tx = builder.begin(timeout_seconds=3600)
+            for action, undo in STEPS:
+                builder.add_step(tx, "agent", action, {"user_id": "u-001"}, undo)
+            builder.forget(tx.transaction_id)
+            tx.state = TransactionState.ACTIVE
+            tx.steps[0].status = StepStatus.COMPLETED
+            tx.steps[0].attempts = 1
+            tx.steps[1].status = StepStatus.RUNNING
+            tx.steps[1].attempts = 1
+            await store.acquire(tx, "crashed-worker", -60.0, [TransactionState.PENDING])
+
+        for start in range(0, count, 1000):
+            await asyncio.gather(*(one() for _ in range(min(1000, count - start))))
+
+
+async def _recover(path: Path) -> tuple[float, int]:
+    from aumai_transactions import TransactionManager
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    undone = 0
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        nonlocal undone
+        undone += 1
+
+    async def forward(action: str, data: dict[str, Any]) -> None:
+        raise AssertionError("recovery under 'compensate' never runs a forward step")
+
+    handlers = {
+        name: (forward if index == 0 else undo) for pair in STEPS for index, name in enumerate(pair)
+    }
+    manager = TransactionManager(handlers, store=SqliteStore(path))
+    async with manager:
+        start = time.perf_counter()
+        results = await manager.recover()
+        elapsed = time.perf_counter() - start
+        left = await manager.store.list(state=None, limit=None)
+    if len(results) != TRANSACTIONS or undone != 2 * TRANSACTIONS:
+        raise RuntimeError(f"recovered {len(results)}, compensated {undone}")
+    if any(tx.state.value != "rolled_back" for tx in left):
+        raise RuntimeError("a transaction was left unrecovered")
+    return elapsed, len(results)
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="aumai-w5-"))
+    try:
+        times = []
+        for run in range(REPEATS + 1):  # the first run is the warm-up
+            path = root / f"run-{run}.db"
+            asyncio.run(_abandon(path, TRANSACTIONS))
+            gc.collect()
+            elapsed, _ = asyncio.run(_recover(path))
+            if run:
+                times.append(elapsed)
+            path.unlink()
+        seconds = statistics.median(times)
+        emit(
+            "W5",
+            "sqlite",
+            TRANSACTIONS / seconds,
+            "tx/s",
+            TRANSACTIONS,
+            f"recover() of {TRANSACTIONS} expired active transactions (2 compensations each), "
+            f"synchronous=FULL; median {seconds:.2f}s",
+            seconds=round(seconds, 3),
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
