@@ -26,7 +26,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -194,10 +194,9 @@ def thread_commit_per_step(scratch: _Scratch) -> float:
             conn.execute("INSERT INTO steps (body) VALUES (?)", (ROW,))
             conn.execute("COMMIT")
 
-        call: Callable[[], Awaitable[None]] = lambda: loop.run_in_executor(executor, write)  # noqa: E731
         start = time.perf_counter()
         for _ in range(RAW_STEPS):
-            await call()
+            await loop.run_in_executor(executor, write)
         elapsed = time.perf_counter() - start
         await loop.run_in_executor(executor, conn.close)
         executor.shutdown()

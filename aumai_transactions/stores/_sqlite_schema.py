@@ -247,7 +247,8 @@ def _create_file(path: Path) -> None:
         return
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o600)
     except FileExistsError:  # another process created it first: use theirs
         return
     except OSError as exc:
@@ -255,7 +256,8 @@ def _create_file(path: Path) -> None:
             f"Cannot create the journal {path}: {exc.strerror or exc} (is the location read-only?)."
         ) from exc
     try:
-        os.fchmod(fd, 0o600)  # an exotic umask (say 0o277) must not leave it unwritable
+        if hasattr(os, "fchmod"):  # an exotic umask (say 0o277) must not leave it unwritable
+            os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
 

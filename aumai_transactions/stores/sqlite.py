@@ -25,14 +25,16 @@ waited for: it rides with the next commit, at most ``group_commit_delay`` later.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from ..errors import StoreUnavailableError
@@ -81,7 +83,27 @@ class SqliteStoreStats:
     records: int
 
 
-_to_json = TransactionStep.__pydantic_serializer__.to_json
+def _none_means_default(model: type[BaseModel]) -> bool:
+    """True when every field that may hold None defaults to None.
+
+    Then a step can be written without its None fields (a third smaller, so less to
+    write, fsync and parse) and still load back equal: a missing field takes its
+    default. Checked rather than assumed, so a future field defaulting to something
+    else falls back to writing every field.
+    """
+    for field in model.model_fields.values():
+        if field.default is None:
+            continue
+        annotation = field.annotation
+        if annotation is Any or type(None) in get_args(annotation):
+            return False
+    return True
+
+
+_to_json = functools.partial(
+    TransactionStep.__pydantic_serializer__.to_json,
+    exclude_none=_none_means_default(TransactionStep),
+)
 
 
 def _step_json(step: TransactionStep, transaction_id: str) -> str:

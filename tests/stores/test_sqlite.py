@@ -803,3 +803,21 @@ async def test_rows_hold_plain_json(store: SqliteStore, raw: Any) -> None:
         assert decoded["result"] == {"receipt": [1, 2.5, "ü"]}
     types = raw().execute("SELECT DISTINCT typeof(body) FROM steps").fetchall()
     assert types == [("text",)]
+
+
+def test_steps_are_written_without_none_fields_only_when_that_round_trips() -> None:
+    from pydantic import BaseModel
+
+    from aumai_transactions.models import TransactionStep
+    from aumai_transactions.stores.sqlite import _none_means_default
+
+    class Safe(BaseModel):
+        note: str | None = None
+        count: int = 3
+
+    class Unsafe(BaseModel):
+        limit: int | None = 5  # None here means "no limit", not "the default"
+
+    assert _none_means_default(Safe)
+    assert not _none_means_default(Unsafe)
+    assert _none_means_default(TransactionStep)
