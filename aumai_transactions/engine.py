@@ -504,8 +504,9 @@ class TransactionDriver:
         return policy, len(tx.steps)
 
     def _missing_handlers(self, direction: RecoveryPolicy, start: int) -> list[str]:
-        if not self._handlers:
-            return []
+        # No exception for a manager without any handler (a dry run of its own commits):
+        # recording another process's compensations as done without running them would
+        # leave a journal that says "rolled back" over effects that were never undone.
         steps = self.tx.steps
         needed: list[str] = []
         if direction == "resume":

@@ -469,3 +469,48 @@ def test_effect_lines_round_trip(tmp_path: Path) -> None:
         Effect(0, 2, "t", "s", "forward", "charge", "t:s", 1),
         Effect(1, 2, "t", "s", "compensate", "charge", "t:s", 1),
     ]
+
+
+async def test_a_manager_with_no_handlers_at_all_blocks_instead_of_guessing(
+    tmp_path: Path,
+) -> None:
+    """Regression: a manager with no handlers (a dry run for its own commits) recovered
+    a crashed transaction by recording every compensation as done without running
+    any: the journal said "rolled back" while the charge was never refunded."""
+    db, ledger = tmp_path / "journal.db", tmp_path / "ledger.jsonl"
+    code, _ = await spawn(Spec(str(db), str(ledger), point="after_effect", occurrence=2, txs=[{}]))
+    assert code == KILLED
+    expire_leases(db)
+    before = await read_journal(db)
+    (tid,) = before
+    async with TransactionManager(store=SqliteStore(db)) as manager:
+        results = await manager.recover()
+    assert [r.state for r in results] == [TransactionState.ACTIVE]
+    tx = (await read_journal(db))[tid]
+    assert tx.state is TransactionState.ACTIVE
+    assert tx.blocked_reason is not None
+    assert "'refund'" in tx.blocked_reason and "'release'" in tx.blocked_reason
+    assert [s.model_dump() for s in tx.steps] == [s.model_dump() for s in before[tid].steps]
+    assert all(e.stage == 0 for e in Ledger.read(ledger))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Store.renew (the manager's heartbeat) extends the lease of a transaction "
+    "whose recovery is blocked, so a worker that has the handler never gets it",
+)
+async def test_a_blocked_transaction_lease_lapses_although_its_manager_heartbeats(
+    tmp_path: Path,
+) -> None:
+    db, ledger = tmp_path / "journal.db", tmp_path / "ledger.jsonl"
+    code, _ = await spawn(Spec(str(db), str(ledger), point="after_effect", occurrence=2, txs=[{}]))
+    assert code == KILLED
+    expire_leases(db)
+    handlers = Handlers(Ledger(ledger, 1))
+    blocked = TransactionManager(handlers.mapping(["refund"]), store=SqliteStore(db))
+    async with blocked:  # a long-lived worker: its heartbeat renews its leases
+        assert [r.state for r in await blocked.recover()] == [TransactionState.ACTIVE]
+        expire_leases(db)  # the blocked transaction's lease has run out...
+        await blocked.store.renew(blocked.owner, 30.0)  # ...and the heartbeat ticks
+        # A worker deployed with the missing handler must be able to take it over.
+        assert len(await recover_here(db, ledger, stage=1, policy="compensate")) == 1
