@@ -100,6 +100,8 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait()
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
         self._out.close()
 
 
