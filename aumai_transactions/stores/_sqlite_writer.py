@@ -240,6 +240,8 @@ class Writer:
                     elif reads:
                         conn.execute("BEGIN")  # one snapshot for the whole batch
                 self._execute(conn, ops)
+                if not in_txn and conn.in_transaction:
+                    conn.execute("COMMIT")  # end the read-only snapshot
             except BaseException as exc:
                 self._rollback(conn)
                 self._fail(awaiting + ready, exc, at_risk)
@@ -248,8 +250,6 @@ class Writer:
                     return stop
                 continue
             if not in_txn:  # read-only (or empty) batch
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
                 self._deliver(ready)
             elif need_commit or (deadline is not None and time.monotonic() >= deadline):
                 awaiting.extend(ready)
