@@ -277,26 +277,36 @@ class Handlers:
 
     Step data may carry ``fail`` (the forward action raises, before any side effect),
     ``poison`` (the forward action records its effect, then kills the process, every
-    time) or ``poison_compensation`` (the same, for the compensation).
+    time) or ``poison_compensation`` (the same, for the compensation). With ``gate``,
+    a compensation whose step carries ``gated`` (a slow one) returns only once a poison
+    has struck, i.e. never: it is still running when the process dies.
     """
 
-    def __init__(self, ledger: Ledger, kill: KillSwitch | None = None) -> None:
+    def __init__(self, ledger: Ledger, kill: KillSwitch | None = None, gate: bool = False) -> None:
         self.ledger = ledger
         self.kill = kill or KillSwitch()
+        self.gate = gate
+        self._poisoned = threading.Event()
+
+    def _poison(self) -> None:
+        self._poisoned.set()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def forward(self, action: str, data: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         if data.get("fail"):
             raise RuntimeError(f"{action} refused (planned failure)")
         self.ledger.append(ctx, "forward")
         if data.get("poison"):
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._poison()
         self.kill.reached("after_effect")
         return {"done": action, "key": ctx.idempotency_key}
 
     def compensate(self, action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        if self.gate and data.get("gated"):
+            self._poisoned.wait()
         self.ledger.append(ctx, "compensate")
         if data.get("poison_compensation"):
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._poison()
         self.kill.reached("comp_after_effect")
 
     def mapping(self, missing: Iterable[str] = ()) -> dict[str, Any]:
@@ -318,6 +328,8 @@ def build(manager: TransactionManager, plan: dict[str, Any]) -> Transaction:
             data["poison"] = True
         if plan.get("poison_compensation_at") == position:
             data["poison_compensation"] = True
+        if plan.get("gated"):
+            data["gated"] = True
         manager.add_step(tx, f"agent-{position}", action, data, compensation)
     return tx
 
@@ -340,6 +352,7 @@ class Spec:
     missing: list[str] = field(default_factory=list)  # recover: handlers left out
     max_recovery_attempts: int = 3
     lease_ttl: float = 3600.0
+    gate: bool = False  # gated compensations wait for a poison (see Handlers)
 
 
 def _summary(result: TransactionResult) -> dict[str, Any]:
@@ -350,7 +363,7 @@ async def run(spec: Spec) -> list[dict[str, Any]]:
     from aumai_transactions.stores.sqlite import SqliteStore
 
     kill = KillSwitch(spec.point, spec.occurrence)
-    handlers = Handlers(Ledger(spec.ledger, spec.stage), kill)
+    handlers = Handlers(Ledger(spec.ledger, spec.stage), kill, gate=spec.gate)
     store = KillingStore(SqliteStore(spec.db), kill)
     manager = TransactionManager(
         handlers.mapping(spec.missing),

@@ -47,6 +47,7 @@ class Tally:
     dead_lettered: int = 0
     repeated_compensations: int = 0  # legitimate: killed between effect and record
     resumed_in_doubt: int = 0  # legitimate under "resume": same idempotency key
+    recoveries_killed: int = 0  # recovering processes that were killed in turn
     anomalies: list[str] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
@@ -57,6 +58,7 @@ class Tally:
             "dead_lettered",
             "repeated_compensations",
             "resumed_in_doubt",
+            "recoveries_killed",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.anomalies.extend(other.anomalies)

@@ -43,7 +43,7 @@ from ._journal_audit import IN_FLIGHT, Journal, Tally, audit, expire_leases, int
 pytestmark = pytest.mark.crash
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = 12  # per kill point; a quarter of them recover with policy "resume"
+SEEDS = 16  # per kill point; a quarter of them recover with policy "resume"
 TXS_PER_CHILD = 3
 KILLED = -signal.SIGKILL
 
@@ -162,6 +162,7 @@ async def crash_and_recover(point: str, seed: int, tmp: Path, limiter: Any) -> T
             )
         if code != KILLED:
             tally.anomalies.append(f"[{label}] the recovering child was not killed ({code})")
+        tally.recoveries_killed += 1
         stage = 2
         snapshots[2] = await read_journal(db)
         policies[2] = policy
@@ -193,7 +194,8 @@ async def test_sigkill_at_every_journal_point_then_recover(tmp_path: Path) -> No
             group.start_soon(one, point, seed)
     print(
         f"\ncrash matrix: {len(POINTS)} points x {SEEDS} seeds = {len(cases)} SIGKILLed "
-        f"children, {total.transactions} transactions ({total.committed} committed, "
+        f"children (+{total.recoveries_killed} recovering children SIGKILLed mid-"
+        f"compensation), {total.transactions} transactions ({total.committed} committed, "
         f"{total.rolled_back} rolled back), {total.repeated_compensations} compensations "
         f"repeated after a kill between effect and record, {total.resumed_in_doubt} in-doubt "
         f"steps resumed, anomalies: {len(total.anomalies)} "
@@ -202,6 +204,7 @@ async def test_sigkill_at_every_journal_point_then_recover(tmp_path: Path) -> No
     assert total.anomalies == []
     assert total.transactions >= len(cases)
     assert total.committed and total.rolled_back and total.repeated_compensations
+    assert total.resumed_in_doubt and total.recoveries_killed
 
 
 # ---------------------------------------------------------------------- poison
@@ -283,6 +286,43 @@ async def test_a_transaction_that_kills_every_recoverer_is_dead_lettered(
     )
     assert tally.anomalies == []
     assert integrity(db) == "ok"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: every transaction claimed in the same recovery round as a poison one is "
+    "charged a recovery attempt each time the poison kills the process, so a healthy "
+    "neighbour whose recovery was merely still running is dead-lettered with it",
+)
+async def test_a_poison_transaction_does_not_dead_letter_its_healthy_neighbours(
+    tmp_path: Path,
+) -> None:
+    db, ledger = tmp_path / "journal.db", tmp_path / "ledger.jsonl"
+    poison = {"fail_at": 2, "poison_compensation_at": 1}
+    slow = {"fail_at": 3, "gated": True}  # healthy: its compensations are just slow
+    code, _ = await spawn(Spec(str(db), str(ledger), txs=[poison, slow], gate=True))
+    assert code == KILLED
+    assert len(in_flight(await read_journal(db))) == 2
+    attempts = 2
+    for stage in range(1, attempts + 1):
+        expire_leases(db)
+        spec = Spec(
+            str(db),
+            str(ledger),
+            stage=stage,
+            mode="recover",
+            max_recovery_attempts=attempts,
+            gate=True,
+        )
+        code, _ = await spawn(spec)
+        assert code == KILLED
+    expire_leases(db)
+    spec = Spec(
+        str(db), str(ledger), stage=attempts + 1, mode="recover", max_recovery_attempts=attempts
+    )
+    code, results = await spawn(spec)
+    assert code == 0 and results is not None
+    assert sorted(r["state"] for r in results) == ["dead_letter", "rolled_back"]
 
 
 # ---------------------------------------------------------------------- drift
