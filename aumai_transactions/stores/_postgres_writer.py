@@ -287,23 +287,24 @@ def take_batch(queue: deque[Op], limit: int = MAX_BATCH) -> list[Op]:
     """Pop the longest prefix of ``queue`` that one statement can write.
 
     One statement must not touch a row twice, so the batch ends before an op whose
-    transaction is already in it under another kind or lease epoch (an acquire after
-    a release of the same transaction, say); that op leads the next batch, keeping
-    every transaction's writes in queue order.
+    transaction is already in it under another kind or lease (an acquire after a
+    release of the same transaction, say); that op leads the next batch, keeping every
+    transaction's writes in queue order.
     """
     batch: list[Op] = []
-    seen: dict[str, int] = {}  # tid -> epoch of its records, or -1 for acquire/save
+    # tid -> the (epoch, owner) of its records, or None for an acquire or a save
+    seen: dict[str, tuple[int, str | None] | None] = {}
     while queue and len(batch) < limit:
         op = queue[0]
         if op.kind == "acquire" or op.kind == "save":
             if op.tid in seen:
                 break
-            seen[op.tid] = -1
+            seen[op.tid] = None
         elif op.kind != "renew":
-            previous = seen.get(op.tid)
-            if previous is not None and previous != op.epoch:
+            lease = (op.epoch, op.owner)
+            if seen.get(op.tid, lease) != lease:
                 break
-            seen[op.tid] = op.epoch
+            seen[op.tid] = lease
         queue.popleft()
         op.taken = True
         batch.append(op)

@@ -199,6 +199,28 @@ async def test_using_an_unopened_store_says_how_to_open_it() -> None:
     await store.close()  # closing an unopened store is a no-op
 
 
+def test_a_batch_never_touches_one_transaction_under_two_leases() -> None:
+    from collections import deque
+
+    from aumai_transactions.stores._postgres_writer import Op, take_batch
+
+    def rec(tid: str, epoch: int = 1, owner: str = "a", kind: str = "record") -> Op:
+        return Op(kind=kind, tid=tid, epoch=epoch, owner=owner)  # type: ignore[arg-type]
+
+    queue = deque(
+        [rec("t1"), rec("t2"), rec("t1"), rec("t1", kind="release"), rec("t1", kind="acquire")]
+    )
+    assert [op.kind for op in take_batch(queue)] == ["record", "record", "record", "release"]
+    assert [op.kind for op in take_batch(queue)] == ["acquire"]
+    queue.extend([rec("t1"), rec("t1", epoch=2), rec("t1", owner="b")])
+    assert len(take_batch(queue)) == 1
+    assert len(take_batch(queue)) == 1
+    assert len(take_batch(queue)) == 1
+    queue.extend(rec(f"t{i}") for i in range(10))
+    assert len(take_batch(queue, limit=4)) == 4
+    assert all(op.taken for op in take_batch(queue))
+
+
 # ---------------------------------------------------------------------- schema
 
 needs_server = pytest.mark.postgres
