@@ -6,9 +6,10 @@ acknowledgement). Handlers check, each time they are called, that a second,
 independent connection to the file sees their intent record: the engine must never run
 a handler without a durable record, and must run nothing after a write failed. The
 commit raises the StoreError (unless only the lease release after the durable outcome
-failed: then it returns that outcome, which the journal holds); recovery afterwards (the same manager once a transient
-fault has passed, a fresh one after a persistent fault) reaches a terminal state that
-agrees with what the handlers did, and ``PRAGMA integrity_check`` stays "ok".
+failed: then it returns that outcome, which the journal holds). Recovery afterwards
+(the same manager once a transient fault has passed, a fresh one after a persistent
+fault) reaches a terminal state that agrees with what the handlers did, and
+``PRAGMA integrity_check`` stays "ok".
 """
 
 from __future__ import annotations
