@@ -252,7 +252,8 @@ class Writer:
             if not in_txn:  # read-only (or empty) batch
                 self._deliver(ready)
             elif need_commit or (deadline is not None and time.monotonic() >= deadline):
-                awaiting.extend(ready)
+                # Hand out what needs no fsync first: those tasks run while we commit.
+                self._deliver(ready)
                 self._commit(conn, awaiting, at_risk)
                 in_txn, deadline, awaiting, at_risk = False, None, [], []
             else:
