@@ -251,7 +251,11 @@ class Writer:
                 continue
             if not in_txn:  # read-only (or empty) batch
                 self._deliver(ready)
-            elif need_commit or (deadline is not None and time.monotonic() >= deadline):
+            elif (
+                need_commit
+                or not ready  # only writes nobody waits for: they already waited ``hold``
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 # Hand out what needs no fsync first: those tasks run while we commit.
                 self._deliver(ready)
                 self._commit(conn, awaiting, at_risk)

@@ -19,7 +19,10 @@ Guarantees:
 * The file and its -wal/-shm companions are created with mode 0600.
 
 A lease release (like a step completion, ``record(..., durable=False)``) is not
-waited for: it rides with the next commit, at most ``group_commit_delay`` later.
+waited for: it rides with the next commit, or is committed on its own
+``group_commit_delay`` later. This store sees it at once; other processes see it once
+it is committed. Reads run on the writer thread too, so they see every write this
+store has accepted, and a long listing delays the writes queued behind it.
 """
 
 from __future__ import annotations
