@@ -10,7 +10,7 @@ from typing import Any, Self
 import anyio
 
 from .engine import EngineOptions, TransactionDriver
-from .errors import LeaseLostError, StoreError
+from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
 from .models import (
     RecoveryPolicy,
@@ -31,6 +31,7 @@ logger = logging.getLogger("aumai_transactions")
 _PENDING = TransactionState.PENDING
 _ROLLBACK_FROM = (TransactionState.PENDING, TransactionState.COMMITTED)
 _POLICIES = ("compensate", "resume")
+_IN_FLIGHT_STATES = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
 
 
 def _check_timeout(timeout_seconds: float | None, name: str = "timeout_seconds") -> None:
@@ -280,24 +281,60 @@ class TransactionManager:
             claimed = await self.store.claim_expired(self.owner, self._options.lease_ttl, limit)
             if not claimed:
                 return results
-            batch: list[TransactionResult | None] = [None] * len(claimed)
-
-            async def drive(
-                batch: list[TransactionResult | None], index: int, tx: Transaction, lease: Lease
-            ) -> None:
-                self._transactions[tx.transaction_id] = tx
-                try:
-                    batch[index] = await self._driver(tx).recover(lease, policy)
-                except LeaseLostError:
-                    logger.warning("transaction %s was taken over mid-recovery", tx.transaction_id)
-                except StoreError:
-                    # The lease runs out and a later round tries again.
-                    logger.exception("recovery of transaction %s failed", tx.transaction_id)
-
+            # A transaction claimed before and still unfinished may be what killed its
+            # recoverer. Driving it next to others would charge them an attempt each
+            # time it kills this process too, so such suspects are handed back at once
+            # and driven alone, one after another, after the first-timers.
+            fresh = [(tx, lease) for tx, lease in claimed if tx.recovery_attempts <= 1]
+            suspects = [(tx, lease) for tx, lease in claimed if tx.recovery_attempts > 1]
+            for tx, lease in suspects:
+                tx.recovery_attempts -= 1
+                await self.store.record(lease, tx)
+                await self.store.release(lease)
+            batch: list[TransactionResult | None] = [None] * len(fresh)
             async with anyio.create_task_group() as group:
-                for index, (tx, lease) in enumerate(claimed):
-                    group.start_soon(drive, batch, index, tx, lease)
+                for index, (tx, lease) in enumerate(fresh):
+                    group.start_soon(self._recover_one, batch, index, tx, lease, policy)
+            for suspect, _ in suspects:
+                alone = await self._claim_alone(suspect.transaction_id)
+                if alone is not None:
+                    batch.append(None)
+                    await self._recover_one(batch, len(batch) - 1, *alone, policy)
             results.extend(r for r in batch if r is not None)
+
+    async def _claim_alone(self, transaction_id: str) -> tuple[Transaction, Lease] | None:
+        """Take the lease of one in-flight transaction, charging it one recovery attempt.
+
+        Reloaded first, so that what the lease is taken with is the latest journal.
+        """
+        tx = await self.store.load(transaction_id)
+        if tx is None or tx.state not in _IN_FLIGHT_STATES:
+            return None
+        tx.recovery_attempts += 1
+        try:
+            lease = await self.store.acquire(
+                tx, self.owner, self._options.lease_ttl, _IN_FLIGHT_STATES
+            )
+        except LeaseConflictError:  # another recoverer took it meanwhile
+            return None
+        return tx, lease
+
+    async def _recover_one(
+        self,
+        batch: list[TransactionResult | None],
+        index: int,
+        tx: Transaction,
+        lease: Lease,
+        policy: RecoveryPolicy,
+    ) -> None:
+        self._transactions[tx.transaction_id] = tx
+        try:
+            batch[index] = await self._driver(tx).recover(lease, policy)
+        except LeaseLostError:
+            logger.warning("transaction %s was taken over mid-recovery", tx.transaction_id)
+        except StoreError:
+            # The lease runs out and a later round tries again.
+            logger.exception("recovery of transaction %s failed", tx.transaction_id)
 
     @asynccontextmanager
     async def recovery_worker(

@@ -288,12 +288,6 @@ async def test_a_transaction_that_kills_every_recoverer_is_dead_lettered(
     assert integrity(db) == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: every transaction claimed in the same recovery round as a poison one is "
-    "charged a recovery attempt each time the poison kills the process, so a healthy "
-    "neighbour whose recovery was merely still running is dead-lettered with it",
-)
 async def test_a_poison_transaction_does_not_dead_letter_its_healthy_neighbours(
     tmp_path: Path,
 ) -> None:
