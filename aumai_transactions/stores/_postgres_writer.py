@@ -3,15 +3,20 @@
 Every write of the store (acquire, save, record, release, renew) becomes an *op* in
 one queue. Whoever awaits an op while no batch is in flight becomes the *leader*: it
 takes the ops queued so far, sends them as one statement (one implicit transaction,
-so one commit and one WAL flush for all of them) and wakes the others; an op that
-arrived meanwhile rides with the next batch, whose leader is one of its waiters. No
-background task is needed, so the store has no task group to keep alive between
+so one commit and at most one WAL flush for all of them) and wakes the others; an op
+that arrived meanwhile rides with the next batch, whose leader is one of its waiters.
+No background task is needed, so the store has no task group to keep alive between
 ``open()`` and ``close()``, and a batch is never idle while someone waits.
 
-A non-durable op (``record(..., durable=False)``, ``release``) is queued and not
-awaited: it reaches the database with the next batch, in queue order, before any later
-write of the same driver. The leader writes its batch inside a shielded cancel scope:
-a batch carries other tasks' writes, so cancelling one waiter must not abort it.
+Two things are separate: whether the caller *waits* for its op, and whether the batch
+waits for the WAL flush. A non-durable record is queued and not awaited; it reaches
+the database with the next batch, in queue order, before any later write of the same
+driver. Acquires, releases and renewals are awaited (other processes see them when
+the call returns) but need no flush of their own; a batch waits for the flush only
+when it carries a durable write (see the batch statement in ``_postgres_sql``).
+
+The leader writes its batch inside a shielded cancel scope: a batch carries other
+tasks' writes, so cancelling one waiter must not abort it.
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ _MAX_RETRIES = 5
 # States after which a lease has nothing left to drive (see the record statement).
 _ENDED = frozenset(s.value for s in TERMINAL_STATES)
 _MAX_REMEMBERED = 100_000
-# A batch this large is already one fsync for hundreds of writers; bigger ones only
-# make one statement slower to plan and send.
+# A batch this large already shares one flush between hundreds of writers; bigger ones
+# only make one statement longer to build, send and parse.
 MAX_BATCH = 1024
 
 
@@ -119,6 +124,7 @@ def header_json(tx: Transaction) -> str:
 
 
 def _position(tx: Transaction, step: TransactionStep) -> int:
+    """Where ``step`` sits in ``tx`` (by identity first: steps compare by value)."""
     for index, candidate in enumerate(tx.steps):
         if candidate is step:
             return index
