@@ -118,23 +118,33 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the workload
 
 
-def _median_rate(runs: list[list[dict[str, Any]]]) -> tuple[float, float]:
-    """Median over repetitions of (steps/s, WAL-flushing commits per step).
+def _rate(replies: list[dict[str, Any]]) -> tuple[float, float]:
+    """(steps/s, WAL-flushing commits per step) of one repetition.
 
     A repetition of several processes counts all their steps over the slowest one's
     time: the fleet's throughput.
     """
-    rates, flushes = [], []
-    for replies in runs:
-        steps = sum(r["steps"] for r in replies)
-        rates.append(steps / max(r["elapsed"] for r in replies))
-        flushes.append(sum(r.get("durable", r["steps"]) for r in replies) / steps)
-    return statistics.median(rates), statistics.median(flushes)
+    steps = sum(r["steps"] for r in replies)
+    flushes = sum(r.get("durable", r["steps"]) for r in replies) / steps
+    return steps / max(r["elapsed"] for r in replies), flushes
 
 
-def _repeat(children: Children, job: dict[str, Any]) -> tuple[float, float]:
-    children.run(job)  # warm-up
-    return _median_rate([children.run(job) for _ in range(REPEATS)])
+def _paired(
+    children: Children, baseline: dict[str, Any], job: dict[str, Any]
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """(job, baseline) rates for each repetition, each job run just after its baseline.
+
+    Pairing keeps a baseline and the run compared with it under the same conditions:
+    on a shared machine the disk's flush latency drifts within seconds. One warm-up
+    pair first.
+    """
+    pairs = []
+    for repetition in range(REPEATS + 1):
+        base = _rate(children.run(baseline))
+        rate = _rate(children.run(job))
+        if repetition:
+            pairs.append((rate, base))
+    return pairs
 
 
 def _prepare(url: str, schema: str) -> None:
@@ -168,19 +178,28 @@ def main() -> None:
         four = Children(module, [{}] * 4)
         base = {"url": url, "schema": schema}
         try:
-            raw1, _ = _repeat(one, {**base, "kind": "raw", "rows": RAW_ROWS, "batch": 1})
-            raw_batched, _ = _repeat(
-                one, {**base, "kind": "raw", "rows": RAW_ROWS * 4, "batch": RAW_BATCH}
-            )
-            raw4, _ = _repeat(four, {**base, "kind": "raw", "rows": RAW_ROWS // 2, "batch": 1})
             for processes, children, sizes in (
                 (1, one, TX_PER_RUN),
                 (4, four, TX_PER_RUN_EACH_OF_4),
             ):
-                raw = raw1 if processes == 1 else raw4
+                rows = RAW_ROWS if processes == 1 else RAW_ROWS // 2
+                raw_job = {**base, "kind": "raw", "rows": rows, "batch": 1}
+                if processes == 1:
+                    batched_job = {**raw_job, "rows": RAW_ROWS * 4, "batch": RAW_BATCH}
+                    batched = _paired(children, raw_job, batched_job)
+                    raw_batched = statistics.median(rate for (rate, _), _ in batched)
                 for inflight in LEVELS:
-                    job = {**base, "kind": "engine", "inflight": inflight}
-                    rate, flushes = _repeat(children, {**job, "transactions": sizes[inflight]})
+                    job = {
+                        **base,
+                        "kind": "engine",
+                        "inflight": inflight,
+                        "transactions": sizes[inflight],
+                    }
+                    pairs = _paired(children, raw_job, job)
+                    rate = statistics.median(r for (r, _), _ in pairs)
+                    flushes = statistics.median(f for (_, f), _ in pairs)
+                    raw = statistics.median(b for _, (b, _) in pairs)
+                    ratio = statistics.median(r / b for (r, _), (b, _) in pairs)
                     emit(
                         "W3",
                         "postgres",
@@ -190,15 +209,15 @@ def main() -> None:
                         f"{processes} process(es) x {inflight} in flight: {rate:,.0f} steps/s, "
                         f"{flushes:.3f} WAL-flushing commits per step; same-run raw psycopg "
                         f"baselines: {raw:,.0f} steps/s at one INSERT+COMMIT per step"
-                        f"{' from 4 connections' if processes == 4 else ''} "
-                        f"(ratio {rate / raw:.2f}), {raw_batched:,.0f} steps/s at "
+                        f"{' on each of 4 connections' if processes == 4 else ''} "
+                        f"(median of paired ratios {ratio:.2f}), {raw_batched:,.0f} steps/s at "
                         f"{RAW_BATCH} rows per COMMIT",
                         processes=processes,
                         inflight=inflight,
                         commits_per_step=round(flushes, 4),
                         baseline_commit_per_step=round(raw, 1),
                         baseline_batched=round(raw_batched, 1),
-                        ratio=round(rate / raw, 3),
+                        ratio=round(ratio, 3),
                     )
         finally:
             one.close()
