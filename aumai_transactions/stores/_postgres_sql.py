@@ -279,6 +279,8 @@ _BATCH_ACQUIRE = """
 ), as_prune AS (
     DELETE FROM {s}.steps AS x USING a_up
     WHERE x.transaction_id = a_up.transaction_id
+      -- Through the primary key, whatever the table's size (see r_up below).
+      AND x.transaction_id = ANY (ARRAY(SELECT a2.transaction_id FROM a_up AS a2))
       AND NOT EXISTS (
           SELECT 1 FROM as_in AS v WHERE v.tid = x.transaction_id AND v.step_id = x.step_id)
 )
