@@ -55,7 +55,11 @@ _MAX_REMEMBERED = 100_000
 MAX_BATCH = 1024
 
 
-_dumps = json.dumps
+def _dumps(value: str) -> str:
+    """``value`` as a JSON string; plain ids and names skip the encoder (hot path)."""
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
 
 
 def _aware(value: datetime) -> datetime:

@@ -221,6 +221,15 @@ def test_a_batch_never_touches_one_transaction_under_two_leases() -> None:
     assert all(op.taken for op in take_batch(queue))
 
 
+@pytest.mark.parametrize("value", ["abc-123", 'say "hi"', "back\\slash", "é€", "a\nb", "\x7f", ""])
+def test_batch_documents_quote_every_string_as_json(value: str) -> None:
+    import json
+
+    from aumai_transactions.stores._postgres_writer import _dumps
+
+    assert json.loads(_dumps(value)) == value
+
+
 # ---------------------------------------------------------------------- schema
 
 needs_server = pytest.mark.postgres
