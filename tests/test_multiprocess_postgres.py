@@ -319,7 +319,7 @@ async def test_chaos_kills_and_restarts_workers_while_recovery_runs(cluster: Clu
     recoverers: dict[int, Proc] = {r: cluster.spawn("recover", worker=r) for r in range(2)}
     finished: set[int] = set()
     while len(finished) < len(committers):
-        await anyio.sleep(rng.uniform(0.3, 1.0))  # the chaos loop's pace, not a race
+        await anyio.sleep(rng.uniform(0.1, 0.4))  # the chaos loop's pace, not a race
         for w, proc in committers.items():
             code = proc.poll()
             if w not in finished and code is not None:
