@@ -824,6 +824,24 @@ async def test_a_cancelled_waiter_does_not_lose_the_others_writes(pg: PostgresSt
     assert await pg.count_by_state() == {TransactionState.COMMITTED: 20}
 
 
+@needs_server
+async def test_a_cancelled_acquire_still_queued_takes_no_lease(pg: PostgresStore) -> None:
+    busy, late = make_tx(), make_tx()
+    lease = await start(pg, busy)
+    writer = pg._writer
+    assert writer is not None
+    async with anyio.create_task_group() as group:
+        group.start_soon(pg.record, lease, busy)
+        while writer._flushing is None:  # the record's batch is in flight
+            await anyio.lowlevel.checkpoint()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            late.state = ACTIVE
+            await pg.acquire(late, "w2", 30, (PENDING,))  # queued behind it, then cancelled
+    assert await pg.load(late.transaction_id) is None
+    assert await pg.load(busy.transaction_id) == busy
+
+
 # ---------------------------------------------------------------------- the engine on top
 
 
