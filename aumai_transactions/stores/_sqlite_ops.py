@@ -40,14 +40,17 @@ _INSERT_TX = (
 )
 _SET_HEADER = "state=?, updated_at=?, finished_at=?, error=?, blocked_reason=?, recovery_attempts=?"
 _SET_FULL_HEADER = f"{_SET_HEADER}, created_at=?, timeout_seconds=?"
-_FENCE = "WHERE id=? AND transaction_id=? AND epoch=?"
+_FENCE = "WHERE transaction_id=? AND epoch=?"
 _UPDATE_HEADER = f"UPDATE transactions SET {_SET_HEADER} {_FENCE}"
 # Most records leave the state as it is; not naming it spares rewriting its index entry.
 _UPDATE_HEADER_SAME_STATE = (
     "UPDATE transactions SET updated_at=?, finished_at=?, error=?, blocked_reason=?, "
     f"recovery_attempts=? {_FENCE}"
 )
-_UPDATE_STEP = "UPDATE steps SET body=? WHERE tx=? AND position=? AND step_id=?"
+_UPDATE_STEP = (
+    "UPDATE steps SET body=? WHERE tx=(SELECT id FROM transactions WHERE transaction_id=?) "
+    "AND position=? AND step_id=?"
+)
 _INSERT_STEP = "INSERT INTO steps (tx, position, step_id, body) VALUES (?, ?, ?, ?)"
 _INSERT_AGENT = "INSERT INTO transaction_agents (tx, agent_id) VALUES (?, ?)"
 _RELEASE = (
@@ -175,66 +178,75 @@ class Journal:
     ) -> None:
         """Apply ``record`` operations, each fenced by its lease epoch.
 
-        Each transaction's header is written once (its newest snapshot) and each step
-        row once; a stale record is refused and changes nothing, and does not disturb
-        the others.
+        The parameters were built on the event loop (``record_args``); here each is
+        checked against the stored epoch, then every transaction's header is written
+        once (its newest snapshot) and every step row once. A stale record is refused
+        and changes nothing, and does not disturb the others.
         """
         current = {
             row[0]: row[1:]
             for row in _select_in(
                 conn,
-                "SELECT transaction_id, id, epoch, state FROM transactions "
-                "WHERE transaction_id IN {}",
+                "SELECT transaction_id, epoch, state FROM transactions WHERE transaction_id IN {}",
                 list({op.args[0]: None for op in ops}),
             )
         }
-        headers: dict[int, tuple[Any, ...]] = {}
-        steps: dict[tuple[int, int], tuple[str, int, int, str]] = {}
-        step_ops: dict[tuple[int, int], Op] = {}
+        newest: dict[str, Op] = {}
+        steps: dict[tuple[str, int], tuple[str, str, int, str]] = {}
         for op in ops:
-            tid, epoch, header, position, step_id, body = op.args
+            tid, epoch, _, _, step = op.args
             if poisoned and (tid, epoch) in poisoned:
                 op.error = _lost(tid, poisoned[(tid, epoch)])
                 continue
             stored = current.get(tid)
-            if stored is None or stored[1] != epoch:
+            if stored is None or stored[0] != epoch:
                 op.error = LeaseLostError(
                     f"Transaction {tid}: lease epoch {epoch} is stale "
                     + (
-                        f"(the journal {self.path} holds epoch {stored[1]}); "
+                        f"(the journal {self.path} holds epoch {stored[0]}); "
                         if stored is not None
                         else f"(it is not in the journal {self.path}); "
                     )
                     + "this driver must stop."
                 )
                 continue
-            rid = stored[0]
-            headers[rid] = (*header, rid, tid, epoch)
-            if position is not None:
-                steps[(rid, position)] = (body, rid, position, step_id)
-                step_ops[(rid, position)] = op
-        if headers:
-            changed: list[tuple[Any, ...]] = []
+            newest[tid] = op
+            if step is not None:
+                steps[(tid, step[2])] = step
+        if newest:
             same: list[tuple[Any, ...]] = []
-            for row in headers.values():
-                if row[0] == current[row[7]][2]:
-                    same.append(row[1:])
+            changed: list[tuple[Any, ...]] = []
+            for tid, op in newest.items():
+                state, rest = op.args[2], op.args[3]
+                if state == current[tid][1]:
+                    same.append(rest)
                 else:
-                    changed.append(row)
+                    changed.append((state, *rest))
             written = 0
             if changed:
                 written += conn.executemany(_UPDATE_HEADER, changed).rowcount
             if same:
                 written += conn.executemany(_UPDATE_HEADER_SAME_STATE, same).rowcount
-            if written != len(headers):  # cannot happen: we hold the write lock
-                raise RuntimeError(f"epoch-fenced update wrote {written} of {len(headers)} rows")
+            if written != len(newest):  # cannot happen: we hold the write lock
+                raise RuntimeError(f"epoch-fenced update wrote {written} of {len(newest)} rows")
         if steps and conn.executemany(_UPDATE_STEP, steps.values()).rowcount != len(steps):
-            for key, row in steps.items():  # rare: find the step that is not stored
-                if conn.execute(_UPDATE_STEP, row).rowcount != 1:
-                    op = step_ops[key]
+            self._refuse_unknown_steps(conn, ops, steps)
+
+    @staticmethod
+    def _refuse_unknown_steps(
+        conn: sqlite3.Connection,
+        ops: Sequence[Op],
+        steps: dict[tuple[str, int], tuple[str, str, int, str]],
+    ) -> None:
+        """Rare path: find the records whose step is not a stored step (none written)."""
+        for (tid, position), row in steps.items():
+            if conn.execute(_UPDATE_STEP, row).rowcount == 1:
+                continue
+            for op in ops:
+                if op.args[0] == tid and op.args[4] is row:
                     op.error = ValueError(
-                        f"record: step {row[3]} at position {row[2]} is not a stored step of "
-                        f"transaction {op.args[0]}."
+                        f"record: step {row[3]} at position {position} is not a stored step "
+                        f"of transaction {tid}."
                     )
 
     @staticmethod

@@ -38,6 +38,7 @@ __all__ = [
     "from_us",
     "full_header_of",
     "header_of",
+    "record_header",
     "to_us",
     "translate_error",
 ]
@@ -136,6 +137,25 @@ def header_of(tx: Transaction) -> tuple[Any, ...]:
         tx.error,
         tx.blocked_reason,
         tx.recovery_attempts,
+    )
+
+
+def record_header(tx: Transaction, epoch: int) -> tuple[str, tuple[Any, ...]]:
+    """The state of ``tx``, and the parameters of its epoch-fenced header update.
+
+    Built on the event loop at ``record`` time (the snapshot the caller recorded),
+    in the shape the writer's statements take, so the writer only checks and sends.
+    """
+    updated = tx.updated_at
+    finished = tx.finished_at
+    return tx.state._value_, (
+        None if updated is None else to_us(updated),
+        None if finished is None else to_us(finished),
+        tx.error,
+        tx.blocked_reason,
+        tx.recovery_attempts,
+        tx.transaction_id,
+        epoch,
     )
 
 

@@ -50,7 +50,7 @@ from ..models import (
 )
 from ._base import Lease
 from ._sqlite_ops import Op
-from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, header_of, to_us
+from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, record_header, to_us
 from ._sqlite_writer import (
     ACQUIRE,
     CLAIM,
@@ -341,15 +341,17 @@ class SqliteStore:
             raise ValueError(
                 f"record: the lease is for transaction {tid}, not {tx.transaction_id}."
             )
+        state, header = record_header(tx, lease.epoch)
         if step is None:
-            args: tuple[Any, ...] = (tid, lease.epoch, header_of(tx), None, None, None)
+            args: tuple[Any, ...] = (tid, lease.epoch, state, header, None)
         else:
             step_id = step.step_id
             positions = self._positions.get(tid)
             position = None if positions is None else positions.get(step_id)
             if position is None:
                 position = self._position_of(tx, step)
-            args = (tid, lease.epoch, header_of(tx), position, step_id, _step_json(step, tid))
+            row = (_step_json(step, tid), tid, position, step_id)
+            args = (tid, lease.epoch, state, header, row)
         if durable:
             future: asyncio.Future[None] = writer.loop.create_future()
             writer.submit(Op(RECORD, args, future))
