@@ -79,16 +79,6 @@ class _Scratch:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _median_run(run: Callable[[], float]) -> float:
-    """Median of ``run()`` (seconds it reports) over REPEATS runs, after a warm-up."""
-    run()
-    times = []
-    for _ in range(REPEATS):
-        gc.collect()
-        times.append(run())
-    return statistics.median(times)
-
-
 # ---------------------------------------------------------------------- the engine
 
 
@@ -125,19 +115,12 @@ async def _engine_run(path: Path, transactions: int, inflight: int) -> tuple[flo
     return elapsed, commits
 
 
-def measure_engine(scratch: _Scratch, inflight: int) -> tuple[float, float]:
-    """Median steps per second and commits per step at ``inflight``."""
+def engine_once(scratch: _Scratch, inflight: int) -> tuple[float, float]:
+    """One run at ``inflight``: steps per second and commits per step."""
     transactions = TX_PER_RUN[inflight]
-    commits: list[int] = []
-
-    def run() -> float:
-        elapsed, made = asyncio.run(_engine_run(scratch.fresh(), transactions, inflight))
-        commits.append(made)
-        return elapsed
-
-    seconds = _median_run(run)
+    elapsed, commits = asyncio.run(_engine_run(scratch.fresh(), transactions, inflight))
     steps = transactions * len(STEPS)
-    return steps / seconds, statistics.median(commits) / steps
+    return steps / elapsed, commits / steps
 
 
 # ---------------------------------------------------------------------- baselines
@@ -152,38 +135,35 @@ def _raw_connection(path: Path) -> sqlite3.Connection:
 
 
 def raw_commit_per_step(scratch: _Scratch) -> float:
-    def run() -> float:
-        conn = _raw_connection(scratch.fresh())
-        start = time.perf_counter()
-        for _ in range(RAW_STEPS):
-            conn.execute("BEGIN")
-            conn.execute("INSERT INTO steps (body) VALUES (?)", (ROW,))
-            conn.execute("COMMIT")
-        elapsed = time.perf_counter() - start
-        conn.close()
-        return elapsed
-
-    return RAW_STEPS / _median_run(run)
+    """Steps per second committing each step on its own (the fsync limit)."""
+    conn = _raw_connection(scratch.fresh())
+    start = time.perf_counter()
+    for _ in range(RAW_STEPS):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO steps (body) VALUES (?)", (ROW,))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return RAW_STEPS / elapsed
 
 
 def raw_batched(scratch: _Scratch) -> float:
-    steps = RAW_STEPS * 20
-
-    def run() -> float:
-        conn = _raw_connection(scratch.fresh())
-        start = time.perf_counter()
-        for _ in range(steps // RAW_BATCH):
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO steps (body) VALUES (?)", [(ROW,)] * RAW_BATCH)
-            conn.execute("COMMIT")
-        elapsed = time.perf_counter() - start
-        conn.close()
-        return elapsed
-
-    return steps // RAW_BATCH * RAW_BATCH / _median_run(run)
+    """Steps per second with RAW_BATCH steps per commit (the group-commit limit)."""
+    batches = RAW_STEPS * 20 // RAW_BATCH
+    conn = _raw_connection(scratch.fresh())
+    start = time.perf_counter()
+    for _ in range(batches):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO steps (body) VALUES (?)", [(ROW,)] * RAW_BATCH)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return batches * RAW_BATCH / elapsed
 
 
 def thread_commit_per_step(scratch: _Scratch) -> float:
+    """Steps per second awaiting a one-thread executor that commits each step."""
+
     async def timed(path: Path) -> float:
         executor = ThreadPoolExecutor(max_workers=1)
         loop = asyncio.get_running_loop()
@@ -202,52 +182,77 @@ def thread_commit_per_step(scratch: _Scratch) -> float:
         executor.shutdown()
         return elapsed
 
-    return RAW_STEPS / _median_run(lambda: asyncio.run(timed(scratch.fresh())))
+    return RAW_STEPS / asyncio.run(timed(scratch.fresh()))
 
 
 # ---------------------------------------------------------------------- main
 
 
 def main() -> None:
+    """Every measurement once per round, baselines interleaved with the engine runs
+    (so a noisy machine weighs on both alike); medians of REPEATS rounds after a
+    warm-up round."""
     scratch = _Scratch()
+    baselines: dict[str, Callable[[_Scratch], float]] = {
+        "raw_commit_per_step": raw_commit_per_step,
+        "raw_batched": raw_batched,
+        "thread_commit_per_step": thread_commit_per_step,
+    }
+    rates: dict[str | int, list[float]] = {key: [] for key in (*baselines, *LEVELS)}
+    commits: dict[int, list[float]] = {level: [] for level in LEVELS}
     try:
-        per_commit = raw_commit_per_step(scratch)
-        batched = raw_batched(scratch)
-        threaded = thread_commit_per_step(scratch)
-        baselines = {
-            "raw_commit_per_step": round(per_commit),
-            "raw_batched": round(batched),
-            "thread_commit_per_step": round(threaded),
-        }
-        emit("W3", "sqlite3-raw", per_commit, "steps/s", RAW_STEPS, "one INSERT+COMMIT per step")
-        emit("W3", "sqlite3-raw", batched, "steps/s", RAW_STEPS * 20, f"{RAW_BATCH} steps/COMMIT")
-        emit(
-            "W3",
-            "sqlite3-thread",
-            threaded,
-            "steps/s",
-            RAW_STEPS,
-            "asyncio + writer thread (run_in_executor), one COMMIT per step",
-        )
-        for inflight in LEVELS:
-            rate, commits_per_step = measure_engine(scratch, inflight)
-            emit(
-                "W3",
-                "sqlite",
-                rate,
-                "steps/s",
-                TX_PER_RUN[inflight] * len(STEPS),
-                f"{inflight} in flight, synchronous=FULL; {commits_per_step:.3f} commits/step; "
-                f"{rate / per_commit:.2f}x raw one-commit-per-step, "
-                f"{rate / threaded:.2f}x writer-thread baseline",
-                inflight=inflight,
-                commits_per_step=round(commits_per_step, 4),
-                vs_raw_commit_per_step=round(rate / per_commit, 2),
-                vs_thread_commit_per_step=round(rate / threaded, 2),
-                **baselines,
-            )
+        for round_number in range(REPEATS + 1):
+            for name, measure in baselines.items():
+                rate = measure(scratch)
+                if round_number:
+                    rates[name].append(rate)
+            for inflight in LEVELS:
+                gc.collect()
+                rate, per_step = engine_once(scratch, inflight)
+                if round_number:
+                    rates[inflight].append(rate)
+                    commits[inflight].append(per_step)
     finally:
         scratch.close()
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    per_commit = median["raw_commit_per_step"]
+    threaded = median["thread_commit_per_step"]
+    same_run = {name: round(median[name]) for name in baselines}
+    emit("W3", "sqlite3-raw", per_commit, "steps/s", RAW_STEPS, "one INSERT+COMMIT per step")
+    emit(
+        "W3",
+        "sqlite3-raw",
+        median["raw_batched"],
+        "steps/s",
+        RAW_STEPS * 20,
+        f"{RAW_BATCH} steps per COMMIT",
+    )
+    emit(
+        "W3",
+        "sqlite3-thread",
+        threaded,
+        "steps/s",
+        RAW_STEPS,
+        "asyncio + writer thread (run_in_executor), one COMMIT per step, 1 in flight",
+    )
+    for inflight in LEVELS:
+        rate = median[inflight]
+        per_step = statistics.median(commits[inflight])
+        emit(
+            "W3",
+            "sqlite",
+            rate,
+            "steps/s",
+            TX_PER_RUN[inflight] * len(STEPS),
+            f"{inflight} in flight, synchronous=FULL; {per_step:.3f} commits/step; "
+            f"{rate / per_commit:.2f}x raw one-commit-per-step, "
+            f"{rate / threaded:.2f}x writer-thread baseline",
+            inflight=inflight,
+            commits_per_step=round(per_step, 4),
+            vs_raw_commit_per_step=round(rate / per_commit, 2),
+            vs_thread_commit_per_step=round(rate / threaded, 2),
+            **same_run,
+        )
 
 
 if __name__ == "__main__":
