@@ -113,7 +113,14 @@ class Journal:
     # ---------------------------------------------------------------- batched
 
     def acquire_many(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
-        """Take the lease of each transaction, writing it in full (distinct ids)."""
+        """Take the lease of each transaction, writing it in full (distinct ids).
+
+        An acquire whose caller was cancelled while it waited in the queue is skipped:
+        nobody would ever drive (or release) the lease it would take.
+        """
+        ops = [op for op in ops if op.future is None or not op.future.cancelled()]
+        if not ops:
+            return
         found = {
             row[0]: row[1:]
             for row in _select_in(

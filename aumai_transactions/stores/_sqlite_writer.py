@@ -134,11 +134,15 @@ class Writer:
         self._kick_later = False
         self._wake.set()
 
-    @staticmethod
-    def _resolve(ops: list[Op]) -> None:
+    def _resolve(self, ops: list[Op]) -> None:
         for op in ops:
             future = op.future
-            if future is None or future.done():  # a cancelled waiter
+            if future is None:
+                continue
+            if future.done():  # the waiter was cancelled
+                if op.kind == ACQUIRE and isinstance(op.result, Lease) and not self.closing:
+                    # Taken after all, but nobody will drive it: let it go at once.
+                    self.submit_lazy(Op(RELEASE, (op.result.transaction_id, op.result.epoch)))
                 continue
             if op.error is None:
                 future.set_result(op.result)

@@ -525,6 +525,17 @@ async def test_a_cancelled_durable_write_is_still_applied_in_order(store: Sqlite
     assert [s.status for s in loaded.steps[:2]] == [StepStatus.RUNNING, StepStatus.RUNNING]
 
 
+async def test_a_cancelled_acquire_still_queued_takes_no_lease(store: SqliteStore) -> None:
+    late = make_tx(state=ACTIVE)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await store.acquire(late, "me", LIVE, [PENDING])  # queued, then cancelled
+    assert scope.cancelled_caught
+    assert await store.load(late.transaction_id) is None
+    again = await store.acquire(copy(late), "me", LIVE, [PENDING])
+    assert again.epoch == 1
+
+
 async def test_a_write_lost_in_a_failed_batch_poisons_its_lease(db_path: Path, raw: Any) -> None:
     async with SqliteStore(db_path, busy_timeout=0.2) as store:
         tx = make_tx(state=ACTIVE)
