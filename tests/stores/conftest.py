@@ -41,6 +41,15 @@ def postgres_url() -> str:
     return url
 
 
+def postgres_store_class() -> Any:
+    """``PostgresStore``, or a clean skip while that backend cannot be imported."""
+    try:
+        from aumai_transactions.stores.postgres import PostgresStore
+    except ImportError as exc:
+        pytest.skip(f"the PostgreSQL store cannot be imported ({exc})")
+    return PostgresStore
+
+
 def make_store(kind: str, tmp_path: Path) -> Store:
     """A fresh, unopened store of ``kind`` that no other test sees."""
     if kind == "memory":
@@ -50,10 +59,10 @@ def make_store(kind: str, tmp_path: Path) -> Store:
 
         return SqliteStore(tmp_path / "journal.db")
     if kind == "postgres":
-        from aumai_transactions.stores.postgres import PostgresStore
-
+        url = postgres_url()
         schema = f"aumai_test_{uuid.uuid4().hex[:12]}"
-        return PostgresStore(postgres_url(), schema=schema, drop_schema_on_close=True)
+        store: Store = postgres_store_class()(url, schema=schema, drop_schema_on_close=True)
+        return store
     raise AssertionError(kind)
 
 
@@ -71,10 +80,10 @@ def store_factory(store_kind: str, tmp_path: Path) -> Callable[[], Store]:
         if store_kind == "memory":
             return made.setdefault("memory", MemoryStore())
         if store_kind == "postgres":
-            from aumai_transactions.stores.postgres import PostgresStore
-
+            url = postgres_url()
             schema = made.setdefault("schema", f"aumai_test_{uuid.uuid4().hex[:12]}")
-            return PostgresStore(postgres_url(), schema=schema)
+            store: Store = postgres_store_class()(url, schema=schema)
+            return store
         return make_store(store_kind, tmp_path)
 
     return factory
