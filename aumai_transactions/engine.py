@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import types
-from collections.abc import Coroutine, Generator, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -77,27 +76,6 @@ class _StepFailed(Exception):
     def __init__(self, step: TransactionStep) -> None:
         super().__init__(step.error)
         self.step = step
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any, Any]:
-    """Carry on awaiting ``coro``, which already yielded ``pending`` to the event loop."""
-    while True:
-        try:
-            value = yield pending
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                pending = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                pending = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
 
 
 async def _finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
@@ -236,10 +214,17 @@ class TransactionDriver:
             results_by_action={s.action: s.result for s in done},
         )
 
-    async def _forward(self, steps: Sequence[TransactionStep]) -> None:
-        """Run ``steps`` in order; raises _StepFailed when one fails for good."""
+    async def _forward(
+        self, steps: Sequence[TransactionStep], deadline: float | None = None
+    ) -> None:
+        """Run ``steps`` in order; raises _StepFailed when one fails for good.
+
+        ``deadline`` (``time.monotonic()``), when given, is checked before each step.
+        """
         handlers = self._handlers
         for step in steps:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
             handler = handlers.get(step.action)
             policy = step.retry
             # Plain dictionary writes: the fields are simple values and the models are not
@@ -289,6 +274,20 @@ class TransactionDriver:
                 # The completion rides with the next durable write: nothing happens in between.
                 await self._journal(step, durable=False)
                 break
+
+    def _cannot_suspend(self, steps: Sequence[TransactionStep]) -> bool:
+        """True when running ``steps`` never yields to the event loop: a store that
+        never suspends, and only inline sync handlers (or none) without retries."""
+        if not getattr(self._store, "never_suspends", False):
+            return False
+        handlers = self._handlers
+        if not handlers.inline:
+            return not any(handlers.get(s.action) for s in steps)
+        for step in steps:
+            handler = handlers.get(step.action)
+            if step.retry is not None or (handler is not None and handler.is_async):
+                return False
+        return True
 
     def _completed(self) -> list[TransactionStep]:
         """The completed steps, latest first: the order in which they are undone."""
@@ -437,27 +436,17 @@ class TransactionDriver:
         await self._take_lease((TransactionState.PENDING,))
         steps = tx.steps
         failed: TransactionStep | None = None
-        forward = self._forward(steps)
         try:
             if remaining is None:
-                await forward
+                await self._forward(steps)
+            elif self._cannot_suspend(steps):
+                # Nothing in this pass yields to the event loop, so no cancel scope could
+                # interrupt it; the deadline is checked between steps instead, sparing the
+                # scope, the costliest object of a commit.
+                await self._forward(steps, time.monotonic() + remaining)
             else:
-                # The deadline's cancel scope is entered when the pass first suspends: a
-                # pass whose handlers never yield cannot be interrupted anyway, and the
-                # scope is the costliest object of a commit. The deadline is absolute,
-                # so entering late changes nothing (this is anyio.fail_after, inlined).
-                started_pass = time.monotonic()
-                try:
-                    pending = forward.send(None)
-                except StopIteration:
-                    pass
-                else:
-                    now = anyio.current_time()
-                    deadline = now + remaining - (time.monotonic() - started_pass)
-                    with anyio.CancelScope(deadline=deadline) as scope:
-                        await _resume(forward, pending)
-                    if scope.cancelled_caught and anyio.current_time() >= deadline:
-                        raise TimeoutError
+                with anyio.fail_after(remaining):
+                    await self._forward(steps)
         except _StepFailed as failure:
             failed = failure.step
             tx.error = failed.error

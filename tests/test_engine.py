@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -692,3 +693,41 @@ async def test_every_step_intent_is_journaled_before_its_handler_runs() -> None:
         ("rolled_back", None, None),
     ]
     assert await spy.load(tx.transaction_id) is tx
+
+
+async def test_a_handler_that_opens_its_own_cancel_scope_runs_under_the_deadline() -> None:
+    """Regression: the deadline scope was once entered at the pass's first suspension,
+    which broke scope nesting when that suspension sat inside the handler's own scope."""
+
+    async def scoped(action: str, data: dict[str, Any]) -> str:
+        with anyio.move_on_after(5):
+            await anyio.sleep(0)
+        return "done"
+
+    manager = TransactionManager({"a": scoped})
+    tx = manager.begin(timeout_seconds=30)
+    manager.add_step(tx, "agent", "a")
+    result = await manager.commit(tx)
+    assert result.state is TransactionState.COMMITTED
+    assert tx.steps[0].result == "done"
+
+
+async def test_an_inline_sync_step_that_overruns_the_deadline_stops_the_pass() -> None:
+    """Inline sync handlers cannot be interrupted; the deadline is checked between steps."""
+    ran: list[str] = []
+
+    def slow(action: str, data: dict[str, Any]) -> None:
+        ran.append(action)
+        time.sleep(0.06)  # the work of this step outlasts the transaction's 0.05 s
+
+    def record(action: str, data: dict[str, Any]) -> None:
+        ran.append(action)
+
+    manager = TransactionManager({"a": slow, "b": record, "undo_a": record}, sync_handlers="inline")
+    tx = manager.begin(timeout_seconds=0.05)
+    manager.add_step(tx, "agent", "a", compensating_action="undo_a")
+    manager.add_step(tx, "agent", "b")
+    result = await manager.commit(tx)
+    assert ran == ["a", "undo_a"]
+    assert result.state is TransactionState.FAILED
+    assert result.error is not None and "timed out" in result.error

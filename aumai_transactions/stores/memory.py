@@ -40,6 +40,9 @@ class _LeaseRecord:
 class MemoryStore:
     """A non-durable store in this process's memory."""
 
+    never_suspends = True
+    """None of its methods yields to the event loop (the engine may skip cancel scopes)."""
+
     def __init__(self) -> None:
         self._transactions: dict[str, Transaction] = {}
         self._leases: dict[str, _LeaseRecord] = {}
