@@ -101,6 +101,10 @@ class Writer:
         self._started = started
         self._thread.start()
 
+    def join(self) -> None:
+        """Wait for the thread to end (after ``stop``); blocking, so call it in a thread."""
+        self._thread.join()
+
     def submit(self, op: Op) -> None:
         """Queue ``op`` and wake the thread once the loop has run what is ready now."""
         if self.closing:

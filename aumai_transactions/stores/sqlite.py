@@ -274,6 +274,12 @@ class SqliteStore:
         if writer is None:
             return
         self._writer = None
+        if asyncio.get_running_loop() is not writer.loop or writer.loop.is_closed():
+            # Closed from another event loop (say, a test's teardown): the writer still
+            # flushes everything queued; wait for its thread rather than its loop.
+            writer.stop(None)
+            await asyncio.to_thread(writer.join)
+            return
         done: asyncio.Future[None] = writer.loop.create_future()
         writer.stop(done)
         # Shielded: the queued writes of other tasks are flushed even if we are cancelled.
@@ -294,6 +300,11 @@ class SqliteStore:
             raise StoreUnavailableError(
                 f"The journal {self._path} is not open; use 'async with store:' or "
                 "'await store.open()' first."
+            )
+        if asyncio.get_running_loop() is not writer.loop:
+            raise RuntimeError(
+                f"SqliteStore({str(self._path)!r}) was opened in another event loop; "
+                "use a store in the loop that opened it (or close it and open it again)."
             )
         return writer
 
@@ -334,7 +345,7 @@ class SqliteStore:
         durable: bool = True,
     ) -> None:
         writer = self._writer
-        if writer is None:
+        if writer is None or asyncio.get_running_loop() is not writer.loop:
             writer = self._require()
         tid = lease.transaction_id
         if tx.transaction_id != tid:

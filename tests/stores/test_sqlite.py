@@ -574,6 +574,29 @@ async def test_after_close_writes_are_refused_and_reopening_works(db_path: Path)
     await store.close()
 
 
+def test_a_store_belongs_to_the_loop_that_opened_it(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    tx = make_tx()
+
+    async def open_and_save() -> None:
+        await store.open()
+        await store.save(copy(tx))
+
+    async def use_elsewhere() -> None:
+        with pytest.raises(RuntimeError, match="opened in another event loop"):
+            await store.load(tx.transaction_id)
+        await store.close()  # closing from another loop still flushes and stops
+
+    asyncio.run(open_and_save())
+    asyncio.run(use_elsewhere())
+
+    async def reopen() -> Transaction | None:
+        async with SqliteStore(db_path) as again:
+            return await again.load(tx.transaction_id)
+
+    assert dump(asyncio.run(reopen())) == dump(tx)
+
+
 async def test_record_without_a_step_writes_only_the_header(store: SqliteStore) -> None:
     tx = make_tx(state=ACTIVE)
     lease = await store.acquire(tx, "me", LIVE, [PENDING])
