@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,11 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_factory(store_kind: str, tmp_path: Path) -> Callable[[], Store]:
-    """Builds unopened stores of the current backend sharing one location."""
+def store_factory(store_kind: str, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Builds unopened stores of the current backend sharing one location.
+
+    A PostgreSQL schema made for the test is dropped after it.
+    """
     made: dict[str, Any] = {}
 
     def factory() -> Store:
@@ -86,7 +89,15 @@ def store_factory(store_kind: str, tmp_path: Path) -> Callable[[], Store]:
             return store
         return make_store(store_kind, tmp_path)
 
-    return factory
+    yield factory
+    if "schema" in made:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(postgres_url(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(made["schema"]))
+            )
 
 
 @pytest.fixture
