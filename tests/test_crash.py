@@ -528,11 +528,6 @@ async def test_a_manager_with_no_handlers_at_all_blocks_instead_of_guessing(
     assert all(e.stage == 0 for e in Ledger.read(ledger))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Store.renew (the manager's heartbeat) extends the lease of a transaction "
-    "whose recovery is blocked, so a worker that has the handler never gets it",
-)
 async def test_a_blocked_transaction_lease_lapses_although_its_manager_heartbeats(
     tmp_path: Path,
 ) -> None:

@@ -110,7 +110,9 @@ class Store(Protocol):
         """Push the expiry of every in-flight lease held by ``owner`` to now + ttl.
 
         Returns how many leases were renewed. Leases taken over by another owner are
-        not touched.
+        not touched, nor those of transactions whose recovery is blocked (a
+        ``blocked_reason`` is set): theirs lapse, so a worker that has the missing
+        handler can take them over.
         """
         ...
 

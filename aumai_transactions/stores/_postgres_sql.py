@@ -347,7 +347,7 @@ _RENEW = """
 UPDATE {s}.transactions
 SET lease_expires_at = now() + %(ttl)s * interval '1 second'
 WHERE lease_owner = %(owner)s AND state IN ('active', 'compensating')
-  AND lease_expires_at > '-infinity'
+  AND lease_expires_at > '-infinity' AND header->>'blocked_reason' IS NULL
 """
 
 # The lease columns are set in the same statement that picks the rows, so two

@@ -317,7 +317,8 @@ class Journal:
         expires = now_us() + round(ttl * 1_000_000)
         return conn.execute(
             "UPDATE transactions SET lease_expires=? "
-            "WHERE state IN ('active', 'compensating') AND lease_owner=?",
+            "WHERE state IN ('active', 'compensating') AND lease_owner=? "
+            "AND blocked_reason IS NULL",
             (expires, owner),
         ).rowcount
 

@@ -138,7 +138,12 @@ class MemoryStore:
         renewed = 0
         for tid, lease in self._leases.items():
             tx = self._transactions.get(tid)
-            if lease.owner == owner and tx is not None and tx.state in IN_FLIGHT_STATES:
+            if (
+                lease.owner == owner
+                and tx is not None
+                and tx.state in IN_FLIGHT_STATES
+                and tx.blocked_reason is None
+            ):
                 lease.expires_at = expires
                 renewed += 1
         return renewed
