@@ -338,6 +338,15 @@ async def test_renew_extends_only_the_owners_in_flight_leases(store: Store) -> N
     assert await store.renew("nobody", LIVE) == 0
 
 
+async def test_renew_leaves_a_blocked_transaction_to_lapse(store: Store) -> None:
+    blocked, lease = await in_flight(store, owner="driver-a", ttl=EXPIRED)
+    blocked.blocked_reason = "recovery blocked: no handler for 'refund'"
+    await store.record(lease, blocked)
+    assert await store.renew("driver-a", LIVE) == 0
+    claimed = await store.claim_expired("worker-with-handler", LIVE, 10)
+    assert [tx.transaction_id for tx, _ in claimed] == [blocked.transaction_id]
+
+
 async def test_release_lets_another_driver_in_at_once(store: Store) -> None:
     tx, lease = await in_flight(store, owner="driver-a")
     await store.release(lease)
