@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,9 @@ def _open_in_child_as_unprivileged(path: Path) -> str:
 
     with tempfile.TemporaryDirectory() as scratch:  # load every module the child needs
         asyncio.run(attempt(Path(scratch) / "warm-up.db"))
+    for thread in threading.enumerate():  # fork with no writer thread still winding down
+        if thread.name.startswith("aumai-sqlite-writer"):
+            thread.join(10)
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
