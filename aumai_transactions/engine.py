@@ -37,7 +37,7 @@ from .models import (
 )
 from .stores import Lease, Store
 
-__all__ = ["EngineOptions", "TransactionDriver"]
+__all__ = ["EngineOptions", "LeaseRenewal", "TransactionDriver"]
 
 logger = logging.getLogger("aumai_transactions")
 
@@ -57,11 +57,35 @@ _MAY_HAVE_RUN = frozenset(
 )
 
 
+class LeaseRenewal:
+    """When the leases of one owner are next due for renewal.
+
+    Shared by every driver of a manager (and its heartbeat): ``Store.renew`` extends
+    all of an owner's leases at once, so one renewal per period is enough, however
+    many transactions are in flight.
+    """
+
+    __slots__ = ("due", "period")
+
+    def __init__(self, lease_ttl: float) -> None:
+        self.period = lease_ttl / 3
+        self.due = time.monotonic() + self.period
+
+    def claim(self) -> bool:
+        """True (once per period) when the caller should renew now."""
+        now = time.monotonic()
+        if now < self.due:
+            return False
+        self.due = now + self.period  # before any await: the others see it is taken
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     """Settings a manager hands to every driver it starts."""
 
     owner: str
+    renewal: LeaseRenewal
     lease_ttl: float = 30.0
     compensation_retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_attempts=3, initial_delay=0.1)
@@ -116,7 +140,7 @@ class TransactionDriver:
         "_handlers",
         "_lease",
         "_options",
-        "_renew_at",
+        "_durable",
         "_started_at",
         "_store",
         "_undone",
@@ -135,7 +159,7 @@ class TransactionDriver:
         self._store = store
         self._options = options
         self._lease: Lease | None = None
-        self._renew_at: float | None = None
+        self._durable = store.durable
         self._undone: list[str] = []
         self._compensation_errors: dict[str, str] = {}
         self._started_at = utcnow()
@@ -145,9 +169,8 @@ class TransactionDriver:
     async def _journal(self, step: TransactionStep | None = None, durable: bool = True) -> None:
         lease = self._lease
         assert lease is not None
-        if self._renew_at is not None and time.monotonic() >= self._renew_at:
+        if self._durable and self._options.renewal.claim():
             await self._store.renew(lease.owner, self._options.lease_ttl)
-            self._renew_at = time.monotonic() + self._options.lease_ttl / 3
         await self._store.record(lease, self.tx, step, durable=durable)
 
     async def _take_lease(self, expected: Iterable[TransactionState]) -> None:
@@ -155,8 +178,6 @@ class TransactionDriver:
         self._lease = await store.acquire(
             self.tx, self._options.owner, self._options.lease_ttl, expected
         )
-        if store.durable:
-            self._renew_at = time.monotonic() + self._options.lease_ttl / 3
 
     @property
     def lease(self) -> Lease | None:
@@ -166,8 +187,6 @@ class TransactionDriver:
     def adopt_lease(self, lease: Lease) -> None:
         """Drive under a lease claimed elsewhere (recovery)."""
         self._lease = lease
-        if self._store.durable:
-            self._renew_at = time.monotonic() + self._options.lease_ttl / 3
 
     async def _finish(self, state: TransactionState) -> None:
         fields = self.tx.__dict__
@@ -375,11 +394,14 @@ class TransactionDriver:
         tx = self.tx
         bound_seconds = self._options.compensation_timeout
         if interrupted is not None:
-            await self._journal(interrupted)
+            await self._journal(interrupted, durable=False)
         if tx.state is not TransactionState.COMPENSATING:
             tx.state = TransactionState.COMPENSATING
             tx.updated_at = utcnow()
-            await self._journal()
+            # Without an interrupted step, the journal already tells recovery to
+            # compensate (a failed step, or the recovery's own decision): the state
+            # change may ride with the first compensation's intent.
+            await self._journal(durable=interrupted is not None)
         with anyio.move_on_after(bound_seconds) as bound:
             await self._compensate(steps)
         if bound.cancelled_caught:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
 import anyio
 
-from .engine import EngineOptions, TransactionDriver
+from .engine import EngineOptions, LeaseRenewal, TransactionDriver
 from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
 from .models import (
@@ -95,6 +96,7 @@ class TransactionManager:
         }
         if compensation_retry is not None:
             options["compensation_retry"] = compensation_retry
+        options["renewal"] = LeaseRenewal(float(lease_ttl))
         self._options = EngineOptions(**options)
         self._transactions: dict[str, Transaction] = {}
 
@@ -125,8 +127,11 @@ class TransactionManager:
         self._store_opened = not self.store.durable
 
     async def _heartbeat(self) -> None:
+        renewal = self._options.renewal
         while True:
-            await anyio.sleep(self._options.lease_ttl / 3)
+            await anyio.sleep(max(0.0, renewal.due - time.monotonic()))
+            if not renewal.claim():  # a driver renewed meanwhile
+                continue
             try:
                 await self.store.renew(self.owner, self._options.lease_ttl)
             except Exception:  # the next journal write will tell the driver
