@@ -42,8 +42,9 @@ def send_welcome_email(action, data):
     print(f"  {action}: {data['user_id']}")
 
 
-# Where the manager journals every step before running it.
-STORE = "memory://"
+# Where the manager journals every step before running it: a SQLite file next to
+# where you run this, which survives a crash (and `aumai-transactions` can read).
+STORE = "sqlite:///onboarding.db"
 
 HANDLERS = {
     "create_user": create_user,
