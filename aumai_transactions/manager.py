@@ -392,7 +392,15 @@ class TransactionManager:
         self._transactions.pop(transaction_id, None)
 
     async def save(self, transaction: Transaction) -> None:
-        """Write a transaction (typically pending) to the store."""
+        """Write a transaction (typically pending) to the store.
+
+        A pending transaction never overwrites a stored copy that has moved on (was
+        committed or rolled back meanwhile, by this or another process):
+        ``LeaseConflictError`` says so and nothing is written.
+        """
         await self._ensure_open()
-        await self.store.save(transaction)
+        if transaction.state is _PENDING:
+            await self.store.save(transaction, expected=(_PENDING,))
+        else:
+            await self.store.save(transaction)
         self._transactions[transaction.transaction_id] = transaction

@@ -66,11 +66,16 @@ class Store(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    async def save(self, tx: Transaction) -> None:
+    async def save(
+        self, tx: Transaction, *, expected: Iterable[TransactionState] | None = None
+    ) -> None:
         """Insert ``tx``, or replace the stored copy when no driver holds it.
 
         Raises ``LeaseConflictError`` when the stored copy is active or compensating
-        under a lease that has not expired.
+        under a lease that has not expired, or, with ``expected``, when a stored copy
+        exists in a state not among them (so that a read-modify-save of a pending
+        transaction cannot undo a commit that happened in between). Nothing is written
+        then.
         """
         ...
 

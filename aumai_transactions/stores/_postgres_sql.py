@@ -216,7 +216,8 @@ _STEPS_OF_T = """
 #
 # * acquires and saves: upsert of the header and every step, pruning steps no longer
 #   present. An acquire succeeds where the stored lease is not live and the state is
-#   one of those expected; a save where no live lease holds an in-flight transaction.
+#   one of those expected; a save where no live lease holds an in-flight transaction
+#   (and, when the save names expected states, the stored state is one of them).
 # * records and releases, fenced: a row is written only while it still carries the
 #   writer's epoch *and* owner. (The owner matters after a server crash: an acquire
 #   that committed without waiting for its WAL flush can be lost, and a later acquire
@@ -261,6 +262,10 @@ _BATCH_ACQUIRE = """
     WHERE CASE
         WHEN EXCLUDED.lease_owner IS NULL THEN
             NOT (t.state IN ('active', 'compensating') AND t.lease_expires_at > now())
+            AND (coalesce((SELECT a.expected FROM a_in AS a WHERE a.tid = t.transaction_id),
+                          '') = ''
+                 OR t.state = ANY (string_to_array(
+                    (SELECT a.expected FROM a_in AS a WHERE a.tid = t.transaction_id), ',')))
         ELSE
             t.lease_expires_at <= now()
             AND t.state = ANY (string_to_array(

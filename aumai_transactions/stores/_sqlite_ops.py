@@ -297,8 +297,17 @@ class Journal:
         header: tuple[Any, ...],
         steps: list[tuple[int, str, str]],
         agents: list[str],
+        expected: frozenset[str] | None = None,
     ) -> None:
         rid = self._check_not_driven(conn, tid, "replaced")
+        if rid is not None and expected is not None:
+            (state,) = conn.execute("SELECT state FROM transactions WHERE id=?", (rid,)).fetchone()
+            if state not in expected:
+                raise LeaseConflictError(
+                    f"Transaction {tid} is stored in state '{state}'; expected "
+                    + " or ".join(f"'{s}'" for s in sorted(expected))
+                    + "."
+                )
         if rid is None:
             rid = conn.execute(
                 f"INSERT INTO transactions (transaction_id, {HEADER_COLUMNS}) "

@@ -37,6 +37,18 @@ class _LeaseRecord:
         return self.owner is not None and self.expires_at is not None and self.expires_at > now
 
 
+def _check_expected(
+    transaction_id: str, state: TransactionState, expected: Iterable[TransactionState]
+) -> None:
+    wanted = [TransactionState(s) for s in expected]
+    if state not in wanted:
+        raise LeaseConflictError(
+            f"Transaction {transaction_id} is stored in state '{state.value}'; expected "
+            + " or ".join(f"'{s.value}'" for s in wanted)
+            + "."
+        )
+
+
 class MemoryStore:
     """A non-durable store in this process's memory."""
 
@@ -82,8 +94,13 @@ class MemoryStore:
                 f"held by {lease.owner}; it cannot be replaced."
             )
 
-    async def save(self, tx: Transaction) -> None:
+    async def save(
+        self, tx: Transaction, *, expected: Iterable[TransactionState] | None = None
+    ) -> None:
         self._check_not_driven(tx.transaction_id, utcnow())
+        stored = self._transactions.get(tx.transaction_id)
+        if expected is not None and stored is not None and stored is not tx:
+            _check_expected(tx.transaction_id, stored.state, expected)
         self._transactions[tx.transaction_id] = tx
 
     async def acquire(
@@ -104,12 +121,8 @@ class MemoryStore:
                 f"Transaction {tid} is being driven by {lease.owner}; try again after "
                 f"its lease expires at {lease.expires_at}."
             )
-        if stored is not None and stored is not tx and stored.state not in expected:
-            raise LeaseConflictError(
-                f"Transaction {tid} is stored in state '{stored.state.value}'; expected "
-                + " or ".join(f"'{s.value}'" for s in expected)
-                + "."
-            )
+        if stored is not None and stored is not tx:
+            _check_expected(tid, stored.state, expected)
         lease.owner = owner
         lease.expires_at = now + timedelta(seconds=ttl)
         lease.epoch += 1

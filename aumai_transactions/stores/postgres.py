@@ -319,14 +319,23 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def save(self, tx: Transaction) -> None:
+    async def save(
+        self, tx: Transaction, *, expected: Iterable[TransactionState] | None = None
+    ) -> None:
         if not isinstance(tx, Transaction):
             raise TypeError(f"save needs a Transaction, not {type(tx).__name__}.")
-        saved = await self._open_writer().submit(Op.whole(tx))
+        wanted = None if expected is None else tuple(TransactionState(s) for s in expected)
+        saved = await self._open_writer().submit(Op.whole(tx, expected=wanted or ()))
         if not saved:
             rows = await self._fetch(self._statements.lease_of, (tx.transaction_id,), "read")
             owner = rows[0][2] if rows else None
             state = rows[0][1] if rows else "?"
+            if wanted and state not in {s.value for s in wanted}:
+                raise LeaseConflictError(
+                    f"Transaction {tx.transaction_id} is stored in state '{state}'; expected "
+                    + " or ".join(f"'{s.value}'" for s in wanted)
+                    + "."
+                )
             raise LeaseConflictError(
                 f"Transaction {tx.transaction_id} is {state} under a live lease held by "
                 f"{owner}; it cannot be replaced."

@@ -316,9 +316,14 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def save(self, tx: Transaction) -> None:
+    async def save(
+        self, tx: Transaction, *, expected: Iterable[TransactionState] | None = None
+    ) -> None:
         header, steps, agents = _full_rows(tx)
-        await self._call(SAVE, tx.transaction_id, header, steps, agents)
+        states = (
+            None if expected is None else frozenset(TransactionState(s).value for s in expected)
+        )
+        await self._call(SAVE, tx.transaction_id, header, steps, agents, states)
 
     async def acquire(
         self,

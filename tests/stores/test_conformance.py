@@ -604,3 +604,18 @@ async def test_engine_recovers_an_abandoned_transaction_from_the_store(store: St
     assert [s.status for s in loaded.steps][:2] == [StepStatus.COMPENSATED] * 2
     assert loaded.recovery_attempts == 1
     assert await manager.recover() == []
+
+
+async def test_a_save_with_expected_states_does_not_undo_progress(store: Store) -> None:
+    manager = TransactionManager(store=store)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "reserve")
+    await store.save(tx, expected=[PENDING])  # absent: inserted
+    stale = copy(tx)
+    stale.steps.append(stale.steps[0].model_copy(update={"step_id": "s-late"}))
+    await manager.commit(tx)  # another process commits meanwhile
+    with pytest.raises(LeaseConflictError, match="'committed'; expected 'pending'"):
+        await store.save(stale, expected=[PENDING])
+    stored = await store.load(tx.transaction_id)
+    assert stored is not None
+    assert stored.state is COMMITTED and len(stored.steps) == 1
