@@ -22,7 +22,7 @@ N = 10_000
 IDEAL = 0.03
 
 _CHILD = r"""
-import asyncio, json, resource, sys, time
+import asyncio, json, sys, time
 import anyio
 from aumai_transactions import TransactionManager
 
@@ -56,7 +56,10 @@ async def main(kind):
     return elapsed
 
 elapsed = asyncio.run(main(sys.argv[1]))
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: the latter survives exec, so it would report the parent's peak.
+with open("/proc/self/status") as status:
+    hwm = next(line for line in status if line.startswith("VmHWM:"))
+rss = int(hwm.split()[1]) * 1024
 print(json.dumps({"elapsed": elapsed, "rss": rss}))
 """
 
