@@ -21,23 +21,22 @@ tasks' writes, so cancelling one waiter must not abort it.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
 import psycopg
-from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from ..errors import LeaseLostError, StoreError
 from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
 from ._base import Lease
+from ._codec import step_json
 from ._postgres_sql import HEADER_EXCLUDE, Statements
 
 __all__ = ["Op", "Writer"]
@@ -84,39 +83,6 @@ def step_rows(tx: Transaction) -> list[tuple[str, int, str, str]]:
 
 
 _HEADER_EXCLUDE = set(HEADER_EXCLUDE)
-
-
-def _none_means_default(model: type[BaseModel]) -> bool:
-    """True when every field of ``model`` that may hold None defaults to None.
-
-    Then a step can be stored without its None fields (about a third smaller: less to
-    send, parse and store) and still load back equal, a missing field taking its
-    default. Checked, not assumed: a future field with another default falls back to
-    storing every field. (The SQLite store applies the same rule.)
-    """
-    for field_info in model.model_fields.values():
-        if field_info.default is None:
-            continue
-        annotation = field_info.annotation
-        if annotation is Any or type(None) in get_args(annotation):
-            return False
-    return True
-
-
-_step_to_json = functools.partial(
-    TransactionStep.__pydantic_serializer__.to_json,
-    exclude_none=_none_means_default(TransactionStep),
-)
-
-
-def step_json(step: TransactionStep, transaction_id: str) -> str:
-    """The whole step as JSON; a value JSON cannot hold is a TypeError naming the step."""
-    try:
-        return _step_to_json(step).decode()
-    except PydanticSerializationError as exc:
-        raise TypeError(
-            f"Step {step.step_id} of transaction {transaction_id} cannot be stored as JSON: {exc}"
-        ) from exc
 
 
 def header_json(tx: Transaction) -> str:

@@ -28,17 +28,13 @@ store has accepted, and a long listing delays the writes queued behind it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
-
-from pydantic import BaseModel
-from pydantic_core import PydanticSerializationError
 
 from ..errors import StoreUnavailableError
 from ..models import (
@@ -49,6 +45,7 @@ from ..models import (
     TransactionStep,
 )
 from ._base import Lease
+from ._codec import step_json
 from ._sqlite_ops import Op
 from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, record_header, to_us
 from ._sqlite_writer import (
@@ -86,46 +83,13 @@ class SqliteStoreStats:
     records: int
 
 
-def _none_means_default(model: type[BaseModel]) -> bool:
-    """True when every field that may hold None defaults to None.
-
-    Then a step can be written without its None fields (a third smaller, so less to
-    write, fsync and parse) and still load back equal: a missing field takes its
-    default. Checked rather than assumed, so a future field defaulting to something
-    else falls back to writing every field.
-    """
-    for field in model.model_fields.values():
-        if field.default is None:
-            continue
-        annotation = field.annotation
-        if annotation is Any or type(None) in get_args(annotation):
-            return False
-    return True
-
-
-_to_json = functools.partial(
-    TransactionStep.__pydantic_serializer__.to_json,
-    exclude_none=_none_means_default(TransactionStep),
-)
-
-
-def _step_json(step: TransactionStep, transaction_id: str) -> str:
-    """The step as JSON (pydantic's serializer, called directly: this is the hot path)."""
-    try:
-        return _to_json(step).decode()
-    except PydanticSerializationError as exc:
-        raise TypeError(
-            f"Step {step.step_id} of transaction {transaction_id} cannot be stored as JSON: {exc}"
-        ) from exc
-
-
 def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, str]], list[str]]:
     """Header, step rows and agents of ``tx``, serialized on the caller's side."""
     if not isinstance(tx, Transaction):
         raise TypeError(f"Expected a Transaction, not {type(tx).__name__}.")
     tid = tx.transaction_id
     steps = [
-        (position, step.step_id, _step_json(step, tid)) for position, step in enumerate(tx.steps)
+        (position, step.step_id, step_json(step, tid)) for position, step in enumerate(tx.steps)
     ]
     if len({row[1] for row in steps}) != len(steps):
         raise ValueError(f"Transaction {tid} has two steps with the same step_id.")
@@ -366,7 +330,7 @@ class SqliteStore:
             position = None if positions is None else positions.get(step_id)
             if position is None:
                 position = self._position_of(tx, step)
-            row = (_step_json(step, tid), tid, position, step_id)
+            row = (step_json(step, tid), tid, position, step_id)
             args = (tid, lease.epoch, state, header, row)
         if durable:
             future: asyncio.Future[None] = writer.loop.create_future()

@@ -847,7 +847,7 @@ def test_steps_are_written_without_none_fields_only_when_that_round_trips() -> N
     from pydantic import BaseModel
 
     from aumai_transactions.models import TransactionStep
-    from aumai_transactions.stores.sqlite import _none_means_default
+    from aumai_transactions.stores._codec import _none_means_default
 
     class Safe(BaseModel):
         note: str | None = None
