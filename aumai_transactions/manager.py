@@ -56,6 +56,11 @@ class TransactionManager:
     ``store`` is a Store or a store URL (default: in memory). A durable store is
     opened on first use; ``async with manager:`` opens it up front, keeps the leases
     of long-running handlers renewed, and closes it at the end.
+
+    The manager remembers every transaction it began or drove, for
+    ``get_transaction`` and ``get_all_transactions``. A long-lived service journaling
+    to a durable store passes ``retain_finished=False``: a transaction is then
+    forgotten once its commit, rollback or recovery returns (the store keeps it).
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class TransactionManager:
         compensation_timeout: float = 60.0,
         lease_ttl: float = 30.0,
         max_recovery_attempts: int = 3,
+        retain_finished: bool = True,
     ) -> None:
         self._handlers = HandlerRegistry(action_handlers, sync_handlers=sync_handlers)
+        self._retain_finished = retain_finished
         self.strict = strict
         if store is None:
             store = MemoryStore()
@@ -237,13 +244,16 @@ class TransactionManager:
             if not self._store_opened:
                 await self._ensure_open()
             driver = self._driver(transaction)
-            return await driver.commit()
+            result = await driver.commit()
         except StoreError:
             # No lease was taken (the store did not open, or refused or failed the
             # lease): nothing ran and nothing is in flight, so it may be committed again.
             if driver is None or driver.lease is None:
                 transaction.state = _PENDING
             raise
+        if not self._retain_finished:
+            self._transactions.pop(transaction.transaction_id, None)
+        return result
 
     async def rollback(self, transaction: Transaction) -> TransactionResult:
         """Compensate every step of a pending or committed transaction, in reverse."""
@@ -261,11 +271,14 @@ class TransactionManager:
         try:
             await self._ensure_open()
             driver = self._driver(transaction)
-            return await driver.rollback((previous,))
+            result = await driver.rollback((previous,))
         except StoreError:
             if driver is None or driver.lease is None:  # nothing ran: as it was before
                 transaction.state = previous
             raise
+        if not self._retain_finished:
+            self._transactions.pop(transaction.transaction_id, None)
+        return result
 
     async def recover(
         self, policy: RecoveryPolicy = "compensate", *, limit: int = 1000
@@ -332,7 +345,8 @@ class TransactionManager:
         lease: Lease,
         policy: RecoveryPolicy,
     ) -> None:
-        self._transactions[tx.transaction_id] = tx
+        if self._retain_finished:
+            self._transactions[tx.transaction_id] = tx
         try:
             batch[index] = await self._driver(tx).recover(lease, policy)
         except LeaseLostError:

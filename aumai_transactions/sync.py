@@ -74,6 +74,7 @@ class TransactionManager:
         compensation_timeout: float = 60.0,
         lease_ttl: float = 30.0,
         max_recovery_attempts: int = 3,
+        retain_finished: bool = True,
     ) -> None:
         self.manager = _manager.TransactionManager(
             action_handlers,
@@ -84,6 +85,7 @@ class TransactionManager:
             compensation_timeout=compensation_timeout,
             lease_ttl=lease_ttl,
             max_recovery_attempts=max_recovery_attempts,
+            retain_finished=retain_finished,
         )
 
     @property

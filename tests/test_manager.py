@@ -526,3 +526,14 @@ def test_the_manager_rejects_bad_settings(
 ) -> None:
     with pytest.raises(error, match=message):
         TransactionManager(**kwargs)
+
+
+async def test_retain_finished_false_forgets_what_has_finished() -> None:
+    manager = TransactionManager({"a": lambda a, d: None}, retain_finished=False)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a")
+    assert manager.get_transaction(tx.transaction_id) is tx  # pending: still known
+    result = await manager.commit(tx)
+    assert result.state.value == "committed"
+    assert manager.get_transaction(tx.transaction_id) is None
+    assert await manager.store.load(tx.transaction_id) is tx  # the store keeps it
