@@ -119,21 +119,35 @@ class TransactionManager:
             await self.store.open()
             self._store_opened = True
 
-    async def __aenter__(self) -> Self:
+    async def open(self) -> None:
+        """Open the store (a durable one is otherwise opened on first use)."""
         await self._ensure_open()
+
+    async def close(self) -> None:
+        """Close the store, flushing a durable one."""
+        await self.store.close()
+        self._store_opened = not self.store.durable
+
+    async def __aenter__(self) -> Self:
+        await self.open()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         if self.store.durable:
-            self._task_group.start_soon(self._heartbeat)
+            self._task_group.start_soon(self.keep_leases_renewed)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
-        await self.store.close()
-        self._store_opened = not self.store.durable
+        await self.close()
 
-    async def _heartbeat(self) -> None:
+    async def keep_leases_renewed(self) -> None:
+        """Renew this manager's leases every ``lease_ttl / 3`` seconds, until cancelled.
+
+        ``async with manager:`` runs it in the background. Without it, leases are
+        renewed only when a driver writes to the journal, so a handler that runs longer
+        than ``lease_ttl`` could see its transaction taken over by a recovery worker.
+        """
         renewal = self._options.renewal
         while True:
             await anyio.sleep(max(0.0, renewal.due - time.monotonic()))
@@ -377,7 +391,7 @@ class TransactionManager:
             group.start_soon(loop)
             if self.store.durable:
                 # Handlers run by recovery may outlast a lease: keep this owner's renewed.
-                group.start_soon(self._heartbeat)
+                group.start_soon(self.keep_leases_renewed)
             try:
                 yield
             finally:

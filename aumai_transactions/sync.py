@@ -13,6 +13,7 @@ import atexit
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -41,7 +42,8 @@ def _close_portal() -> None:
         _portal_stack.close()
 
 
-def _run(func: Callable[_P, Awaitable[_T]], *args: Any) -> _T:
+def _blocking_portal() -> anyio.from_thread.BlockingPortal:
+    """The portal of the facade's event loop, started on first use."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -56,8 +58,11 @@ def _run(func: Callable[_P, Awaitable[_T]], *args: Any) -> _T:
         if _portal is None:
             _portal = _portal_stack.enter_context(anyio.from_thread.start_blocking_portal())
             atexit.register(_close_portal)
-        portal = _portal
-    return portal.call(func, *args)
+        return _portal
+
+
+def _run(func: Callable[_P, Awaitable[_T]], *args: Any) -> _T:
+    return _blocking_portal().call(func, *args)
 
 
 class TransactionManager:
@@ -87,6 +92,7 @@ class TransactionManager:
             max_recovery_attempts=max_recovery_attempts,
             retain_finished=retain_finished,
         )
+        self._renewing: Future[None] | None = None
 
     @property
     def store(self) -> Store:
@@ -150,10 +156,26 @@ class TransactionManager:
         self.manager.register_transaction(transaction)
 
     def close(self) -> None:
-        """Close the store (flushing a durable one)."""
-        _run(self.manager.store.close)
+        """Stop renewing leases and close the store (flushing a durable one)."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
+        _run(self.manager.close)
+
+    def open(self) -> None:
+        """Open the store and, for a durable one, keep this manager's leases renewed
+        in the background (as ``async with`` does for the async manager) until
+        ``close``. ``with manager:`` calls both."""
+        _run(self.manager.open)
+        if self.manager.store.durable and self._renewing is None:
+            self._renewing = _blocking_portal().start_task_soon(self.manager.keep_leases_renewed)
+
+    def forget(self, transaction_id: str) -> None:
+        """See :meth:`aumai_transactions.TransactionManager.forget`."""
+        self.manager.forget(transaction_id)
 
     def __enter__(self) -> Self:
+        self.open()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -6,6 +6,7 @@ import inspect
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def test_the_blocking_classes_have_the_same_methods_and_arguments(
     public = [
         name
         for name, member in inspect.getmembers(async_class, inspect.isfunction)
-        if not name.startswith("_") and name not in {"forget", "recovery_worker"}
+        if not name.startswith("_") and name not in {"recovery_worker", "keep_leases_renewed"}
     ]
     assert public, async_class
     for name in public:
@@ -189,3 +190,37 @@ def test_the_blocking_classes_have_the_same_methods_and_arguments(
             name
         )
         assert inspect.iscoroutinefunction(getattr(sync_class, name)) is False
+
+
+class _RenewalWatchingStore(aumai_transactions.MemoryStore):
+    """An in-memory store that says it is durable and reports every lease renewal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewed = threading.Event()
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+    async def renew(self, owner: str, ttl: float) -> int:
+        renewed = await super().renew(owner, ttl)
+        if renewed:
+            self.renewed.set()
+        return renewed
+
+
+def test_the_facade_keeps_leases_renewed_while_a_long_handler_runs() -> None:
+    store = _RenewalWatchingStore()
+    seen: list[bool] = []
+
+    def long_step(action: str, data: dict[str, Any]) -> None:
+        # Runs in a worker thread; returns once the heartbeat has renewed its lease.
+        seen.append(store.renewed.wait(timeout=10))
+
+    with blocking.TransactionManager({"long": long_step}, store=store, lease_ttl=0.3) as manager:
+        tx = manager.begin()
+        manager.add_step(tx, "agent", "long")
+        result = manager.commit(tx)
+    assert seen == [True]
+    assert result.state is TransactionState.COMMITTED
