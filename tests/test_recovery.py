@@ -237,3 +237,29 @@ async def test_recovery_worker_recovers_in_the_background() -> None:
 async def test_recover_rejects_an_unknown_policy() -> None:
     with pytest.raises(ValueError, match="'compensate' or 'resume'"):
         await TransactionManager().recover("retry")  # type: ignore[arg-type]
+
+
+async def test_async_with_keeps_leases_renewed_while_a_long_handler_runs() -> None:
+    renewed = anyio.Event()
+
+    class RenewalWatchingStore(MemoryStore):
+        @property
+        def durable(self) -> bool:
+            return True
+
+        async def renew(self, owner: str, ttl: float) -> int:
+            count = await super().renew(owner, ttl)
+            if count:
+                renewed.set()
+            return count
+
+    async def long_step(action: str, data: dict[str, Any]) -> None:
+        await renewed.wait()  # returns once the heartbeat has renewed this lease
+
+    manager = TransactionManager({"long": long_step}, store=RenewalWatchingStore(), lease_ttl=0.3)
+    with anyio.fail_after(10):
+        async with manager:
+            tx = manager.begin()
+            manager.add_step(tx, "agent", "long")
+            result = await manager.commit(tx)
+    assert result.state is TransactionState.COMMITTED
