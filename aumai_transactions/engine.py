@@ -13,6 +13,7 @@ It knows the journal only through the Store protocol. Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Coroutine, Iterable, Sequence
@@ -134,6 +135,23 @@ def _clock() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return anyio.current_time()
+
+
+def _spoiled_data(step: TransactionStep) -> str | None:
+    """If a handler left its step's data unstorable (it mutated the dict it was given),
+    make the data storable again and say what happened; None when the data is fine.
+
+    A durable journal writes the step's data with every record: left as it is, the
+    next write would fail and leave the transaction to recovery.
+    """
+    problem = json_problem(step.data)
+    if problem is None:
+        return None
+    step.data = json.loads(json.dumps(step.data, default=repr, skipkeys=True))
+    return (
+        "the handler left the step's data unstorable (it put a value JSON cannot hold "
+        f"into the dict it was given: {problem}); such values are stored as their repr"
+    )
 
 
 def _message(exc: BaseException) -> str:
@@ -292,6 +310,12 @@ class TransactionDriver:
                         fields["finished_at"] = utcnow()
                         await self._journal(step)
                         raise _StepFailed(step) from exc
+                if self._durable and (spoiled := _spoiled_data(step)) is not None:
+                    fields["error"] = spoiled
+                    fields["status"] = _FAILED
+                    fields["finished_at"] = utcnow()
+                    await self._journal(step)
+                    raise _StepFailed(step)
                 fields["status"] = _COMPLETED
                 if fields["error"] is not None:
                     fields["error"] = None
@@ -360,6 +384,12 @@ class TransactionDriver:
                 )
                 return
             break
+        if self._durable and (spoiled := _spoiled_data(step)) is not None:
+            step.status = StepStatus.COMPENSATION_FAILED
+            step.compensation_error = spoiled
+            self._compensation_errors[step.step_id] = spoiled
+            await self._journal(step)
+            return
         step.status = StepStatus.COMPENSATED
         step.compensation_error = None
         step.compensated_at = utcnow()

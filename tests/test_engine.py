@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -731,3 +732,31 @@ async def test_an_inline_sync_step_that_overruns_the_deadline_stops_the_pass() -
     assert ran == ["a", "undo_a"]
     assert result.state is TransactionState.FAILED
     assert result.error is not None and "timed out" in result.error
+
+
+async def test_a_handler_that_spoils_its_step_data_fails_the_step_cleanly(tmp_path: Path) -> None:
+    """A durable journal writes the step's data with every record: a handler that puts
+    a non-JSON value into it must not leave the transaction stuck mid-way."""
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    undone: list[str] = []
+
+    def spoil(action: str, data: dict[str, Any]) -> None:
+        data["when"] = object()
+
+    def undo(action: str, data: dict[str, Any]) -> None:
+        undone.append(action)
+
+    handlers = {"a": lambda a, d: None, "b": spoil, "undo_a": undo, "undo_b": undo}
+    async with TransactionManager(handlers, store=SqliteStore(tmp_path / "j.db")) as manager:
+        tx = manager.begin()
+        manager.add_step(tx, "agent", "a", compensating_action="undo_a")
+        manager.add_step(tx, "agent", "b", compensating_action="undo_b")
+        result = await manager.commit(tx)
+        stored = await manager.store.load(tx.transaction_id)
+    assert result.state is TransactionState.ROLLED_BACK
+    assert result.failed_step == tx.steps[1].step_id
+    assert result.error is not None and "data['when']" in result.error
+    assert undone == ["undo_a"]
+    assert stored is not None and stored.state is TransactionState.ROLLED_BACK
+    assert stored.steps[1].data["when"].startswith("<object object")
