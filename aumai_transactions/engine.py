@@ -26,7 +26,6 @@ import anyio
 from .errors import StoreError
 from .handlers import HandlerRegistry, StepContext
 from .models import (
-    RecoveryPolicy,
     RetryPolicy,
     StepStatus,
     Transaction,
@@ -38,24 +37,13 @@ from .models import (
 )
 from .stores import Lease, Store
 
-__all__ = ["EngineOptions", "LeaseRenewal", "TransactionDriver"]
+__all__ = ["EngineOptions", "LeaseRenewal", "StepFailed", "TransactionDriver"]
 
 logger = logging.getLogger("aumai_transactions")
 
-_PENDING = StepStatus.PENDING
 _RUNNING = StepStatus.RUNNING
 _COMPLETED = StepStatus.COMPLETED
 _FAILED = StepStatus.FAILED
-
-# Steps whose forward action may have happened: what recovery must undo.
-_MAY_HAVE_RUN = frozenset(
-    {
-        StepStatus.RUNNING,
-        StepStatus.COMPLETED,
-        StepStatus.COMPENSATING,
-        StepStatus.COMPENSATION_FAILED,
-    }
-)
 
 
 class LeaseRenewal:
@@ -95,7 +83,7 @@ class EngineOptions:
     max_recovery_attempts: int = 3
 
 
-class _StepFailed(Exception):
+class StepFailed(Exception):
     """A step's handler failed for good (after its retries)."""
 
     def __init__(self, step: TransactionStep) -> None:
@@ -262,7 +250,7 @@ class TransactionDriver:
     async def _forward(
         self, steps: Sequence[TransactionStep], deadline: float | None = None
     ) -> None:
-        """Run ``steps`` in order; raises _StepFailed when one fails for good.
+        """Run ``steps`` in order; raises StepFailed when one fails for good.
 
         ``deadline`` (``time.monotonic()``), when given, is checked before each step.
         """
@@ -309,13 +297,13 @@ class TransactionDriver:
                         fields["status"] = _FAILED
                         fields["finished_at"] = utcnow()
                         await self._journal(step)
-                        raise _StepFailed(step) from exc
+                        raise StepFailed(step) from exc
                 if self._durable and (spoiled := _spoiled_data(step)) is not None:
                     fields["error"] = spoiled
                     fields["status"] = _FAILED
                     fields["finished_at"] = utcnow()
                     await self._journal(step)
-                    raise _StepFailed(step)
+                    raise StepFailed(step)
                 fields["status"] = _COMPLETED
                 if fields["error"] is not None:
                     fields["error"] = None
@@ -512,7 +500,7 @@ class TransactionDriver:
                     await self._forward(steps)
                 if scope.cancelled_caught and _clock() >= deadline:
                     raise TimeoutError
-        except _StepFailed as failure:
+        except StepFailed as failure:
             failed = failure.step
             tx.error = failed.error
             await self._compensate_shielded(self._completed(), TransactionState.ROLLED_BACK)
@@ -539,79 +527,6 @@ class TransactionDriver:
         """Compensate every step in reverse order (the caller set ``compensating``)."""
         await self._take_lease(expected)
         await self._compensate_shielded(self.tx.steps[::-1], TransactionState.ROLLED_BACK)
-        return self.result()
-
-    # ------------------------------------------------------------------ recovery
-
-    def _recovery_plan(self, policy: RecoveryPolicy) -> tuple[RecoveryPolicy, int]:
-        """Which way to drive, and (for resume) the index of the first step to run."""
-        tx = self.tx
-        if tx.state is TransactionState.COMPENSATING:
-            return "compensate", 0
-        for index, step in enumerate(tx.steps):
-            if step.status is _RUNNING:
-                return step.recovery or policy, index
-            if step.status is _FAILED:
-                return "compensate", 0
-            if step.status is _PENDING:
-                return policy, index
-        return policy, len(tx.steps)
-
-    def _missing_handlers(self, direction: RecoveryPolicy, start: int) -> list[str]:
-        # No exception for a manager without any handler (a dry run of its own commits):
-        # recording another process's compensations as done without running them would
-        # leave a journal that says "rolled back" over effects that were never undone.
-        steps = self.tx.steps
-        needed: list[str] = []
-        if direction == "resume":
-            needed += [s.action for s in steps[start:]]
-            needed += [s.compensating_action for s in steps if s.compensating_action]
-        else:
-            needed += [
-                s.compensating_action
-                for s in steps
-                if s.compensating_action and s.status in _MAY_HAVE_RUN
-            ]
-        return sorted({a for a in needed if a not in self._handlers})
-
-    async def recover(self, lease: Lease, policy: RecoveryPolicy) -> TransactionResult:
-        """Drive a transaction whose driver died to a terminal state."""
-        tx = self.tx
-        self.adopt_lease(lease)
-        if tx.recovery_attempts > self._options.max_recovery_attempts:
-            tx.error = (
-                f"dead-lettered after {tx.recovery_attempts - 1} recovery attempts "
-                "that did not finish (a handler may be killing its process); "
-                f"last error: {tx.error or 'none recorded'}"
-            )
-            await self._finish(TransactionState.DEAD_LETTER)
-            return self.result()
-        direction, start = self._recovery_plan(policy)
-        missing = self._missing_handlers(direction, start)
-        if missing:
-            tx.blocked_reason = (
-                "recovery blocked: this process has no handler for action(s) "
-                + ", ".join(repr(a) for a in missing)
-                + "; register them and recover again"
-            )
-            tx.recovery_attempts -= 1  # a missing handler is not a failed attempt
-            logger.error("transaction %s: %s", tx.transaction_id, tx.blocked_reason)
-            await self._journal()  # the lease is kept until it expires: no busy retry
-            return self.result()
-        tx.blocked_reason = None
-        if direction == "resume":
-            try:
-                await self._forward(tx.steps[start:])
-            except _StepFailed as failure:
-                tx.error = failure.step.error
-                await self._compensate_shielded(self._completed(), TransactionState.ROLLED_BACK)
-                return self.result(failure.step)
-            await self._finish(TransactionState.COMMITTED)
-            return self.result()
-        if tx.error is None:
-            tx.error = "the driver stopped mid-transaction; rolled back by recovery"
-        undo = [s for s in reversed(tx.steps) if s.status in _MAY_HAVE_RUN]
-        await self._compensate_shielded(undo, TransactionState.ROLLED_BACK)
         return self.result()
 
     # ------------------------------------------------------------------ result

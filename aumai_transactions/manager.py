@@ -23,6 +23,7 @@ from .models import (
     json_problem,
     new_id,
 )
+from .recovery import RecoveryDriver
 from .stores import Lease, MemoryStore, Store, open_store
 
 __all__ = ["TransactionManager"]
@@ -362,7 +363,8 @@ class TransactionManager:
         if self._retain_finished:
             self._transactions[tx.transaction_id] = tx
         try:
-            batch[index] = await self._driver(tx).recover(lease, policy)
+            driver = RecoveryDriver(tx, self._handlers, self.store, self._options)
+            batch[index] = await driver.recover(lease, policy)
         except LeaseLostError:
             logger.warning("transaction %s was taken over mid-recovery", tx.transaction_id)
         except StoreError:
