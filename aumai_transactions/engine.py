@@ -360,28 +360,30 @@ class TransactionDriver:
                 if policy.should_retry(exc, attempt):
                     await anyio.sleep(policy.delay_before(attempt + 1))
                     continue
-                step.status = StepStatus.COMPENSATION_FAILED
-                await self._journal(step)
-                self._compensation_errors[step.step_id] = step.compensation_error
-                logger.error(
-                    "compensation %r of step %s failed after %d attempt(s): %s",
-                    action,
-                    step.step_id,
-                    attempt,
-                    step.compensation_error,
-                )
+                await self._compensation_failed(step, step.compensation_error)
                 return
             break
         if self._durable and (spoiled := _spoiled_data(step)) is not None:
-            step.status = StepStatus.COMPENSATION_FAILED
-            step.compensation_error = spoiled
-            self._compensation_errors[step.step_id] = spoiled
-            await self._journal(step)
+            await self._compensation_failed(step, spoiled)
             return
         step.status = StepStatus.COMPENSATED
         step.compensation_error = None
         step.compensated_at = utcnow()
         await self._journal(step, durable=False)
+
+    async def _compensation_failed(self, step: TransactionStep, message: str) -> None:
+        """Record that ``step``'s compensation failed for good (an operator must look)."""
+        step.status = StepStatus.COMPENSATION_FAILED
+        step.compensation_error = message
+        self._compensation_errors[step.step_id] = message
+        logger.error(
+            "compensation %r of step %s failed after %d attempt(s): %s",
+            step.compensating_action,
+            step.step_id,
+            step.compensation_attempts,
+            message,
+        )
+        await self._journal(step)
 
     async def _compensate(self, steps: Sequence[TransactionStep]) -> None:
         """Undo ``steps`` in the order given; every one is tried whatever the others do."""
