@@ -14,7 +14,6 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
     TransactionError,
-    TransactionTimeoutError,
 )
 from .handlers import ActionHandler, StepContext
 from .manager import TransactionManager
@@ -50,7 +49,6 @@ __all__ = [
     "TransactionResult",
     "TransactionState",
     "TransactionStep",
-    "TransactionTimeoutError",
     "__version__",
     "open_store",
 ]

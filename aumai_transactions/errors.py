@@ -3,7 +3,6 @@
 ::
 
     TransactionError
-    ├── TransactionTimeoutError     the transaction's deadline passed
     └── StoreError                  the journal could not do what was asked
         ├── LeaseLostError          another driver holds the transaction now; stop
         ├── LeaseConflictError      the transaction is being driven elsewhere
@@ -25,16 +24,11 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TransactionError",
-    "TransactionTimeoutError",
 ]
 
 
 class TransactionError(Exception):
     """Base class of every error raised by aumai-transactions itself."""
-
-
-class TransactionTimeoutError(TransactionError):
-    """A transaction ran past its deadline."""
 
 
 class StoreError(TransactionError):

@@ -29,7 +29,6 @@ EXPORTED = [
     "TransactionResult",
     "TransactionState",
     "TransactionStep",
-    "TransactionTimeoutError",
     "__version__",
     "open_store",
 ]
@@ -67,7 +66,6 @@ def test_the_facade_and_stores_modules_export_their_names() -> None:
 
 def test_errors_form_the_documented_hierarchy() -> None:
     at = aumai_transactions
-    assert issubclass(at.TransactionTimeoutError, at.TransactionError)
     assert issubclass(at.StoreError, at.TransactionError)
     for error in (
         at.LeaseLostError,
