@@ -38,6 +38,11 @@ class TransactionState(StrEnum):
     a timeout ends in ``failed``; a compensation that keeps failing ends in
     ``compensation_failed``; a transaction that kept killing its recoverers ends in
     ``dead_letter``. The last two need an operator.
+
+    The upper-case names are canonical (``repr`` and ``.name`` use them, as for every
+    constant); the original tool's lower-case names (``TransactionState.pending``) are
+    aliases of the same members, so code written for it keeps working and
+    ``list(TransactionState)`` has each state once.
     """
 
     PENDING = "pending"
@@ -48,6 +53,15 @@ class TransactionState(StrEnum):
     FAILED = "failed"
     COMPENSATION_FAILED = "compensation_failed"
     DEAD_LETTER = "dead_letter"
+
+    pending = "pending"
+    active = "active"
+    committed = "committed"
+    compensating = "compensating"
+    rolled_back = "rolled_back"
+    failed = "failed"
+    compensation_failed = "compensation_failed"
+    dead_letter = "dead_letter"
 
     @property
     def is_terminal(self) -> bool:
@@ -73,7 +87,8 @@ class StepStatus(StrEnum):
 
     ``pending → running → completed | failed``;
     ``completed → compensating → compensated | compensation_failed``.
-    A step found ``running`` after its driver died is *in doubt*.
+    A step found ``running`` after its driver died is *in doubt*. Lower-case aliases
+    (``StepStatus.completed``) as for :class:`TransactionState`.
     """
 
     PENDING = "pending"
@@ -83,6 +98,14 @@ class StepStatus(StrEnum):
     COMPENSATING = "compensating"
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
+
+    pending = "pending"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    compensating = "compensating"
+    compensated = "compensated"
+    compensation_failed = "compensation_failed"
 
 
 def utcnow() -> datetime:
@@ -161,6 +184,11 @@ class TransactionStep(BaseModel):
     compensated_at: datetime | None = None
     retry: RetryPolicy | None = None
     recovery: RecoveryPolicy | None = None
+    interrupted: bool = False
+    """The step was still running when the deadline, a cancellation or a crash stopped
+    it: it may or may not have had its effect (in doubt), so it is compensated."""
+    recorded_only: bool = False
+    """No handler was registered for the action: the step was recorded, no code ran."""
 
     @classmethod
     def new(
@@ -196,6 +224,8 @@ class TransactionStep(BaseModel):
                 "compensated_at": None,
                 "retry": retry,
                 "recovery": recovery,
+                "interrupted": False,
+                "recorded_only": False,
             },
             _STEP_SET,
         )
@@ -284,6 +314,10 @@ class TransactionResult(BaseModel):
     rollback, the completed steps that were undone, in the order they were compensated
     (steps with no compensating action are listed too). ``compensation_errors`` maps
     step ids to the message of a compensation that failed after its retries.
+    ``interrupted_steps``: the steps cut short by the deadline or a cancellation while
+    running; they may have had their effect, so they were compensated too (they are
+    in ``completed_steps`` when their compensation ran). ``recorded_only_steps``: the
+    steps recorded without running any code, because no handler has their action.
     """
 
     transaction_id: str
@@ -295,6 +329,8 @@ class TransactionResult(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_seconds: float | None = None
+    interrupted_steps: list[str] = Field(default_factory=list)
+    recorded_only_steps: list[str] = Field(default_factory=list)
 
     @classmethod
     def new(
@@ -307,6 +343,8 @@ class TransactionResult(BaseModel):
         compensation_errors: dict[str, str],
         started_at: datetime,
         finished_at: datetime | None,
+        interrupted_steps: list[str] | None = None,
+        recorded_only_steps: list[str] | None = None,
     ) -> TransactionResult:
         """A result from values the engine vouches for (no validation on the hot path)."""
         return _assemble(
@@ -323,6 +361,8 @@ class TransactionResult(BaseModel):
                 "duration_seconds": (finished_at - started_at).total_seconds()
                 if finished_at is not None
                 else None,
+                "interrupted_steps": interrupted_steps or [],
+                "recorded_only_steps": recorded_only_steps or [],
             },
             _RESULT_SET,
         )
