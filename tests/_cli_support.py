@@ -45,6 +45,16 @@ def chatty(action, data):
     return None
 
 
+LEAKED = "Bearer tok-live-9"
+
+
+def leaky(action, data):
+    _log(action, data)
+    raise RuntimeError(
+        f"{{action}}: 401 from https://app:hunter2@pay.example/v1, Authorization: {{LEAKED}}"
+    )
+
+
 HANDLERS = {{
     "reserve": ok,
     "release": ok,
@@ -57,6 +67,7 @@ HANDLERS = {{
 }}
 BROKEN_UNDO = {{**HANDLERS, "release": fail, "charge": ok, "ship": fail}}
 ALL_OK = {{**HANDLERS, "charge": ok}}
+LEAKY = {{**HANDLERS, "charge": leaky, "release": leaky}}
 NOT_A_MAPPING = [ok, fail]
 NOT_CALLABLE = {{"reserve": 42}}
 """
@@ -133,6 +144,13 @@ ORDER = (
     ("shipping", "ship", {"address": "Lisbon"}, "cancel"),
 )
 """Three steps whose second fails with the HANDLERS mapping."""
+
+
+@pytest.fixture
+def on_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands behave as with stdout on a terminal (``create`` and ``status`` draw a
+    panel instead of printing their JSON document)."""
+    monkeypatch.setattr("aumai_transactions.cli._output.stdout_is_terminal", lambda: True)
 
 
 @pytest.fixture

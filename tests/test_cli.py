@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 when a commit or rollback did not reach its goal state,
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -82,22 +83,59 @@ def test_no_arguments_shows_help(cli: Cli) -> None:
 # ---------------------------------------------------------------------- create, status
 
 
-def test_create_prints_only_the_id_on_stdout(cli: Cli) -> None:
-    result = cli.ok("create")
-    tx_id = result.stdout.strip()
-    assert len(tx_id) == 36 and tx_id.count("-") == 4
-    assert "Created pending transaction" in result.stderr
+CREATE_KEYS = ["transaction_id", "state", "created_at", "timeout_seconds"]
+STATUS_KEYS = ["transaction_id", "state", "steps", "created_at", "timeout_seconds"]
 
 
-def test_create_json_has_the_original_fields(cli: Cli) -> None:
-    data = cli.json("create")
-    assert set(data) == {"transaction_id", "state", "created_at", "timeout_seconds"}
+def test_create_off_a_terminal_prints_the_original_document(cli: Cli) -> None:
+    result = cli.ok("create")  # CliRunner's stdout is not a terminal, as a pipe is not
+    data = json.loads(result.stdout)
+    assert list(data)[: len(CREATE_KEYS)] == CREATE_KEYS
     assert data["state"] == "pending"
     assert data["timeout_seconds"] == 60
+    assert '"timeout_seconds": 60\n' in result.stdout  # 60 as the original printed it, not 60.0
+    assert datetime.fromisoformat(data["created_at"]).tzinfo is not None
+    assert result.stderr == ""  # nothing but the document, even with 2>&1
+    assert cli.json("status", "--tx-id", data["transaction_id"])["state"] == "pending"
 
 
-def test_create_with_timeout(cli: Cli) -> None:
-    assert cli.json("create", "--timeout", "120")["timeout_seconds"] == 120
+def test_create_json_on_a_terminal_is_the_same_document(cli: Cli, on_terminal: None) -> None:
+    data = cli.json("create", "--timeout", "120")
+    assert list(data)[: len(CREATE_KEYS)] == CREATE_KEYS
+    assert data["timeout_seconds"] == 120
+
+
+def test_create_on_a_terminal_prints_a_panel(cli: Cli, on_terminal: None) -> None:
+    result = cli.ok("create", "--timeout", "600")
+    assert "Created transaction" in result.stdout and "commit before" in result.stdout
+    assert "pending" in result.stdout and "600 s" in result.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(result.stdout)
+    tx_id = cli.json("list")[0]["transaction_id"]
+    assert tx_id in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["-q", "--quiet"])
+def test_create_quiet_prints_the_bare_id(cli: Cli, flag: str) -> None:
+    result = cli.ok("create", flag)
+    assert result.stdout == result.stdout.strip() + "\n"
+    tx_id = result.stdout.strip()
+    assert cli.json("status", "--tx-id", tx_id)["transaction_id"] == tx_id
+    assert result.stderr == ""
+
+
+def test_create_quiet_on_a_terminal_is_still_the_bare_id(cli: Cli, on_terminal: None) -> None:
+    tx_id = cli.ok("create", "-q").stdout.strip()
+    assert cli.json("list")[0]["transaction_id"] == tx_id
+
+
+def test_create_quiet_and_json_together_are_refused(cli: Cli) -> None:
+    assert_usage_error(cli("create", "-q", "--json"), "--quiet", "--json")
+    assert cli.json("list") == []
+
+
+def test_a_fractional_timeout_stays_a_float(cli: Cli) -> None:
+    assert cli.json("create", "--timeout", "2.5")["timeout_seconds"] == 2.5
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "inf"])
@@ -112,25 +150,31 @@ def test_create_rejects_a_non_numeric_timeout(cli: Cli) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_status_has_the_original_fields(cli: Cli) -> None:
+def test_status_off_a_terminal_prints_the_original_document(cli: Cli) -> None:
+    tx_id = cli.build(ORDER[0], ORDER[2])
+    created_at = cli.json("show", tx_id)["transaction"]["created_at"]
+    data = json.loads(cli.ok("status", "--tx-id", tx_id).stdout)
+    assert list(data)[: len(STATUS_KEYS)] == STATUS_KEYS
+    assert data["transaction_id"] == tx_id
+    assert (data["state"], data["steps"], data["timeout_seconds"]) == ("pending", 2, 600)
+    assert data["created_at"] == created_at
+
+
+def test_status_json_on_a_terminal_is_the_same_document(cli: Cli, on_terminal: None) -> None:
     tx_id = cli.build(ORDER[0])
     data = cli.json("status", "--tx-id", tx_id)
-    assert data == {
-        "transaction_id": tx_id,
-        "state": "pending",
-        "steps": 1,
-        "created_at": data["created_at"],
-        "timeout_seconds": 600,
-    }
+    assert list(data)[: len(STATUS_KEYS)] == STATUS_KEYS
+    assert data["steps"] == 1
 
 
-def test_status_human(cli: Cli) -> None:
+def test_status_on_a_terminal_prints_a_panel(cli: Cli, on_terminal: None) -> None:
     tx_id = cli.create()
     out = cli.ok("status", "--tx-id", tx_id).stdout
     assert tx_id in out and "pending" in out and "600 s" in out and "commit before" in out
+    assert '"transaction_id"' not in out
 
 
-def test_status_warns_when_the_deadline_passed(cli: Cli) -> None:
+def test_status_warns_when_the_deadline_passed(cli: Cli, on_terminal: None) -> None:
     tx_id = cli.create(timeout="0.001")
     assert "deadline passed" in cli.ok("status", "--tx-id", tx_id).stdout
 
@@ -452,3 +496,65 @@ def test_handler_module_missing_a_dependency(cli: Cli, tmp_path: Path) -> None:
     tx_id = cli.build(ORDER[0])
     result = cli("commit", "--tx-id", tx_id, "--handlers", "needs.py:HANDLERS")
     assert_usage_error(result, "needs the module 'not_installed_dep_xyz'")
+
+
+# ---------------------------------------------------------------------- handlers and sys.path
+
+
+def test_loading_handlers_from_the_working_directory_leaves_sys_path_as_it_was(
+    cli: Cli, tmp_path: Path
+) -> None:
+    import sys
+
+    from aumai_transactions.cli._handlers import load_handlers
+
+    (tmp_path / "shop_sibling_q.py").write_text("def ok(action, data):\n    return 1\n")
+    (tmp_path / "shop_handlers_q.py").write_text(
+        "from shop_sibling_q import ok\nHANDLERS = {'reserve': ok}\n"
+    )
+    before = list(sys.path)
+    assert str(tmp_path) not in before
+    handlers = load_handlers("shop_handlers_q:HANDLERS")
+    assert handlers["reserve"]("reserve", {}) == 1  # the sibling imported during the import
+    assert sys.path == before
+
+
+def test_loading_handlers_from_a_file_leaves_sys_path_as_it_was(cli: Cli, tmp_path: Path) -> None:
+    import sys
+
+    from aumai_transactions.cli._handlers import load_handlers
+
+    package = tmp_path / "elsewhere"
+    package.mkdir()
+    (package / "file_sibling_q.py").write_text("VALUE = 7\n")
+    (package / "h.py").write_text(
+        "import file_sibling_q\nHANDLERS = {'x': lambda a, d: file_sibling_q.VALUE}\n"
+    )
+    before = list(sys.path)
+    assert load_handlers(f"{package / 'h.py'}:HANDLERS")["x"]("x", {}) == 7
+    assert sys.path == before
+
+
+def test_a_failing_handler_import_leaves_sys_path_as_it_was(cli: Cli, tmp_path: Path) -> None:
+    import sys
+
+    from aumai_transactions.cli._handlers import load_handlers
+
+    (tmp_path / "fails_q.py").write_text("raise RuntimeError('no')\n")
+    before = list(sys.path)
+    with pytest.raises(Exception, match="raised RuntimeError"):
+        load_handlers("fails_q:HANDLERS")
+    assert sys.path == before
+
+
+def test_a_handler_module_keeps_the_path_entries_it_adds_itself(cli: Cli, tmp_path: Path) -> None:
+    import sys
+
+    from aumai_transactions.cli._handlers import load_handlers
+
+    (tmp_path / "adds_q.py").write_text(
+        "import sys\nsys.path.append('/opt/own-lib')\nHANDLERS = {}\n"
+    )
+    before = list(sys.path)
+    load_handlers("adds_q:HANDLERS")
+    assert sys.path == [*before, "/opt/own-lib"]

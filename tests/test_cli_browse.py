@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -235,6 +236,70 @@ def test_export_is_a_backup_and_never_masked(cli: Cli) -> None:
     cli.build(("agent", "reserve", SECRET_DATA, None))
     exported = json.loads(cli.ok("export").stdout)
     assert exported[0]["steps"][0]["data"] == SECRET_DATA
+
+
+# The leaky handlers raise "…: 401 from https://app:hunter2@pay.example/v1,
+# Authorization: Bearer tok-live-9"; "charge" fails with it, and so does "release".
+LEAKS = ("hunter2", "tok-live-9")
+MASKED_ERROR = "401 from https://app:***@pay.example/v1, Authorization: Bearer ***"
+
+
+def leaky_commit(cli: Cli) -> tuple[str, Any]:
+    tx_id = cli.build(*ORDER)
+    result = cli("commit", "--tx-id", tx_id, "--handlers", cli.spec("LEAKY"), "--json")
+    assert result.exit_code == 1, result.stderr
+    return tx_id, json.loads(result.stdout)
+
+
+def test_commit_masks_error_texts_in_json(cli: Cli) -> None:
+    _, data = leaky_commit(cli)
+    assert data["state"] == "compensation_failed"
+    assert data["error"] == f"charge: {MASKED_ERROR}"
+    assert list(data["compensation_errors"].values()) == [f"release: {MASKED_ERROR}"]
+    assert data["steps"][1]["error"] == f"charge: {MASKED_ERROR}"
+    assert data["steps"][0]["compensation_error"] == f"release: {MASKED_ERROR}"
+    assert not any(leak in json.dumps(data) for leak in LEAKS)
+
+
+def test_commit_masks_error_texts_for_people(cli: Cli) -> None:
+    tx_id = cli.build(*ORDER)
+    result = cli("commit", "--tx-id", tx_id, "--handlers", cli.spec("LEAKY"))
+    assert result.exit_code == 1
+    assert "Bearer ***" in result.stdout
+    assert not any(leak in result.stdout + result.stderr for leak in LEAKS)
+
+
+def test_show_and_list_mask_error_texts(cli: Cli) -> None:
+    tx_id, _ = leaky_commit(cli)
+    for args in (("show", tx_id), ("show", tx_id, "--json"), ("list",), ("list", "--json")):
+        out = cli.ok(*args).stdout
+        assert not any(leak in out for leak in LEAKS), args
+        assert "***" in out, args
+    shown = cli.json("show", tx_id)
+    assert shown["transaction"]["error"] == f"charge: {MASKED_ERROR}"
+    errors = [event["error"] for event in shown["timeline"] if event["error"]]
+    assert errors == [f"charge: {MASKED_ERROR}", f"release: {MASKED_ERROR}"]
+
+
+def test_reveal_shows_error_texts(cli: Cli) -> None:
+    tx_id, _ = leaky_commit(cli)
+    assert "tok-live-9" in cli.json("show", tx_id, "--reveal")["transaction"]["error"]
+    assert "hunter2" in cli.ok("list", "--reveal").stdout
+
+
+def test_export_keeps_error_texts_as_they_are(cli: Cli) -> None:
+    tx_id, _ = leaky_commit(cli)
+    dump = json.loads(cli.ok("export").stdout)[0]
+    assert dump["transaction_id"] == tx_id
+    assert "Bearer tok-live-9" in dump["error"] and "app:hunter2@" in dump["error"]
+
+
+def test_an_error_line_on_stderr_is_masked(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "leaks.py").write_text("raise ValueError('bad config: api_key=sk-123456')\n")
+    tx_id = cli.build(ORDER[0])
+    result = cli("commit", "--tx-id", tx_id, "--handlers", "leaks.py:HANDLERS")
+    assert result.exit_code == 2
+    assert "bad config: api_key=***" in result.stderr and "sk-123456" not in result.stderr
 
 
 # ---------------------------------------------------------------------- stats

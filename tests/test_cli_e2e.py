@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import shlex
 import shutil
 import signal
 import subprocess
@@ -58,11 +60,12 @@ HANDLERS = {
 
 
 def command() -> list[str]:
-    """The console script next to this interpreter, or ``python -m`` when not installed."""
+    """The console script next to this interpreter, or ``python -P -m`` when not installed
+    (``-P``: like the script, without the working directory on ``sys.path``)."""
     script = shutil.which("aumai-transactions", path=str(Path(sys.executable).parent))
     if script is not None:
         return [script]
-    return [sys.executable, "-m", "aumai_transactions.cli"]
+    return [sys.executable, "-P", "-m", "aumai_transactions.cli"]
 
 
 class Shell:
@@ -111,7 +114,8 @@ def shell(tmp_path: Path) -> Shell:
 
 
 def test_operator_scenario_end_to_end(shell: Shell, tmp_path: Path) -> None:
-    tx_id = shell.run("create", "--timeout", "300").stdout.strip()
+    created = json.loads(shell.run("create", "--timeout", "300").stdout)  # stdout is a pipe
+    tx_id = created["transaction_id"]
     assert len(tx_id) == 36
     for agent, action, data, compensate in (
         ("inventory", "reserve", '{"sku": "A-1", "qty": 2}', "release"),
@@ -241,7 +245,7 @@ def test_recover_watch_runs_until_ctrl_c(shell: Shell, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_commit_compensates_and_exits_130(shell: Shell) -> None:
-    tx_id = shell.run("create", "--timeout", "300").stdout.strip()
+    tx_id = shell.run("create", "--timeout", "300", "-q").stdout.strip()
     shell.run(
         "add-step",
         "--tx-id",
@@ -276,7 +280,123 @@ def test_ctrl_c_during_commit_compensates_and_exits_130(shell: Shell) -> None:
             process.wait()
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert shell.side_effects() == ["reserve", "wait", "release"]
+    # The interrupted step may have had its effect: it is compensated too (in doubt).
+    assert shell.side_effects() == ["reserve", "wait", "cancel", "release"]
     shown = shell.json("show", tx_id)
     assert shown["transaction"]["state"] == "failed"
-    assert [s["status"] for s in shown["steps"]] == ["compensated", "failed"]
+    assert [s["status"] for s in shown["steps"]] == ["compensated", "compensated"]
+    assert [s["interrupted"] for s in shown["steps"]] == [False, True]
+    assert "interrupted: may have run, compensated" in shell.run("show", tx_id).stdout
+
+
+# ---------------------------------------------------------------------- scripts, terminals
+
+
+def test_scripts_read_create_and_status_through_a_pipe(shell: Shell) -> None:
+    """What scripts written for the original do: ``create | jq -r .transaction_id``, and
+    the same with ``$(...)``; FORCE_COLOR does not make a pipe a terminal."""
+    cli = " ".join(shlex.quote(part) for part in command())
+    read_id = f"{shlex.quote(sys.executable)} -c " + shlex.quote(
+        "import json, sys; print(json.load(sys.stdin)['transaction_id'])"
+    )
+    script = f"""
+        set -e
+        TX=$({cli} create --timeout 90 | {read_id})
+        {cli} add-step --tx-id "$TX" --agent a --action reserve > /dev/null
+        {cli} status --tx-id "$TX"
+        echo "quiet: $({cli} create -q)"
+    """
+    done = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**shell.env, "FORCE_COLOR": "1"},
+        cwd=shell.tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    document, quiet = done.stdout.rsplit("quiet: ", 1)
+    status = json.loads(document)
+    assert list(status)[:5] == ["transaction_id", "state", "steps", "created_at", "timeout_seconds"]
+    assert (status["state"], status["steps"], status["timeout_seconds"]) == ("pending", 1, 90)
+    assert shell.json("status", "--tx-id", quiet.strip())["steps"] == 0
+
+
+def test_create_printed_into_a_pipe_is_the_original_document(shell: Shell) -> None:
+    done = shell.run("create")
+    created = json.loads(done.stdout)
+    assert list(created) == ["transaction_id", "state", "created_at", "timeout_seconds"]
+    assert created["timeout_seconds"] == 60 and '"timeout_seconds": 60\n' in done.stdout
+    assert done.stderr == ""
+
+
+def test_main_is_importable_and_runs_the_cli(shell: Shell) -> None:
+    program = (
+        "import sys\n"
+        "sys.argv = ['aumai-transactions', 'create', '--timeout', '45']\n"
+        "from aumai_transactions.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env=shell.env,
+        cwd=shell.tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    tx_id = json.loads(done.stdout)["transaction_id"]
+    assert shell.json("status", "--tx-id", tx_id)["timeout_seconds"] == 45
+
+
+def in_a_terminal(shell: Shell, *args: str) -> str:
+    """What the CLI draws with stdout on a pseudo-terminal."""
+    main_fd, child_fd = pty.openpty()
+    process = subprocess.Popen(
+        [*command(), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=child_fd,
+        stderr=child_fd,
+        env={**shell.env, "COLUMNS": "100", "TERM": "xterm"},
+        cwd=shell.tmp_path,
+    )
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed its side
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert process.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_create_and_status_draw_panels_in_a_terminal(shell: Shell) -> None:
+    drawn = in_a_terminal(shell, "create", "--timeout", "300")
+    assert "Created transaction" in drawn and "commit before" in drawn
+    assert '"transaction_id"' not in drawn
+    tx_id = shell.json("list")[0]["transaction_id"]
+    assert tx_id in drawn
+    status = in_a_terminal(shell, "status", "--tx-id", tx_id)
+    assert "Transaction" in status and "300 s" in status and '"steps"' not in status
+    assert json.loads(in_a_terminal(shell, "status", "--tx-id", tx_id, "--json"))["steps"] == 0
+
+
+def test_a_sqlite3_module_in_the_working_directory_does_not_replace_the_stdlib(
+    shell: Shell,
+) -> None:
+    """Handlers load from the working directory; the store imported afterwards must still
+    get the standard library's sqlite3, not a ``sqlite3.py`` lying there."""
+    (shell.tmp_path / "sqlite3.py").write_text(
+        "raise ImportError('the sqlite3.py of the working directory was imported')\n"
+    )
+    tx_id = shell.run("create", "-q").stdout.strip()
+    shell.run("add-step", "--tx-id", tx_id, "--agent", "a", "--action", "reserve")
+    result = shell.json("commit", "--tx-id", tx_id, "--handlers", "handlers:HANDLERS")
+    assert result["state"] == "committed"
+    assert shell.side_effects() == ["reserve"]

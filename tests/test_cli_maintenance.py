@@ -4,6 +4,7 @@ store errors and the one-time import of the original tool's JSON file."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,19 @@ def test_recover_dead_letters_a_poison_transaction(cli: Cli, tmp_path: Path) -> 
     assert "need an operator: 1 dead_letter" in first_line
 
 
+def test_recover_masks_error_texts(cli: Cli, tmp_path: Path) -> None:
+    dump = in_flight("crashed-1")
+    cli.ok("import", str(write_json(tmp_path / "f.json", [dump])))
+    result = cli("recover", "--handlers", cli.spec("LEAKY"), "--json")
+    assert result.exit_code == 1, result.stderr
+    row = json.loads(result.stdout)[0]
+    assert row["state"] == "compensation_failed"
+    (message,) = row["compensation_errors"].values()
+    assert message == "release: 401 from https://app:***@pay.example/v1, Authorization: Bearer ***"
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "tok-live-9" not in result.stdout + result.stderr
+
+
 def test_recover_bad_policy(cli: Cli) -> None:
     result = cli("recover", "--handlers", cli.spec(), "--policy", "guess")
     assert result.exit_code == 2
@@ -139,6 +153,72 @@ def test_export_to_a_private_file(cli: Cli, tmp_path: Path) -> None:
     human = cli.ok("export", "-o", str(target))
     assert "Exported 1 transaction(s)" in human.stdout
     assert "unmasked" in human.stderr
+
+
+def test_export_replaces_a_symlink_at_the_target_without_writing_through_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.build(ORDER[0])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    target = tmp_path / "backup.json"
+    target.symlink_to(victim)
+    cli.ok("export", "--output", str(target))
+    assert victim.read_text() == "keep me"
+    assert not target.is_symlink()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert len(json.loads(target.read_text())) == 1
+
+
+def test_export_never_writes_through_a_symlink_at_the_temporary_name(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aumai_transactions.cli import _transfer
+
+    cli.build(ORDER[0])
+    target = tmp_path / "backup.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    planted = tmp_path / ".backup.json.planted.tmp"
+    planted.symlink_to(victim)
+    dangling = tmp_path / ".backup.json.dangling.tmp"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    predictable = tmp_path / f".backup.json.{os.getpid()}.tmp"  # the name once used
+    predictable.symlink_to(victim)
+    # The first names tried are the planted links (as an attacker who could guess the
+    # name would leave them); the writer must skip them, not open them.
+    names = iter([planted, dangling])
+    fresh = _transfer._temporary_name
+    monkeypatch.setattr(_transfer, "_temporary_name", lambda path: next(names, None) or fresh(path))
+    cli.ok("export", "--output", str(target))
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "would-be-created").exists()
+    assert planted.is_symlink() and dangling.is_symlink()  # left alone, not removed
+    assert len(json.loads(target.read_text())) == 1
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    leftovers = {p.name for p in tmp_path.glob(".backup.json.*")}
+    assert leftovers == {planted.name, dangling.name, predictable.name}
+
+
+def test_export_is_0600_whatever_the_umask(cli: Cli, tmp_path: Path) -> None:
+    cli.build(ORDER[0])
+    target = tmp_path / "backup.json"
+    old = os.umask(0)
+    try:
+        cli.ok("export", "--output", str(target))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_failed_export_leaves_no_temporary_file(cli: Cli, tmp_path: Path) -> None:
+    cli.build(ORDER[0])
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    (target / "inside").write_text("x")
+    assert_usage_error(cli("export", "--output", str(target)), "Cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert (target / "inside").read_text() == "x"
 
 
 def test_export_by_state(cli: Cli) -> None:

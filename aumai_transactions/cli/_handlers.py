@@ -1,9 +1,16 @@
 """Loading the handler mapping named by ``--handlers module:attr`` or ``path/to/file.py:attr``.
 
-Only what the user names is imported: no entry points, no scanning. The current
-directory is put on ``sys.path`` first (as ``python -m`` and uvicorn do), so a
-``handlers.py`` next to the user resolves as ``handlers:HANDLERS``; a file path puts
-the file's own directory there, so its sibling imports work.
+Only what the user names is imported: no entry points, no scanning. While the module
+is imported, the current directory is first on ``sys.path`` (as ``python -m`` and
+uvicorn do), so a ``handlers.py`` next to the user resolves as ``handlers:HANDLERS``; a
+file path puts the file's own directory there instead, so its sibling imports work.
+
+Only while: the entry is taken off again once the import is done, so ``sys.path`` is
+as it was. Left there, it would shadow every module imported later: a ``sqlite3.py``
+or ``json.py`` in the working directory would replace the standard library's for the
+store and everything else the command imports after the handlers. A handler module's
+own imports belong at its top (they happen during the import); one that imports a
+sibling lazily, inside a handler, needs that sibling to be installed.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,9 +34,21 @@ Handlers = dict[str, Callable[..., Any]]
 _EXAMPLE = "e.g. myapp.handlers:HANDLERS or ./handlers.py:HANDLERS"
 
 
-def _on_path(directory: str) -> None:
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
+@contextmanager
+def _importable_from(directory: str) -> Iterator[None]:
+    """``directory`` first on ``sys.path`` for the block only (unless already there)."""
+    if directory in sys.path:
+        yield
+        return
+    sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        # Take off our entry only: the module may have added its own, which stay.
+        try:
+            sys.path.remove(directory)
+        except ValueError:
+            pass
 
 
 def _import_file(path: Path, spec: str) -> ModuleType:
@@ -39,10 +59,10 @@ def _import_file(path: Path, spec: str) -> ModuleType:
     if module_spec is None or module_spec.loader is None:
         raise CliError(f"--handlers {spec!r}: {path} cannot be imported as Python.")
     module = importlib.util.module_from_spec(module_spec)
-    _on_path(str(path.resolve().parent))
     sys.modules[name] = module
     try:
-        module_spec.loader.exec_module(module)
+        with _importable_from(str(path.resolve().parent)):
+            module_spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -54,8 +74,8 @@ def _import(target: str, spec: str) -> ModuleType:
     try:
         if looks_like_file:
             return _import_file(Path(target).expanduser(), spec)
-        _on_path(os.getcwd())
-        return importlib.import_module(target)
+        with _importable_from(os.getcwd()):
+            return importlib.import_module(target)
     except CliError:
         raise
     except ModuleNotFoundError as exc:

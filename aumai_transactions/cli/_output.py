@@ -2,9 +2,12 @@
 
 Every command builds its rows once (plain dicts of JSON values, secrets already masked)
 and hands them to :class:`Output`, which prints them either as a Rich table or, with
-``--json``, as one JSON document on stdout. Colours follow Rich's own detection: none
-when stdout is not a terminal or when ``NO_COLOR`` is set. Consoles are made per
-command run, because the streams they write to are only known then (tests swap them).
+``--json``, as one JSON document on stdout. ``create`` and ``status`` print the original
+tool's JSON documents whenever stdout is not a terminal (:meth:`Output.document`), so
+``create | jq -r .transaction_id`` works as it did. Colours follow Rich's own
+detection: none when stdout is not a terminal or when ``NO_COLOR`` is set. Consoles are
+made per command run, because the streams they write to are only known then (tests
+swap them). Diagnostics on stderr are masked like data (an error often quotes a token).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ._secrets import mask_secrets
+from ._secrets import mask_secrets, mask_text
 
 __all__ = [
     "Column",
@@ -32,6 +35,7 @@ __all__ = [
     "format_time",
     "format_value",
     "state_style",
+    "stdout_is_terminal",
 ]
 
 Row = Mapping[str, Any]
@@ -39,6 +43,7 @@ Row = Mapping[str, Any]
 _PIPE_WIDTH = 120
 
 _STATE_STYLES = {
+    "interrupted": "yellow",
     "pending": "cyan",
     "active": "blue",
     "running": "blue",
@@ -51,6 +56,15 @@ _STATE_STYLES = {
     "compensation_failed": "bold red",
     "dead_letter": "bold magenta",
 }
+
+
+def stdout_is_terminal() -> bool:
+    """True when stdout is a terminal (the real one: ``FORCE_COLOR`` does not make a
+    pipe a terminal, so a script reading ``create``'s JSON never gets a panel)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
 
 
 def state_style(state: str | None) -> str:
@@ -124,11 +138,22 @@ class Output:
             self.console.width = _PIPE_WIDTH
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
+    @classmethod
+    def document(cls, *, json_mode: bool, reveal: bool = False) -> Output:
+        """The output of a command whose result is a document scripts read (``create``,
+        ``status``): JSON with ``--json`` or whenever stdout is not a terminal."""
+        return cls(json_mode=json_mode or not stdout_is_terminal(), reveal=reveal)
+
     # ------------------------------------------------------------------ data
 
     def mask(self, value: Any) -> Any:
         """``value`` with secret-looking entries masked, unless ``--reveal`` was given."""
         return value if self.reveal else mask_secrets(value)
+
+    def mask_text(self, text: str | None) -> str | None:
+        """An error or other free text with the secrets it quotes masked, unless
+        ``--reveal`` was given."""
+        return text if self.reveal or text is None else mask_text(text)
 
     def table(
         self,
@@ -192,12 +217,15 @@ class Output:
 
     def note(self, message: str) -> None:
         """An informational line on stderr (never on stdout, which holds the data)."""
-        self.err.print(escape(message), style="dim")
+        self.err.print(escape(self._diagnostic(message)), style="dim")
 
     def warn(self, message: str) -> None:
         """A warning line on stderr."""
-        self.err.print(f"[yellow]warning:[/] {escape(message)}")
+        self.err.print(f"[yellow]warning:[/] {escape(self._diagnostic(message))}")
 
     def error(self, message: str) -> None:
         """An error line on stderr: one line, no traceback."""
-        self.err.print(f"[bold red]error:[/] {escape(message)}")
+        self.err.print(f"[bold red]error:[/] {escape(self._diagnostic(message))}")
+
+    def _diagnostic(self, message: str) -> str:
+        return message if self.reveal else mask_text(message)

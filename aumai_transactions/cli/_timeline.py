@@ -2,7 +2,8 @@
 
 The live display reads the very transaction object the engine drives (its steps change
 status in place, and each change is journaled before the next action), so what it
-shows is what the journal records: no hooks into the engine are needed.
+shows is what the journal records: no hooks into the engine are needed. Error texts are
+masked here as everywhere else (a failing call often quotes its token).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ _MAY_BE_UNDONE = (
 )
 
 
-def _live_status(step: TransactionStep, spinners: dict[str, Spinner]) -> tuple[Any, Text]:
+def _live_status(
+    step: TransactionStep, spinners: dict[str, Spinner], output: Output
+) -> tuple[Any, Text]:
     """The icon and the words for one step of the live display."""
     status = step.status
     if status in (StepStatus.RUNNING, StepStatus.COMPENSATING):
@@ -49,17 +52,24 @@ def _live_status(step: TransactionStep, spinners: dict[str, Spinner]) -> tuple[A
         return icon, Text(words, style=state_style(status.value))
     symbol, words = {
         StepStatus.PENDING: ("·", "waiting"),
-        StepStatus.COMPLETED: ("✓", "done"),
-        StepStatus.FAILED: ("✗", f"failed: {step.error}"),
+        StepStatus.COMPLETED: ("✓", "done" if not step.recorded_only else "recorded only"),
+        StepStatus.FAILED: ("✗", f"failed: {output.mask_text(step.error)}"),
         StepStatus.COMPENSATED: ("↩", f"undone by {step.compensating_action}"),
-        StepStatus.COMPENSATION_FAILED: ("✗", f"compensation failed: {step.compensation_error}"),
+        StepStatus.COMPENSATION_FAILED: (
+            "✗",
+            f"compensation failed: {output.mask_text(step.compensation_error)}",
+        ),
     }[status]
+    if step.interrupted:
+        words += " (interrupted: may have run)"
     return Text(symbol, style=state_style(status.value)), Text(
         words, style=state_style(status.value) if status is not StepStatus.PENDING else "dim"
     )
 
 
-def _live_table(tx: Transaction, title: str, spinners: dict[str, Spinner]) -> RenderableType:
+def _live_table(
+    tx: Transaction, title: str, spinners: dict[str, Spinner], output: Output
+) -> RenderableType:
     heading = f"{title} {tx.transaction_id} · {tx.state.value}"
     table = Table(
         title=heading,
@@ -76,7 +86,7 @@ def _live_table(tx: Transaction, title: str, spinners: dict[str, Spinner]) -> Re
     table.add_column("took", justify="right")
     now = utcnow()
     for index, step in enumerate(tx.steps, start=1):
-        icon, words = _live_status(step, spinners)
+        icon, words = _live_status(step, spinners, output)
         end = now if step.status is StepStatus.RUNNING else step.finished_at
         took = format_duration(seconds_between(step.started_at, end))
         table.add_row(str(index), step.agent_id, step.action, icon, words, took)
@@ -100,7 +110,7 @@ def progress_display(tx: Transaction, output: Output, *, title: str) -> Iterator
         return
     spinners: dict[str, Spinner] = {}
     with Live(
-        get_renderable=lambda: _live_table(tx, title, spinners),
+        get_renderable=lambda: _live_table(tx, title, spinners, output),
         console=output.console,
         refresh_per_second=12,
         transient=True,
@@ -112,13 +122,14 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def timeline_events(tx: Transaction) -> list[dict[str, Any]]:
+def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
     """The forward runs and compensations of ``tx`` in time order.
 
     Steps record when they started and finished; a compensation records only when it
     succeeded. Compensations run one after another, so one starts when the previous
     ended (or when the failed step ended, for the first): that is the start given here.
-    A start or end that cannot be known is None.
+    A start or end that cannot be known is None. A step cut short while running has
+    the status ``interrupted``; each event carries its error text, masked.
     """
     events: list[dict[str, Any]] = []
     failure_end: datetime | None = None
@@ -126,7 +137,7 @@ def timeline_events(tx: Transaction) -> list[dict[str, Any]]:
         if step.started_at is None:
             continue
         status = {StepStatus.FAILED: "failed", StepStatus.RUNNING: "running"}.get(
-            step.status, "completed"
+            step.status, "interrupted" if step.interrupted else "completed"
         )
         if step.status is StepStatus.FAILED:
             failure_end = step.finished_at
@@ -140,6 +151,7 @@ def timeline_events(tx: Transaction) -> list[dict[str, Any]]:
                 "status": status,
                 "start": _iso(step.started_at),
                 "end": _iso(step.finished_at),
+                "error": output.mask_text(step.error),
             }
         )
     previous_end = failure_end
@@ -157,6 +169,7 @@ def timeline_events(tx: Transaction) -> list[dict[str, Any]]:
                 "status": step.status.value,
                 "start": _iso(previous_end),
                 "end": _iso(end),
+                "error": output.mask_text(step.compensation_error),
             }
         )
         previous_end = end
@@ -215,6 +228,8 @@ def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | Non
     for event in ordered:
         arrow = "▶" if event["kind"] == "step" else "↩"
         label = Text(f"{arrow} #{event['index']} {event['action']}")
+        if event["status"] == "interrupted":
+            label.append(" ⚠", style=state_style("interrupted"))
         begin = _moment(event["start"] or event["end"])
         at = seconds_between(origin, begin)
         table.add_row(

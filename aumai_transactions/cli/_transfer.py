@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,20 +90,69 @@ def dump_transactions(transactions: Sequence[Transaction]) -> str:
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
+_CREATE_EXCLUSIVE = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_NAME_TRIES = 100
+
+
+def _temporary_name(target: Path) -> Path:
+    """A fresh, unguessable name for the temporary file, next to ``target``."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+
+
+def _create_temporary(target: Path) -> tuple[int, Path]:
+    """A new file next to ``target``, created exclusively (never an existing file, never
+    through a symlink: ``O_EXCL`` refuses both), mode 0600; its descriptor and path."""
+    for _ in range(_NAME_TRIES):
+        temporary = _temporary_name(target)
+        try:
+            fd = os.open(temporary, _CREATE_EXCLUSIVE, 0o600)
+        except FileExistsError:
+            continue  # something is there, maybe planted: never touch it, pick another
+        os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        return fd, temporary
+    raise FileExistsError(f"no free temporary name next to {target} after {_NAME_TRIES} tries")
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename durable; best effort (not every file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_private_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, readable by its owner only (mode 0600).
 
     Exports hold unmasked step data: a partly written or world-readable file would be
-    worse than none.
+    worse than none. The text goes to a temporary file created exclusively in the
+    target's directory, which then replaces ``path`` with ``os.replace``: a symlink at
+    ``path`` is replaced itself, never written through.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary: Path | None = None
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, temporary = _create_temporary(path)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        temporary = None
+        _sync_directory(path.parent)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise CliError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)

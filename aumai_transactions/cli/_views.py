@@ -1,7 +1,10 @@
 """Rows built from transactions, steps and results, and the tables that show them.
 
-Rows are plain dicts of JSON values with secrets already masked: the same rows are
-printed as JSON with ``--json`` and as Rich tables otherwise.
+Rows are plain dicts of JSON values with secrets already masked (data, results and
+every error text): the same rows are printed as JSON with ``--json`` and as Rich tables
+otherwise. Steps the engine marked ``interrupted`` (cut short while running: in doubt,
+so compensated) or ``recorded_only`` (no handler: no code ran) carry a marker in the
+step table and a note line saying so.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..models import StepStatus, Transaction, TransactionResult, TransactionState
+from ..models import StepStatus, Transaction, TransactionResult, TransactionState, TransactionStep
 from ._output import Column, Output, format_duration, format_time, format_value, state_cell
 
 __all__ = [
@@ -24,10 +27,13 @@ __all__ = [
     "compensation_outcome",
     "data_table",
     "details_panel",
+    "marked_steps",
     "result_payload",
     "result_renderables",
     "seconds_between",
+    "step_notes",
     "step_rows",
+    "steps_table",
     "transaction_duration",
     "transaction_row",
 ]
@@ -66,8 +72,8 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def transaction_row(tx: Transaction) -> dict[str, Any]:
-    """The summary of one transaction (no step data, so nothing to mask)."""
+def transaction_row(tx: Transaction, output: Output) -> dict[str, Any]:
+    """The summary of one transaction (no step data; its error texts masked)."""
     return {
         "transaction_id": tx.transaction_id,
         "state": tx.state.value,
@@ -77,8 +83,8 @@ def transaction_row(tx: Transaction) -> dict[str, Any]:
         "finished_at": _iso(tx.finished_at),
         "duration_seconds": transaction_duration(tx),
         "timeout_seconds": tx.timeout_seconds,
-        "error": tx.error,
-        "blocked_reason": tx.blocked_reason,
+        "error": output.mask_text(tx.error),
+        "blocked_reason": output.mask_text(tx.blocked_reason),
         "recovery_attempts": tx.recovery_attempts,
     }
 
@@ -96,17 +102,85 @@ def step_rows(tx: Transaction, output: Output) -> list[dict[str, Any]]:
             "started_at": _iso(step.started_at),
             "finished_at": _iso(step.finished_at),
             "duration_seconds": seconds_between(step.started_at, step.finished_at),
-            "error": step.error,
+            "error": output.mask_text(step.error),
             "compensating_action": step.compensating_action,
             "compensation": compensation_outcome(step.status, step.compensating_action),
             "compensation_attempts": step.compensation_attempts,
-            "compensation_error": step.compensation_error,
+            "compensation_error": output.mask_text(step.compensation_error),
             "compensated_at": _iso(step.compensated_at),
+            "interrupted": step.interrupted,
+            "recorded_only": step.recorded_only,
+            "note": step_note(step),
             "data": output.mask(step.data),
             "result": output.mask(step.result),
         }
         for index, step in enumerate(tx.steps, start=1)
     ]
+
+
+INTERRUPTED_MARK = "⚠"
+"""The step-table marker of a step cut short while running (in doubt)."""
+
+RECORDED_ONLY_MARK = "∅"
+"""The step-table marker of a step recorded without a handler (no code ran)."""
+
+_UNDONE = {
+    StepStatus.COMPENSATED: "compensated",
+    StepStatus.COMPENSATING: "being compensated",
+    StepStatus.COMPENSATION_FAILED: "its compensation failed",
+}
+
+
+def _undone(step: TransactionStep) -> str:
+    """What became of an interrupted step's possible effect."""
+    if step.status in _UNDONE:
+        return _UNDONE[step.status]
+    if step.compensating_action is None:
+        return "nothing undoes it (no compensating action)"
+    return "not compensated yet"
+
+
+def step_note(step: TransactionStep) -> str | None:
+    """What a step's markers mean, in words; None for a step with neither."""
+    notes: list[str] = []
+    if step.recorded_only:
+        notes.append(f"recorded only: no handler for {step.action!r}, no code ran")
+    if step.interrupted:
+        notes.append(f"interrupted: may have run, {_undone(step)}")
+    return "; ".join(notes) or None
+
+
+def marked_steps(tx: Transaction) -> list[tuple[str, str | None]]:
+    """Panel lines naming the interrupted and the recorded-only steps (None: none)."""
+    interrupted = [f"#{i} {s.action}" for i, s in enumerate(tx.steps, 1) if s.interrupted]
+    recorded = [f"#{i} {s.action}" for i, s in enumerate(tx.steps, 1) if s.recorded_only]
+    return [
+        ("interrupted", ", ".join(interrupted) or None),
+        ("recorded only", ", ".join(recorded) or None),
+    ]
+
+
+def step_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per marked step: its marker, number, action and what the marker means."""
+    lines = []
+    for row in rows:
+        if row["note"] is None:
+            continue
+        marks = (INTERRUPTED_MARK if row["interrupted"] else "") + (
+            RECORDED_ONLY_MARK if row["recorded_only"] else ""
+        )
+        lines.append(f"{marks} #{row['index']} {row['action']}: {row['note']}")
+    return lines
+
+
+def _status_cell(row: dict[str, Any]) -> Text:
+    """The step's status, with the markers of an interrupted or recorded-only step."""
+    text = state_cell(row["status"])
+    if row["interrupted"]:
+        text.append(f" {INTERRUPTED_MARK}", style="bold yellow")
+    if row["recorded_only"]:
+        text.append(f" {RECORDED_ONLY_MARK}", style="bold magenta")
+    return text
 
 
 def _compensation_cell(row: dict[str, Any]) -> Text:
@@ -132,7 +206,7 @@ STEP_COLUMNS = [
     Column("index", "#", justify="right"),
     Column("agent_id", "agent"),
     Column("action", "action"),
-    Column("status", "status", format=state_cell, no_wrap=True),
+    Column("status_view", "status", format=lambda cell: cell, no_wrap=True),
     Column("attempts", "tries", justify="right"),
     Column("duration_seconds", "took", format=format_duration, justify="right", no_wrap=True),
     Column("error", "error", style="red"),
@@ -141,10 +215,17 @@ STEP_COLUMNS = [
 """The per-step table of ``show``, ``commit``, ``rollback`` and ``run``."""
 
 
-def steps_table(rows: list[dict[str, Any]], output: Output) -> Table:
-    """The per-step table: status, attempts, duration, error, compensation outcome."""
-    view = [{**row, "compensation_view": _compensation_cell(row)} for row in rows]
-    return output.table(view, STEP_COLUMNS, title="Steps")
+def steps_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
+    """The per-step table: status (with markers), attempts, duration, error, compensation
+    outcome; under it, a note line for each marked step (as wide as the terminal, not
+    wrapped to the table)."""
+    view = [
+        {**row, "status_view": _status_cell(row), "compensation_view": _compensation_cell(row)}
+        for row in rows
+    ]
+    table = output.table(view, STEP_COLUMNS, title="Steps")
+    notes = [Text(line, style="yellow") for line in step_notes(rows)]
+    return Group(table, *notes) if notes else table
 
 
 DATA_COLUMNS = [
@@ -176,7 +257,19 @@ def details_panel(pairs: Sequence[tuple[str, Any] | None], *, title: str, style:
 
 def result_payload(result: TransactionResult, tx: Transaction, output: Output) -> dict[str, Any]:
     """The JSON of a commit, rollback or run: the result and the steps as they ended."""
-    return {**result.model_dump(mode="json"), "steps": step_rows(tx, output)}
+    payload = result.model_dump(mode="json")
+    payload["error"] = output.mask_text(result.error)
+    payload["compensation_errors"] = {
+        step_id: output.mask_text(message)
+        for step_id, message in result.compensation_errors.items()
+    }
+    return {**payload, "steps": step_rows(tx, output)}
+
+
+def _step_list(step_ids: list[str], tx: Transaction, index_of: dict[str, int]) -> str | None:
+    """``#2 charge, #3 ship`` for the given step ids (in step order), or None."""
+    known = sorted((index_of[step_id], step_id) for step_id in step_ids if step_id in index_of)
+    return ", ".join(f"#{index} {tx.steps[index - 1].action}" for index, _ in known) or None
 
 
 def result_renderables(
@@ -190,18 +283,22 @@ def result_renderables(
         failed = f"#{index_of[result.failed_step]} {step.action} ({step.agent_id})"
     compensation_errors = (
         "; ".join(
-            f"#{index_of.get(step_id, '?')}: {message}"
+            f"#{index_of.get(step_id, '?')}: {output.mask_text(message)}"
             for step_id, message in result.compensation_errors.items()
         )
         or None
     )
+    interrupted = _step_list(result.interrupted_steps, tx, index_of)
+    recorded_only = _step_list(result.recorded_only_steps, tx, index_of)
     reached = result.state is goal
     panel = details_panel(
         [
             ("state", state_cell(result.state.value)),
             ("failed step", failed),
-            ("error", result.error),
+            ("error", output.mask_text(result.error)),
             ("compensation errors", compensation_errors),
+            ("interrupted", interrupted),
+            ("recorded only", recorded_only),
             ("took", format_duration(result.duration_seconds)),
             ("finished", format_time(result.finished_at)),
         ],

@@ -21,6 +21,7 @@ from ._views import (
     ATTENTION_STATES,
     data_table,
     details_panel,
+    marked_steps,
     seconds_between,
     step_rows,
     steps_table,
@@ -116,13 +117,14 @@ def list_transactions(
     ] = 50,
     store: StoreOption = None,
     as_json: JsonOption = False,
+    reveal: RevealOption = False,
 ) -> None:
     """List transactions, newest first; problems counted on top.
 
     Transactions in compensation_failed or dead_letter need an operator: they are
     counted above the table and highlighted in it.
     """
-    output = Output(json_mode=as_json)
+    output = Output(json_mode=as_json, reveal=reveal)
     moment = parse_since(since)
 
     async def body() -> tuple[list[Transaction], dict[TransactionState, int]]:
@@ -131,7 +133,7 @@ def list_transactions(
             return found, await opened.count_by_state()
 
     found, counts = run_async(body)
-    rows = [transaction_row(tx) for tx in found]
+    rows = [transaction_row(tx, output) for tx in found]
     total = sum(counts.values())
     if as_json:
         output.emit(rows)
@@ -171,8 +173,9 @@ def show(
 ) -> None:
     """Show a transaction's steps, outcomes and timeline.
 
-    Each step with its status, attempts, duration, error and compensation outcome,
-    then a timeline of the steps and compensations on one time axis.
+    Each step with its status, attempts, duration, error and compensation outcome
+    (steps cut short while running or recorded without a handler are marked), then a
+    timeline of the steps and compensations on one time axis.
     """
     output = Output(json_mode=as_json, reveal=reveal)
 
@@ -181,9 +184,9 @@ def show(
             return await find_transaction(opened, transaction_id)
 
     tx = run_async(body)
-    summary = transaction_row(tx)
+    summary = transaction_row(tx, output)
     rows = step_rows(tx, output)
-    events = timeline_events(tx)
+    events = timeline_events(tx, output)
     payload = {"transaction": summary, "steps": rows, "timeline": events}
     attention = tx.state in ATTENTION_STATES
     panel = details_panel(
@@ -196,8 +199,12 @@ def show(
             ("took", format_duration(summary["duration_seconds"]) if tx.finished_at else None),
             ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
             ("recoveries", tx.recovery_attempts or None),
-            ("error", Text(tx.error, style="red") if tx.error else None),
-            ("blocked", Text(tx.blocked_reason, style="red") if tx.blocked_reason else None),
+            ("error", Text(summary["error"], style="red") if tx.error else None),
+            (
+                "blocked",
+                Text(summary["blocked_reason"], style="red") if tx.blocked_reason else None,
+            ),
+            *marked_steps(tx),
         ],
         title="Transaction",
         style="red" if attention else "",

@@ -3,6 +3,10 @@
 Each command is its own short process, so the pending transaction lives in the store
 between them: ``create`` and ``add-step`` save it; ``commit`` and ``rollback`` load it,
 register it with a manager over the same store, and drive it there.
+
+``create`` and ``status`` print the original tool's JSON documents (its keys first, in
+its order) whenever stdout is not a terminal, or with ``--json``; a panel on a
+terminal. ``create -q`` prints the bare id, for ``TX=$(aumai-transactions create -q)``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.panel import Panel
 
 from .. import Transaction, TransactionManager, TransactionResult, TransactionState
 from ..models import utcnow
@@ -21,6 +26,13 @@ from ._parse import parse_data
 from ._store import cli_store, find_transaction, run_async
 from ._timeline import progress_display
 from ._views import details_panel, result_payload, result_renderables, step_rows
+
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print only the new id (for TX=$(aumai-transactions create -q))."
+    ),
+]
 
 __all__ = ["app"]
 
@@ -41,17 +53,57 @@ def _deadline_note(tx: Transaction) -> str | None:
     return f"commit before {format_time(deadline)} (created with --timeout {tx.timeout_seconds:g})"
 
 
+def _seconds(value: float | None) -> float | int | None:
+    """A timeout as the original printed it: ``60``, not ``60.0``, when it is whole."""
+    if value is not None and float(value).is_integer():
+        return int(value)
+    return value
+
+
+def _document(tx: Transaction, *, steps: bool) -> dict[str, Any]:
+    """The original tool's document for ``create`` (``steps=False``) or ``status``: these
+    keys first and in this order; keys added later go after them."""
+    document: dict[str, Any] = {"transaction_id": tx.transaction_id, "state": tx.state.value}
+    if steps:
+        document["steps"] = len(tx.steps)
+    document["created_at"] = tx.created_at.isoformat()
+    document["timeout_seconds"] = _seconds(tx.timeout_seconds)
+    return document
+
+
+def _summary_panel(tx: Transaction, *, title: str) -> Panel:
+    note = _deadline_note(tx) if tx.state is TransactionState.PENDING else None
+    return details_panel(
+        [
+            ("id", tx.transaction_id),
+            ("state", state_cell(tx.state.value)),
+            ("steps", len(tx.steps)),
+            ("created", format_time(tx.created_at)),
+            ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
+            ("note", note),
+        ],
+        title=title,
+    )
+
+
 @app.command("create", rich_help_panel=_PANEL)
 def create(
     timeout: Annotated[
         float,
         typer.Option("--timeout", help="Seconds from now until the transaction times out."),
     ] = 60,
+    quiet: QuietOption = False,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a pending transaction and print its id."""
-    output = Output(json_mode=as_json)
+    """Create a pending transaction and print it (JSON unless on a terminal).
+
+    The JSON document is the original tool's: transaction_id, state, created_at,
+    timeout_seconds. With -q, only the id.
+    """
+    if quiet and as_json:
+        raise CliError("--quiet prints the bare id and --json a document: give one of them.")
+    output = Output.document(json_mode=as_json)
     if not timeout > 0 or timeout == float("inf"):
         raise CliError(f"--timeout must be a positive number of seconds, not {timeout:g}.")
 
@@ -63,18 +115,11 @@ def create(
             return tx
 
     tx = run_async(body)
-    if as_json:
-        output.emit(
-            {
-                "transaction_id": tx.transaction_id,
-                "state": tx.state.value,
-                "created_at": tx.created_at.isoformat(),
-                "timeout_seconds": tx.timeout_seconds,
-            }
-        )
+    if quiet:
+        output.stdout.write(tx.transaction_id + "\n")
+        output.stdout.flush()
         return
-    output.console.print(tx.transaction_id)
-    output.note(f"Created pending transaction {tx.transaction_id}; {_deadline_note(tx)}.")
+    output.emit(_document(tx, steps=False), _summary_panel(tx, title="Created transaction"))
 
 
 @app.command("status", rich_help_panel=_PANEL)
@@ -85,36 +130,17 @@ def status(
 ) -> None:
     """Show a transaction's state, step count, creation time and timeout.
 
-    The fields the original tool printed: transaction_id, state, steps, created_at,
-    timeout_seconds.
+    The fields the original tool printed: transaction_id, state, steps (the step
+    count), created_at, timeout_seconds; as JSON unless on a terminal.
     """
-    output = Output(json_mode=as_json)
+    output = Output.document(json_mode=as_json)
 
     async def body() -> Transaction:
         async with cli_store(store, output) as opened:
             return await find_transaction(opened, tx_id)
 
     tx = run_async(body)
-    payload = {
-        "transaction_id": tx.transaction_id,
-        "state": tx.state.value,
-        "steps": len(tx.steps),
-        "created_at": tx.created_at.isoformat(),
-        "timeout_seconds": tx.timeout_seconds,
-    }
-    note = _deadline_note(tx) if tx.state is TransactionState.PENDING else None
-    panel = details_panel(
-        [
-            ("id", tx.transaction_id),
-            ("state", state_cell(tx.state.value)),
-            ("steps", len(tx.steps)),
-            ("created", format_time(tx.created_at)),
-            ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
-            ("note", note),
-        ],
-        title="Transaction",
-    )
-    output.emit(payload, panel)
+    output.emit(_document(tx, steps=True), _summary_panel(tx, title="Transaction"))
 
 
 @app.command("add-step", rich_help_panel=_PANEL)

@@ -17,7 +17,7 @@ from .. import Transaction, TransactionManager, TransactionResult, TransactionSt
 from ..models import utcnow
 from ._errors import EXIT_NOT_REACHED, CliError
 from ._handlers import load_handlers
-from ._options import HandlersOption, JsonOption, StoreOption
+from ._options import HandlersOption, JsonOption, RevealOption, StoreOption
 from ._output import Column, Output, state_cell
 from ._parse import parse_duration, read_text
 from ._store import cli_store, run_async
@@ -40,15 +40,23 @@ class Policy(StrEnum):
     resume = "resume"
 
 
-def _recovery_row(result: TransactionResult, tx: Transaction | None) -> dict[str, Any]:
+def _recovery_row(
+    result: TransactionResult, tx: Transaction | None, output: Output
+) -> dict[str, Any]:
+    """One recovered transaction: its end state and what went wrong, masked."""
     blocked = tx.blocked_reason if tx is not None else None
     return {
         "transaction_id": result.transaction_id,
         "state": result.state.value,
-        "blocked_reason": blocked,
-        "error": result.error,
+        "blocked_reason": output.mask_text(blocked),
+        "error": output.mask_text(result.error),
         "failed_step": result.failed_step,
-        "compensation_errors": result.compensation_errors,
+        "compensation_errors": {
+            step_id: output.mask_text(message)
+            for step_id, message in result.compensation_errors.items()
+        },
+        "interrupted_steps": result.interrupted_steps,
+        "recorded_only_steps": result.recorded_only_steps,
     }
 
 
@@ -99,13 +107,14 @@ def recover(
     ] = 2.0,
     store: StoreOption = None,
     as_json: JsonOption = False,
+    reveal: RevealOption = False,
 ) -> None:
     """Finish transactions whose driver died, once or with --watch.
 
     Claims active and compensating transactions whose lease expired and drives each
     to an end; exits 1 when one is left needing an operator.
     """
-    output = Output(json_mode=as_json)
+    output = Output(json_mode=as_json, reveal=reveal)
     mapping = load_handlers(handlers)
 
     async def body() -> list[dict[str, Any]]:
@@ -118,7 +127,8 @@ def recover(
                 while True:
                     results = await manager.recover(policy.value)
                     rows = [
-                        _recovery_row(r, manager.get_transaction(r.transaction_id)) for r in results
+                        _recovery_row(r, manager.get_transaction(r.transaction_id), output)
+                        for r in results
                     ]
                     everything += rows
                     if not watch:
