@@ -119,6 +119,8 @@ def test_show_json_has_the_flags_and_the_notes(cli: Cli, tmp_path: Path) -> None
     assert steps[2]["note"] == "interrupted: may have run, compensated"
     statuses = {e["action"]: e["status"] for e in data["timeline"] if e["kind"] == "step"}
     assert statuses == {"charge_crad": "completed", "reserve": "completed", "ship": "interrupted"}
+    undo = next(e for e in data["timeline"] if e["kind"] == "compensation")
+    assert (undo["action"], undo["start"]) == ("cancel", steps[2]["finished_at"])
 
 
 @pytest.mark.parametrize(

@@ -127,9 +127,10 @@ def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
 
     Steps record when they started and finished; a compensation records only when it
     succeeded. Compensations run one after another, so one starts when the previous
-    ended (or when the failed step ended, for the first): that is the start given here.
-    A start or end that cannot be known is None. A step cut short while running has
-    the status ``interrupted``; each event carries its error text, masked.
+    ended (or when the failed or interrupted step ended, for the first): that is the
+    start given here. A start or end that cannot be known is None. A step cut short
+    while running has the status ``interrupted``; each event carries its error text,
+    masked.
     """
     events: list[dict[str, Any]] = []
     failure_end: datetime | None = None
@@ -139,8 +140,8 @@ def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
         status = {StepStatus.FAILED: "failed", StepStatus.RUNNING: "running"}.get(
             step.status, "interrupted" if step.interrupted else "completed"
         )
-        if step.status is StepStatus.FAILED:
-            failure_end = step.finished_at
+        if step.status is StepStatus.FAILED or step.interrupted:
+            failure_end = step.finished_at  # compensation starts when this run ended
         events.append(
             {
                 "kind": "step",
