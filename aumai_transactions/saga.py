@@ -22,10 +22,16 @@ class _SagaStep:
 
 
 class SagaOrchestrator:
-    """An ordered list of steps; each ``execute`` runs them as one new transaction."""
+    """An ordered list of steps; each ``execute`` runs them as one new transaction.
 
-    def __init__(self, manager: TransactionManager) -> None:
-        if not isinstance(manager, TransactionManager):
+    Without a ``manager`` (as the original tool allowed) the saga makes its own
+    ``TransactionManager()``: a dry run in memory, where steps are recorded, not run.
+    """
+
+    def __init__(self, manager: TransactionManager | None = None) -> None:
+        if manager is None:
+            manager = TransactionManager()
+        elif not isinstance(manager, TransactionManager):
             raise TypeError(
                 f"SagaOrchestrator needs a TransactionManager, not {type(manager).__name__}."
             )

@@ -4,6 +4,14 @@ Every call runs on one event loop that lives in a background thread for the life
 the process (an anyio blocking portal), so stores and their connections stay bound to
 one loop. Calling the facade from inside a running event loop would deadlock or block
 that loop, so it refuses with a RuntimeError.
+
+Ctrl-C (KeyboardInterrupt in the main thread) during a blocking call is a cancellation
+of that call, exactly as in the async API: the running step is cut short, the engine
+compensates (shielded, bounded by ``compensation_timeout``), the call waits for that
+to finish, and then KeyboardInterrupt is raised from the caller's line. A rollback,
+being compensation itself, runs to its end first. Further Ctrl-Cs while compensation
+runs are ignored (logged): the promise is that nothing completed is left undone. To
+stop harder, kill the process; with a durable store, ``recover`` finishes the job.
 """
 
 from __future__ import annotations
@@ -11,12 +19,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import logging
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack
-from typing import Any, ParamSpec, Self, TypeVar
+from types import FrameType
+from typing import Any, Generic, Self, TypeVar
 
+import anyio
 import anyio.from_thread
 
 from . import manager as _manager
@@ -27,8 +39,9 @@ from .stores import Store
 
 __all__ = ["SagaOrchestrator", "TransactionManager"]
 
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+logger = logging.getLogger("aumai_transactions")
 
 _portal_lock = threading.Lock()
 _portal: anyio.from_thread.BlockingPortal | None = None
@@ -36,9 +49,17 @@ _portal_stack = ExitStack()
 
 
 def _close_portal() -> None:
+    """At exit: cancel what still runs in the loop (the lease renewal of a manager that
+    was opened and never closed would otherwise keep the process from ending), then
+    stop it. A transaction cancelled here compensates, shielded, before the loop ends."""
     global _portal
     with _portal_lock:
-        _portal = None
+        portal, _portal = _portal, None
+        if portal is not None:
+            try:
+                portal.call(portal.stop, True)
+            except RuntimeError:  # the loop has already stopped
+                pass
         _portal_stack.close()
 
 
@@ -61,8 +82,94 @@ def _blocking_portal() -> anyio.from_thread.BlockingPortal:
         return _portal
 
 
-def _run(func: Callable[_P, Awaitable[_T]], *args: Any) -> _T:
-    return _blocking_portal().call(func, *args)
+class _Call(Generic[_T]):
+    """One blocking call: a task in the portal's loop that the calling thread waits for.
+
+    In the main thread, while the call runs, SIGINT is handled here (when Python's
+    default handler is in place; a handler of the program's own is left alone): the
+    first one raises KeyboardInterrupt only where the wait can take it, so a Ctrl-C at
+    any moment has one effect. The task is cancelled (the engine compensates, shielded),
+    the caller waits until it has ended, then KeyboardInterrupt is raised here, with no
+    traceback through the portal's internals. Later SIGINTs are counted and ignored.
+    """
+
+    def __init__(self, func: Callable[..., Awaitable[_T]], args: tuple[Any, ...]) -> None:
+        self._func = func
+        self._args = args
+        self._ended = threading.Event()
+        self._error: BaseException | None = None
+        self._armed = False  # whether the next SIGINT raises KeyboardInterrupt
+        self._interrupts = 0
+
+    async def _task(self) -> _T:
+        try:
+            return await self._func(*self._args)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            self._error = exc  # the future drops it once cancelled; wind-down reports it
+            raise
+        finally:
+            self._ended.set()
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self._interrupts += 1
+        if self._armed:
+            self._armed = False  # one KeyboardInterrupt per call; later SIGINTs are held
+            raise KeyboardInterrupt
+
+    def run(self, portal: anyio.from_thread.BlockingPortal) -> _T:
+        guarded = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if guarded:
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            future = portal.start_task_soon(self._task)  # a SIGINT meanwhile is held
+            try:
+                self._armed = guarded
+                if self._interrupts:  # it came while the task was being handed over
+                    self._armed = False
+                    raise KeyboardInterrupt
+                result = future.result()
+                self._armed = False
+            except KeyboardInterrupt:
+                self._armed = False
+                self._wind_down(future)
+                error, self._error = self._error, None
+                raise KeyboardInterrupt from error
+        finally:
+            if guarded:
+                signal.signal(signal.SIGINT, previous)
+        if self._interrupts:  # Ctrl-C came as the call returned: it still stops the program
+            raise KeyboardInterrupt
+        return result
+
+    def _wind_down(self, future: Future[_T]) -> None:
+        """Cancel the task and wait for it to end, whatever further SIGINTs arrive."""
+        if self._ended.is_set():
+            return
+        seen = self._interrupts  # before saying so: a Ctrl-C from now on is a further one
+        logger.warning(
+            "KeyboardInterrupt: cancelling; what had completed is being compensated "
+            "(bounded by compensation_timeout) before it is raised. Ctrl-C again is ignored."
+        )
+        while True:
+            try:
+                future.cancel()
+                # A short wait in a loop, only to say so when another Ctrl-C comes.
+                if self._ended.wait(0.1):
+                    return
+                if self._interrupts > seen:
+                    seen = self._interrupts
+                    logger.warning("Ctrl-C ignored: still compensating.")
+            except KeyboardInterrupt:  # raised by a SIGINT handler of the program's own
+                self._interrupts += 1
+
+
+def _run(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    return _Call(func, args).run(_blocking_portal())
 
 
 class TransactionManager:
@@ -98,6 +205,11 @@ class TransactionManager:
     def store(self) -> Store:
         """The store behind the manager."""
         return self.manager.store
+
+    @property
+    def _transactions(self) -> dict[str, Transaction]:
+        # The original tool's own tests put a backdated copy of a transaction here.
+        return self.manager._transactions
 
     def begin(self, timeout_seconds: float | None = 60.0) -> Transaction:
         """See :meth:`aumai_transactions.TransactionManager.begin`."""
@@ -183,15 +295,37 @@ class TransactionManager:
 
 
 class SagaOrchestrator:
-    """Blocking twin of :class:`aumai_transactions.SagaOrchestrator`."""
+    """Blocking twin of :class:`aumai_transactions.SagaOrchestrator`.
 
-    def __init__(self, manager: TransactionManager) -> None:
-        if not isinstance(manager, TransactionManager):
+    Without a ``manager`` it makes its own ``TransactionManager()`` (a dry run), as the
+    original tool did.
+    """
+
+    def __init__(self, manager: TransactionManager | None = None) -> None:
+        if manager is None:
+            manager = TransactionManager()
+        elif not isinstance(manager, TransactionManager):
             raise TypeError(
                 "aumai_transactions.sync.SagaOrchestrator needs an "
                 f"aumai_transactions.sync.TransactionManager, not {type(manager).__name__}."
             )
+        self._manager = manager
         self._saga = _saga.SagaOrchestrator(manager.manager)
+
+    @property
+    def manager(self) -> TransactionManager:
+        """The manager the saga's transactions run on."""
+        return self._manager
+
+    @property
+    def steps(self) -> list[tuple[str, str]]:
+        """The registered steps as (agent_id, action) pairs, in order."""
+        return self._saga.steps
+
+    @property
+    def _steps(self) -> list[Any]:
+        # The original tool's own tests counted registered steps here.
+        return self._saga._steps
 
     def register(
         self,

@@ -161,3 +161,17 @@ async def test_a_saga_on_a_dry_run_manager_records_only() -> None:
     assert tx is not None
     assert result.state is TransactionState.COMMITTED
     assert [s.status for s in tx.steps] == [StepStatus.COMPLETED] * 3
+
+
+async def test_a_saga_without_a_manager_makes_its_own_dry_run_manager() -> None:
+    # The original tool's SagaOrchestrator() took no argument.
+    first, second = SagaOrchestrator(), SagaOrchestrator(manager=None)
+    assert isinstance(first.manager, TransactionManager)
+    assert first.manager is not second.manager
+    result = await travel_saga(first.manager).execute()
+    assert result.state is TransactionState.COMMITTED
+    first.register("flight_agent", "book_flight", {"flight": "TP1351"}, "cancel_flight")
+    own = await first.execute()
+    tx = first.manager.get_transaction(own.transaction_id)
+    assert tx is not None and [s.status for s in tx.steps] == [StepStatus.COMPLETED]
+    assert second.manager.get_all_transactions() == []

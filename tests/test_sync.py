@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import aumai_transactions
@@ -224,3 +227,80 @@ def test_the_facade_keeps_leases_renewed_while_a_long_handler_runs() -> None:
         result = manager.commit(tx)
     assert seen == [True]
     assert result.state is TransactionState.COMMITTED
+
+
+def test_the_sync_saga_without_a_manager_makes_its_own() -> None:
+    saga = blocking.SagaOrchestrator()
+    assert isinstance(saga.manager, blocking.TransactionManager)
+    assert saga.register("agent", "a", {"k": 1}).steps == [("agent", "a")]
+    result = saga.execute()
+    assert result.state is TransactionState.COMMITTED
+    assert saga.manager.get_all_transactions()[0].transaction_id == result.transaction_id
+    assert blocking.SagaOrchestrator(manager=None).manager is not saga.manager
+
+
+def _ctrl_c_in_the_second_step(undone: list[str]) -> tuple[Any, Any]:
+    """A manager and a transaction whose second step presses Ctrl-C, then waits."""
+
+    async def presses_ctrl_c(action: str, data: dict[str, Any]) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # to the process, as a terminal sends it
+        await anyio.sleep_forever()  # until the interrupt cancels it
+
+    manager = blocking.TransactionManager(
+        {"a": lambda a, d: None, "undo_a": lambda a, d: undone.append(a), "b": presses_ctrl_c}
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", {}, "undo_a")
+    manager.add_step(tx, "agent", "b", {})
+    manager.add_step(tx, "agent", "c", {})
+    return manager, tx
+
+
+def test_ctrl_c_compensates_then_raises_keyboard_interrupt_from_the_call() -> None:
+    undone: list[str] = []
+    manager, tx = _ctrl_c_in_the_second_step(undone)
+    with pytest.raises(KeyboardInterrupt) as info:
+        manager.commit(tx)
+    assert undone == ["undo_a"]
+    assert tx.state is TransactionState.FAILED
+    assert [s.status for s in tx.steps][::2] == [StepStatus.COMPENSATED, StepStatus.PENDING]
+    # Raised from the facade's frame, not from inside the portal; nothing chained.
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert info.traceback[-1].path == Path(blocking.__file__)
+    # Python's own SIGINT handler is back in place.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_with_a_sigint_handler_of_the_programs_own() -> None:
+    calls: list[int] = []
+
+    def own_handler(signum: int, frame: object) -> None:
+        calls.append(signum)
+        raise KeyboardInterrupt
+
+    undone: list[str] = []
+    manager, tx = _ctrl_c_in_the_second_step(undone)
+    previous = signal.signal(signal.SIGINT, own_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            manager.commit(tx)
+        assert signal.getsignal(signal.SIGINT) is own_handler  # left alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls == [signal.SIGINT]
+    assert undone == ["undo_a"] and tx.state is TransactionState.FAILED
+
+
+def test_a_script_that_opens_a_manager_and_never_closes_it_still_exits(tmp_path: Path) -> None:
+    # The lease renewal 'open' starts in the background is cancelled at exit.
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from aumai_transactions.sync import TransactionManager\n"
+        "manager = TransactionManager(store='sqlite:///journal.db')\n"
+        "manager.open()\n"
+        "print(manager.commit(manager.begin()).state.value)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "committed\n", "")
