@@ -7,12 +7,16 @@ It knows the journal only through the Store protocol. Rules it keeps:
 * every transaction state change is recorded before the next action;
 * compensation is finalization: it runs shielded from cancellation, under its own
   time bound, and an outer cancellation is re-raised once it is done;
+* a step cut short while running (the deadline, a cancellation) is in doubt: it may
+  have had its effect, so it is compensated like a completed one, but never while its
+  handler may still be running (a sync handler's thread is waited for first);
 * a write rejected for a stale lease stops the driver at once: no further handler runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -24,7 +28,7 @@ from typing import Any, Literal
 import anyio
 
 from .errors import StoreError
-from .handlers import HandlerRegistry, StepContext
+from .handlers import HandlerRegistry, StepContext, WorkerCall
 from .models import (
     RetryPolicy,
     StepStatus,
@@ -33,6 +37,7 @@ from .models import (
     TransactionState,
     TransactionStep,
     json_problem,
+    storable,
     utcnow,
 )
 from .stores import Lease, Store
@@ -146,6 +151,23 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _storable_result(step: TransactionStep, result: Any) -> Any:
+    """What to record as ``step``'s result: JSON as it is, or converted as pydantic
+    converts; only what still cannot be stored becomes its repr, with a warning."""
+    try:
+        return storable(result)
+    except TypeError as exc:
+        logger.warning(
+            "step %s (%s) returned a value of type %s, which cannot be stored as JSON (%s); its "
+            "repr is recorded as the result",
+            step.step_id,
+            step.action,
+            type(result).__name__,
+            exc,
+        )
+        return repr(result)
+
+
 class TransactionDriver:
     """Runs one transaction: commit, rollback or recovery. One driver, one run."""
 
@@ -158,6 +180,7 @@ class TransactionDriver:
         "_started_at",
         "_store",
         "_undone",
+        "_worker_calls",
         "tx",
     )
 
@@ -176,6 +199,7 @@ class TransactionDriver:
         self._durable = store.durable
         self._undone: list[str] = []
         self._compensation_errors: dict[str, str] = {}
+        self._worker_calls: dict[str, WorkerCall] = {}
         self._started_at = utcnow()
 
     # ------------------------------------------------------------------ journal
@@ -245,6 +269,7 @@ class TransactionDriver:
             phase=phase,
             results={s.step_id: s.result for s in done},
             results_by_action={s.action: s.result for s in done},
+            actions={s.step_id: s.action for s in done},
         )
 
     async def _forward(
@@ -270,6 +295,7 @@ class TransactionDriver:
                 await self._journal(step)  # intent first: nothing runs unrecorded
                 if handler is None:
                     result = None
+                    fields["recorded_only"] = True
                 else:
                     try:
                         if handler.is_async and not handler.wants_context:
@@ -281,6 +307,11 @@ class TransactionDriver:
                                 step.action,
                                 step.data,
                                 self._context(step, "forward") if handler.wants_context else None,
+                                None
+                                if handler.is_async or handlers.inline
+                                else functools.partial(
+                                    self._worker_calls.__setitem__, step.step_id
+                                ),
                             )
                     except Exception as exc:
                         fields["error"] = _message(exc)
@@ -307,8 +338,8 @@ class TransactionDriver:
                 fields["status"] = _COMPLETED
                 if fields["error"] is not None:
                     fields["error"] = None
-                if result is not None and json_problem(result) is None:
-                    fields["result"] = result
+                if result is not None:
+                    fields["result"] = _storable_result(step, result)
                 fields["finished_at"] = utcnow()
                 # The completion rides with the next durable write: nothing happens in between.
                 await self._journal(step, durable=False)
@@ -329,24 +360,55 @@ class TransactionDriver:
         return True
 
     def _completed(self) -> list[TransactionStep]:
-        """The completed steps, latest first: the order in which they are undone."""
-        return [s for s in reversed(self.tx.steps) if s.status is _COMPLETED]
+        """The completed and in-doubt steps, latest first: the order in which they are
+        undone. (A step still ``running`` here was cut short: it may have had its effect.)
+        """
+        return [
+            s for s in reversed(self.tx.steps) if s.status is _COMPLETED or s.status is _RUNNING
+        ]
+
+    async def _await_forward_call(self, step: TransactionStep) -> bool:
+        """Wait until ``step``'s abandoned handler thread (if any) has returned.
+
+        Returns False when the handler raised after all: then it is the failing step,
+        not in doubt, and is not compensated. When it returned, its result is kept (a
+        compensation may need it: a refund needs the charge id).
+        """
+        call = self._worker_calls.get(step.step_id)
+        if call is None:
+            return True
+        await call.wait()
+        del self._worker_calls[step.step_id]
+        if call.error is not None:
+            step.status = _FAILED
+            step.error = f"{step.error}; its handler then raised: {_message(call.error)}"
+            step.finished_at = utcnow()
+            await self._journal(step, durable=False)
+            return False
+        if call.result is not None and step.result is None:
+            step.result = _storable_result(step, call.result)
+        return True
 
     async def _compensate_step(self, step: TransactionStep) -> None:
         action = step.compensating_action
         assert action is not None
         handler = self._handlers.get(action)
         policy = self._options.compensation_retry
+        if handler is None and self._handlers:
+            # A manager with handlers that lacks this one: recording the compensation as
+            # done would report an effect undone that nobody undid (a typo, usually).
+            step.compensation_attempts += 1
+            await self._compensation_failed(
+                step,
+                f"no handler for compensating action {action!r}; nothing was undone "
+                f"(known actions: {', '.join(self._handlers.actions)})",
+            )
+            return
         while True:
             attempt = step.compensation_attempts = step.compensation_attempts + 1
             step.status = StepStatus.COMPENSATING
             await self._journal(step)
-            if handler is None:
-                logger.warning(
-                    "no handler for compensating action %r of step %s; recorded only",
-                    action,
-                    step.step_id,
-                )
+            if handler is None:  # a dry run (no handlers at all): recorded only
                 break
             try:
                 await self._handlers.call(
@@ -391,6 +453,15 @@ class TransactionDriver:
         for step in steps:
             if step.status is StepStatus.COMPENSATED:
                 continue
+            if step.status is _RUNNING:  # in doubt
+                if step.compensating_action is None:
+                    # Nothing can undo it: it ends failed, still marked interrupted.
+                    step.status = _FAILED
+                    step.finished_at = utcnow()
+                    await self._journal(step, durable=False)
+                    continue
+                if not await self._await_forward_call(step):
+                    continue
             if step.compensating_action is not None:
                 await self._compensate_step(step)
             undone.append(step.step_id)
@@ -399,12 +470,12 @@ class TransactionDriver:
         self,
         steps: Sequence[TransactionStep],
         goal: TransactionState,
-        interrupted: TransactionStep | None = None,
+        interrupted: Sequence[TransactionStep] = (),
     ) -> None:
         """Compensate ``steps`` whatever cancellation arrives, then record the final state.
 
-        ``interrupted`` is a step cut short by a timeout or cancellation: its failure
-        is recorded first (it is not compensated: it is the failing step). A native
+        ``interrupted`` are the steps cut short by a timeout or cancellation: they are
+        recorded as such first (they are in doubt, and among ``steps``). A native
         asyncio cancellation (``task.cancel()``, as ``asyncio.timeout`` and
         ``wait_for`` do) that arrives meanwhile is held back and re-raised at the end.
         """
@@ -417,25 +488,34 @@ class TransactionDriver:
         self,
         steps: Sequence[TransactionStep],
         goal: TransactionState,
-        interrupted: TransactionStep | None,
+        interrupted: Sequence[TransactionStep],
     ) -> None:
         tx = self.tx
         bound_seconds = self._options.compensation_timeout
-        if interrupted is not None:
-            await self._journal(interrupted, durable=False)
+        for step in interrupted:
+            await self._journal(step, durable=False)
         if tx.state is not TransactionState.COMPENSATING:
             tx.state = TransactionState.COMPENSATING
             tx.updated_at = utcnow()
             # Without an interrupted step, the journal already tells recovery to
             # compensate (a failed step, or the recovery's own decision): the state
             # change may ride with the first compensation's intent.
-            await self._journal(durable=interrupted is not None)
+            await self._journal(durable=bool(interrupted))
         with anyio.move_on_after(bound_seconds) as bound:
             await self._compensate(steps)
         if bound.cancelled_caught:
             errors = self._compensation_errors
             for step in steps:
-                if step.status is StepStatus.COMPENSATING:
+                if step.step_id in self._worker_calls:
+                    step.status = StepStatus.COMPENSATION_FAILED
+                    step.compensation_error = (
+                        f"not compensated: its action was still running when the "
+                        f"compensation time bound ({bound_seconds}s) ran out, so it may "
+                        "still have its effect"
+                    )
+                    errors[step.step_id] = step.compensation_error
+                    await self._journal(step)
+                elif step.status is StepStatus.COMPENSATING:
                     step.status = StepStatus.COMPENSATION_FAILED
                     step.compensation_error = f"compensation timed out after {bound_seconds}s"
                     errors[step.step_id] = step.compensation_error
@@ -453,15 +533,14 @@ class TransactionDriver:
             TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
         )
 
-    def _interrupted(self, error: str) -> TransactionStep | None:
-        """Mark the step that was running when the pass was cut short, and return it."""
-        for step in self.tx.steps:
-            if step.status is _RUNNING:
-                step.status = _FAILED
-                step.error = error
-                step.finished_at = utcnow()
-                return step
-        return None
+    def _interrupted(self, error: str) -> list[TransactionStep]:
+        """Mark the steps that were running when the pass was cut short: in doubt, they
+        stay ``running`` until their compensation, flagged ``interrupted``."""
+        stopped = [step for step in self.tx.steps if step.status is _RUNNING]
+        for step in stopped:
+            step.interrupted = True
+            step.error = error
+        return stopped
 
     # ------------------------------------------------------------------ passes
 
@@ -510,17 +589,25 @@ class TransactionDriver:
         except StoreError:
             raise
         except TimeoutError:
+            stopped = self._interrupted(
+                "interrupted: the transaction timed out while this step ran; it may have "
+                "had its effect, so it is compensated"
+            )
             tx.error = (
                 f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
-                "while running; completed steps were compensated."
+                "while running; completed"
+                + (" and interrupted" if stopped else "")
+                + " steps were compensated."
             )
-            failed = self._interrupted("cancelled: the transaction timed out")
-            await self._compensate_shielded(self._completed(), TransactionState.FAILED, failed)
-            return self.result(failed)
+            await self._compensate_shielded(self._completed(), TransactionState.FAILED, stopped)
+            return self.result(stopped[0] if stopped else None)
         except BaseException as exc:
             tx.error = f"Transaction {tx.transaction_id} was interrupted: {_message(exc)}"
-            failed = self._interrupted(f"cancelled: {type(exc).__name__}")
-            await self._compensate_shielded(self._completed(), TransactionState.FAILED, failed)
+            stopped = self._interrupted(
+                f"interrupted ({type(exc).__name__}) while this step ran; it may have had "
+                "its effect, so it is compensated"
+            )
+            await self._compensate_shielded(self._completed(), TransactionState.FAILED, stopped)
             raise
         await self._finish(TransactionState.COMMITTED)
         return self.result()
@@ -552,4 +639,6 @@ class TransactionDriver:
             dict(self._compensation_errors),
             started,
             finished,
+            [s.step_id for s in tx.steps if s.interrupted],
+            [s.step_id for s in tx.steps if s.recorded_only],
         )

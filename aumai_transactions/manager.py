@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 
@@ -30,6 +31,7 @@ __all__ = ["TransactionManager"]
 
 logger = logging.getLogger("aumai_transactions")
 
+_T = TypeVar("_T")
 _PENDING = TransactionState.PENDING
 _ROLLBACK_FROM = (TransactionState.PENDING, TransactionState.COMMITTED)
 _POLICIES = ("compensate", "resume")
@@ -107,6 +109,7 @@ class TransactionManager:
         options["renewal"] = LeaseRenewal(float(lease_ttl))
         self._options = EngineOptions(**options)
         self._transactions: dict[str, Transaction] = {}
+        self._renewers = 0  # running keep_leases_renewed loops
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -150,14 +153,44 @@ class TransactionManager:
         than ``lease_ttl`` could see its transaction taken over by a recovery worker.
         """
         renewal = self._options.renewal
-        while True:
-            await anyio.sleep(max(0.0, renewal.due - time.monotonic()))
-            if not renewal.claim():  # a driver renewed meanwhile
-                continue
+        self._renewers += 1
+        try:
+            while True:
+                await anyio.sleep(max(0.0, renewal.due - time.monotonic()))
+                if not renewal.claim():  # a driver renewed meanwhile
+                    continue
+                try:
+                    await self.store.renew(self.owner, self._options.lease_ttl)
+                except Exception:  # the next journal write will tell the driver
+                    logger.exception("lease renewal failed")
+        finally:
+            self._renewers -= 1
+
+    async def _with_leases_renewed(self, run: Callable[[], Awaitable[_T]]) -> _T:
+        """``await run()`` with this manager's leases renewed meanwhile.
+
+        A durable store's lease must outlive the longest handler, or a recovery worker
+        would take the transaction over while its step still runs. ``async with
+        manager:`` renews in the background already; otherwise the renewal runs next
+        to this one driver, for as long as it runs.
+        """
+        if self._renewers or not self.store.durable:
+            return await run()
+        outcome: _T
+        error: BaseException | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.keep_leases_renewed)
             try:
-                await self.store.renew(self.owner, self._options.lease_ttl)
-            except Exception:  # the next journal write will tell the driver
-                logger.exception("lease renewal failed")
+                outcome = await run()
+            except anyio.get_cancelled_exc_class():
+                raise  # through the task group, which passes it on as it is
+            except BaseException as exc:  # raised below, not wrapped in an ExceptionGroup
+                error = exc
+            finally:
+                group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return outcome
 
     # ------------------------------------------------------------------ building
 
@@ -208,6 +241,11 @@ class TransactionManager:
             problem = json_problem(data)
             if problem is not None:
                 raise TypeError(f"Step data must be JSON-serializable: {problem}.")
+            # The step's own copy: one dict passed to several steps (as the tutorial
+            # does) must not carry one handler's changes into the others' data.
+            data = data.copy()
+        else:
+            data = {}
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}.")
         if recovery is not None and recovery not in _POLICIES:
@@ -259,7 +297,7 @@ class TransactionManager:
             if not self._store_opened:
                 await self._ensure_open()
             driver = self._driver(transaction)
-            result = await driver.commit()
+            result = await self._with_leases_renewed(driver.commit)
         except StoreError:
             # No lease was taken (the store did not open, or refused or failed the
             # lease): nothing ran and nothing is in flight, so it may be committed again.
@@ -286,7 +324,9 @@ class TransactionManager:
         try:
             await self._ensure_open()
             driver = self._driver(transaction)
-            result = await driver.rollback((previous,))
+            result = await self._with_leases_renewed(
+                functools.partial(driver.rollback, (previous,))
+            )
         except StoreError:
             if driver is None or driver.lease is None:  # nothing ran: as it was before
                 transaction.state = previous
@@ -309,6 +349,11 @@ class TransactionManager:
         if policy not in _POLICIES:
             raise ValueError(f"policy must be 'compensate' or 'resume', not {policy!r}.")
         await self._ensure_open()
+        return await self._with_leases_renewed(
+            functools.partial(self._recover_rounds, policy, limit)
+        )
+
+    async def _recover_rounds(self, policy: RecoveryPolicy, limit: int) -> list[TransactionResult]:
         results: list[TransactionResult] = []
         while True:
             claimed = await self.store.claim_expired(self.owner, self._options.lease_ttl, limit)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import to_jsonable_python
 
 __all__ = [
     "RecoveryPolicy",
@@ -24,6 +25,7 @@ __all__ = [
     "TransactionState",
     "TransactionStep",
     "new_id",
+    "storable",
     "utcnow",
 ]
 
@@ -408,3 +410,23 @@ def json_problem(value: Any, path: str = "data") -> str | None:
     if isinstance(value, _JSON_SCALARS):  # subclasses such as IntEnum or str enums
         return None
     return f"{path} holds a {kind.__name__} ({value!r:.60}), which is not JSON-serializable"
+
+
+def storable(value: Any) -> Any:
+    """``value`` as JSON can hold it: as it is when it can, else converted the way
+    pydantic converts (datetimes, UUIDs, Decimals, enums, dataclasses, models, sets).
+
+    Raises TypeError, naming the type, when even the converted value is not JSON.
+    """
+    if json_problem(value, "the value") is None:
+        return value
+    try:
+        converted = to_jsonable_python(value)
+    except Exception as exc:
+        raise TypeError(
+            f"a {type(value).__name__!r} value cannot be stored as JSON: {exc}"
+        ) from exc
+    problem = json_problem(converted, "the value")
+    if problem is not None:
+        raise TypeError(f"a {type(value).__name__!r} value cannot be stored as JSON: {problem}")
+    return converted

@@ -112,5 +112,12 @@ class RecoveryDriver(TransactionDriver):
         if tx.error is None:
             tx.error = "the driver stopped mid-transaction; rolled back by recovery"
         undo = [s for s in reversed(tx.steps) if s.status in _MAY_HAVE_RUN]
+        for step in undo:
+            if step.status is _RUNNING:  # in doubt, as a step cut short in a live run
+                step.interrupted = True
+                step.error = (
+                    "interrupted: its driver stopped while this step ran; it may have had "
+                    "its effect, so recovery compensates it"
+                )
         await self._compensate_shielded(undo, TransactionState.ROLLED_BACK)
         return self.result()

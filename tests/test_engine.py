@@ -118,18 +118,21 @@ async def test_a_timeout_while_a_step_runs_cancels_it_and_compensates_promptly(
 
     assert elapsed < 2.0, f"commit returned {elapsed:.2f}s after it started"
     assert cancelled == ["hang"]
-    assert recorder.actions == ["a", "b", "undo_b", "undo_a"]
+    # The interrupted step is in doubt: it is compensated first, then the completed ones.
+    assert recorder.actions == ["a", "b", "undo_hang", "undo_b", "undo_a"]
     assert result.state is TransactionState.FAILED and tx.state is TransactionState.FAILED
     assert result.error is not None and "timed out" in result.error
     assert result.failed_step == tx.steps[2].step_id
-    assert completed_actions(tx, result) == ["b", "a"]
+    assert result.interrupted_steps == [tx.steps[2].step_id]
+    assert completed_actions(tx, result) == ["hang", "b", "a"]
     assert result.compensation_errors == {}
     assert [s.status for s in tx.steps] == [
         StepStatus.COMPENSATED,
         StepStatus.COMPENSATED,
-        StepStatus.FAILED,
+        StepStatus.COMPENSATED,
         StepStatus.PENDING,
     ]
+    assert [s.interrupted for s in tx.steps] == [False, False, True, False]
     assert tx.steps[2].error is not None and "timed out" in tx.steps[2].error
 
 
@@ -399,14 +402,11 @@ async def test_outer_cancellation_during_a_step_compensates_then_reraises(
             group.cancel_scope.cancel()
 
     assert outcome == ["cancelled"]
-    assert recorder.actions == ["a", "b", "undo_b", "undo_a"]
+    assert recorder.actions == ["a", "b", "undo_hang", "undo_b", "undo_a"]
     assert tx.state is TransactionState.FAILED
     assert tx.error is not None and "interrupted" in tx.error
-    assert [s.status for s in tx.steps] == [
-        StepStatus.COMPENSATED,
-        StepStatus.COMPENSATED,
-        StepStatus.FAILED,
-    ]
+    assert [s.status for s in tx.steps] == [StepStatus.COMPENSATED] * 3
+    assert tx.steps[2].interrupted
 
 
 async def test_outer_cancellation_during_compensation_waits_for_it_to_finish() -> None:

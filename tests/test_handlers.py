@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import logging
 import threading
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -105,18 +111,39 @@ async def test_a_three_argument_handler_gets_a_step_context(kind: str) -> None:
     assert dict(ctx.results) == {} and dict(ctx.results_by_action) == {}
 
 
-async def test_a_handler_with_an_optional_third_parameter_or_varargs_gets_the_context() -> None:
+async def test_a_handler_with_an_optional_third_parameter_keeps_its_default() -> None:
     got: list[Any] = []
 
-    def optional(action: str, data: dict[str, Any], ctx: Any = None) -> None:
-        got.append(ctx)
+    def retries(action: str, data: dict[str, Any], retries: int = 3) -> None:
+        got.append(retries)
 
     def varargs(*args: Any) -> None:
-        got.append(args[2])
+        got.append(len(args))
 
-    await run_one(optional)
+    async def async_optional(action: str, data: dict[str, Any], flag: bool = False) -> None:
+        got.append(flag)
+
+    await run_one(retries)
     await run_one(varargs)
-    assert all(isinstance(ctx, StepContext) for ctx in got) and len(got) == 2
+    await run_one(async_optional)
+    assert got == [3, 2, False]
+
+
+async def test_a_third_parameter_annotated_step_context_gets_it_even_with_a_default() -> None:
+    got: list[Any] = []
+
+    def annotated(action: str, data: dict[str, Any], ctx: StepContext | None = None) -> None:
+        got.append(ctx)
+
+    def as_string(action: str, data: dict[str, Any], ctx: "StepContext" = None) -> None:  # type: ignore[assignment]  # noqa: UP037
+        got.append(ctx)
+
+    async def required(action: str, data: dict[str, Any], anything: Any) -> None:
+        got.append(anything)
+
+    for handler in (annotated, as_string, required):
+        await run_one(handler)
+    assert len(got) == 3 and all(isinstance(ctx, StepContext) for ctx in got), got
 
 
 async def test_partials_methods_and_callable_objects_are_handlers() -> None:
@@ -147,13 +174,27 @@ async def test_a_sync_handler_returning_an_awaitable_is_awaited() -> None:
     assert result == "awaited"
 
 
-async def test_handler_return_values_are_recorded_only_when_json_serializable() -> None:
+async def test_handler_results_are_recorded_as_json_converting_what_pydantic_converts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @dataclasses.dataclass
+    class Booking:
+        ref: str
+        at: datetime
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    key = uuid.UUID("12345678-1234-5678-1234-567812345678")
     returns: dict[str, Any] = {
         "json_dict": {"id": 7, "tags": ["a", "b"], "nested": {"ok": True}},
         "json_str": "done",
         "json_list": [1, 2.5, None],
-        "object": object(),
+        "datetime": when,
+        "uuid": key,
+        "decimal": Decimal("12.50"),
+        "dataclass": Booking("B-1", when),
+        "model": StepContext,  # a class, which JSON cannot hold: stored as its repr
         "set": {1, 2},
+        "object": object(),
         "nan": float("nan"),
         "none": None,
     }
@@ -164,15 +205,50 @@ async def test_handler_return_values_are_recorded_only_when_json_serializable() 
     manager = TransactionManager({action: handler for action in returns})
     tx = manager.begin()
     steps = {action: manager.add_step(tx, "agent", action) for action in returns}
-    result = await manager.commit(tx)
+    with caplog.at_level(logging.WARNING, logger="aumai_transactions"):
+        result = await manager.commit(tx)
     assert result.state is TransactionState.COMMITTED
     assert steps["json_dict"].result == returns["json_dict"]
     assert steps["json_str"].result == "done"
     assert steps["json_list"].result == [1, 2.5, None]
-    for action in ("object", "set", "nan", "none"):
-        assert steps[action].result is None, action
+    assert steps["datetime"].result == "2026-01-02T03:04:05Z"
+    assert steps["uuid"].result == str(key)
+    assert steps["decimal"].result == "12.50"
+    assert steps["dataclass"].result == {"ref": "B-1", "at": "2026-01-02T03:04:05Z"}
+    assert steps["set"].result == [1, 2]
+    assert steps["none"].result is None
+    for action in ("object", "nan", "model"):
+        assert steps[action].result == repr(returns[action]), action
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "of type object" in warned and "of type float" in warned
+    assert "of type datetime" not in warned
     # What is recorded survives a JSON dump of the transaction.
-    assert tx.model_dump(mode="json")["steps"][0]["result"] == returns["json_dict"]
+    dumped = json.loads(tx.model_dump_json())
+    assert [s["result"] for s in dumped["steps"]] == [s.result for s in tx.steps]
+
+
+async def test_the_next_step_sees_a_converted_result_and_every_result_of_a_repeated_action() -> (
+    None
+):
+    seen: list[StepContext] = []
+    counter = iter(range(10))
+
+    def search(action: str, data: dict[str, Any]) -> Any:
+        return {"n": next(counter), "at": datetime(2026, 1, 1, tzinfo=UTC)}
+
+    def book(action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        seen.append(ctx)
+
+    manager = TransactionManager({"search": search, "book": book})
+    tx = manager.begin()
+    for _ in range(3):
+        manager.add_step(tx, "agent", "search")
+    manager.add_step(tx, "agent", "book")
+    await manager.commit(tx)
+    (ctx,) = seen
+    assert ctx.results_by_action["search"] == {"n": 2, "at": "2026-01-01T00:00:00Z"}
+    assert [r["n"] for r in ctx.results_of("search")] == [0, 1, 2]
+    assert ctx.results_of("nothing") == []
 
 
 # ---------------------------------------------------------------- sync handler modes
