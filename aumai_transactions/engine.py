@@ -596,7 +596,7 @@ class TransactionDriver:
             tx.error = (
                 f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
                 "while running; completed"
-                + (" and interrupted" if stopped else "")
+                + (" and interrupted" if any(s.compensating_action for s in stopped) else "")
                 + " steps were compensated."
             )
             await self._compensate_shielded(self._completed(), TransactionState.FAILED, stopped)
