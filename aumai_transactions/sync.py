@@ -142,6 +142,7 @@ class _Call(Generic[_T]):
         finally:
             if guarded:
                 signal.signal(signal.SIGINT, previous)
+            self._error = None  # it holds this call's frames
         if self._interrupts:  # Ctrl-C came as the call returned: it still stops the program
             raise KeyboardInterrupt
         return result
@@ -152,8 +153,8 @@ class _Call(Generic[_T]):
             return
         seen = self._interrupts  # before saying so: a Ctrl-C from now on is a further one
         logger.warning(
-            "KeyboardInterrupt: cancelling; what had completed is being compensated "
-            "(bounded by compensation_timeout) before it is raised. Ctrl-C again is ignored."
+            "Interrupted: stopping; what had completed is being compensated first (bounded "
+            "by compensation_timeout), then KeyboardInterrupt is raised. Ctrl-C again is ignored."
         )
         while True:
             try:
