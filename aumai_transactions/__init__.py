@@ -11,6 +11,7 @@ from .errors import (
     LeaseConflictError,
     LeaseLostError,
     SchemaVersionError,
+    StepFailedError,
     StoreError,
     StoreUnavailableError,
     TransactionError,
@@ -25,6 +26,7 @@ from .models import (
     TransactionState,
     TransactionStep,
 )
+from .open_transaction import OpenTransaction, ParallelGroup
 from .saga import SagaOrchestrator
 from .stores import Lease, MemoryStore, Store, open_store
 
@@ -35,9 +37,12 @@ __all__ = [
     "LeaseConflictError",
     "LeaseLostError",
     "MemoryStore",
+    "OpenTransaction",
+    "ParallelGroup",
     "RetryPolicy",
     "SagaOrchestrator",
     "SchemaVersionError",
+    "StepFailedError",
     "StepContext",
     "StepStatus",
     "Store",

@@ -42,7 +42,7 @@ from .models import (
 )
 from .stores import Lease, Store
 
-__all__ = ["EngineOptions", "LeaseRenewal", "StepFailed", "TransactionDriver"]
+__all__ = ["EngineOptions", "LeaseRenewal", "StepFailed", "TransactionDriver", "clock"]
 
 logger = logging.getLogger("aumai_transactions")
 
@@ -122,7 +122,7 @@ async def _finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
             return held
 
 
-def _clock() -> float:
+def clock() -> float:
     """``anyio.current_time()``, cheaply where the loop is asyncio's."""
     try:
         return asyncio.get_running_loop().time()
@@ -211,7 +211,13 @@ class TransactionDriver:
             await self._store.renew(lease.owner, self._options.lease_ttl)
         await self._store.record(lease, self.tx, step, durable=durable)
 
-    async def _take_lease(self, expected: Iterable[TransactionState]) -> None:
+    @property
+    def started_at(self) -> datetime:
+        """When this driver started."""
+        return self._started_at
+
+    async def take_lease(self, expected: Iterable[TransactionState]) -> None:
+        """Write the transaction in full and take its lease (it must be in ``expected``)."""
         store = self._store
         self._lease = await store.acquire(
             self.tx, self._options.owner, self._options.lease_ttl, expected
@@ -275,81 +281,140 @@ class TransactionDriver:
     async def _forward(
         self, steps: Sequence[TransactionStep], deadline: float | None = None
     ) -> None:
-        """Run ``steps`` in order; raises StepFailed when one fails for good.
+        """Run ``steps`` in order, a parallel group's steps at once; raises StepFailed
+        when one fails for good. Steps already completed (a resumed group) are skipped.
 
         ``deadline`` (``time.monotonic()``), when given, is checked before each step.
         """
-        handlers = self._handlers
-        for step in steps:
+        index = 0
+        count = len(steps)
+        while index < count:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
-            handler = handlers.get(step.action)
-            policy = step.retry
-            # Plain dictionary writes: the fields are simple values and the models are not
-            # validated on assignment, so this skips pydantic's __setattr__ on the hot path.
-            fields = step.__dict__
-            while True:
-                attempt = fields["attempts"] = fields["attempts"] + 1
-                fields["status"] = _RUNNING
-                fields["started_at"] = utcnow()
-                await self._journal(step)  # intent first: nothing runs unrecorded
-                if handler is None:
-                    result = None
-                    fields["recorded_only"] = True
+            step = steps[index]
+            group = step.group
+            if group is None:
+                if step.status is not _COMPLETED:
+                    await self.run_step(step)
+                index += 1
+                continue
+            end = index + 1
+            while end < count and steps[end].group == group:
+                end += 1
+            await self.run_group(steps[index:end])
+            index = end
+
+    async def run_group(self, steps: Sequence[TransactionStep]) -> None:
+        """Run the steps of one parallel group at the same time.
+
+        The first step to fail for good cancels its running siblings, which are then in
+        doubt (marked interrupted, compensated with the rest); StepFailed is raised for
+        it once every sibling has stopped. A store error stops the group the same way.
+        """
+        limits = [s.group_concurrency for s in steps if s.group_concurrency is not None]
+        limiter = anyio.CapacityLimiter(min(limits)) if limits else None
+        failures: list[BaseException] = []
+        cancelled = anyio.get_cancelled_exc_class()
+
+        async def run(step: TransactionStep) -> None:
+            try:
+                if limiter is None:
+                    await self.run_step(step)
                 else:
-                    try:
-                        if handler.is_async and not handler.wants_context:
-                            # The common case, without the extra frame of handlers.call.
-                            result = await handler.func(step.action, step.data)
-                        else:
-                            result = await handlers.call(
-                                handler,
-                                step.action,
-                                step.data,
-                                self._context(step, "forward") if handler.wants_context else None,
-                                None
-                                if handler.is_async or handlers.inline
-                                else functools.partial(
-                                    self._worker_calls.__setitem__, step.step_id
-                                ),
-                            )
-                    except Exception as exc:
-                        fields["error"] = _message(exc)
-                        if policy is not None and policy.should_retry(exc, attempt):
-                            logger.info(
-                                "step %s (%s) attempt %d failed, retrying: %s",
-                                step.step_id,
-                                step.action,
-                                attempt,
-                                step.error,
-                            )
-                            await anyio.sleep(policy.delay_before(attempt + 1))
-                            continue
-                        fields["status"] = _FAILED
-                        fields["finished_at"] = utcnow()
-                        await self._journal(step)
-                        raise StepFailed(step) from exc
-                if self._durable and (spoiled := _spoiled_data(step)) is not None:
-                    fields["error"] = spoiled
+                    async with limiter:
+                        await self.run_step(step)
+            except cancelled:
+                raise
+            except BaseException as exc:  # re-raised below, never as an ExceptionGroup
+                failures.append(exc)
+                tasks.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tasks:
+            for step in steps:
+                if step.status is not _COMPLETED:
+                    tasks.start_soon(run, step)
+        if failures:
+            first = failures[0]
+            for step in steps:
+                if step.status is _RUNNING:
+                    step.interrupted = True
+                    step.error = (
+                        f"interrupted: step {getattr(first, 'step', step).step_id} of its "
+                        "parallel group failed while this one ran; it may have had its "
+                        "effect, so it is compensated"
+                    )
+            raise first
+
+    async def run_step(self, step: TransactionStep) -> None:
+        """Run one step with its retries; raises StepFailed when it fails for good."""
+        handlers = self._handlers
+        handler = handlers.get(step.action)
+        policy = step.retry
+        # Plain dictionary writes: the fields are simple values and the models are not
+        # validated on assignment, so this skips pydantic's __setattr__ on the hot path.
+        fields = step.__dict__
+        while True:
+            attempt = fields["attempts"] = fields["attempts"] + 1
+            fields["status"] = _RUNNING
+            fields["started_at"] = utcnow()
+            await self._journal(step)  # intent first: nothing runs unrecorded
+            if handler is None:
+                result = None
+                fields["recorded_only"] = True
+            else:
+                try:
+                    if handler.is_async and not handler.wants_context:
+                        # The common case, without the extra frame of handlers.call.
+                        result = await handler.func(step.action, step.data)
+                    else:
+                        result = await handlers.call(
+                            handler,
+                            step.action,
+                            step.data,
+                            self._context(step, "forward") if handler.wants_context else None,
+                            None
+                            if handler.is_async or handlers.inline
+                            else functools.partial(self._worker_calls.__setitem__, step.step_id),
+                        )
+                except Exception as exc:
+                    fields["error"] = _message(exc)
+                    if policy is not None and policy.should_retry(exc, attempt):
+                        logger.info(
+                            "step %s (%s) attempt %d failed, retrying: %s",
+                            step.step_id,
+                            step.action,
+                            attempt,
+                            step.error,
+                        )
+                        await anyio.sleep(policy.delay_before(attempt + 1))
+                        continue
                     fields["status"] = _FAILED
                     fields["finished_at"] = utcnow()
                     await self._journal(step)
-                    raise StepFailed(step)
-                fields["status"] = _COMPLETED
-                if fields["error"] is not None:
-                    fields["error"] = None
-                if result is not None:
-                    fields["result"] = _storable_result(step, result)
+                    raise StepFailed(step) from exc
+            if self._durable and (spoiled := _spoiled_data(step)) is not None:
+                fields["error"] = spoiled
+                fields["status"] = _FAILED
                 fields["finished_at"] = utcnow()
-                # The completion rides with the next durable write: nothing happens in between.
-                await self._journal(step, durable=False)
-                break
+                await self._journal(step)
+                raise StepFailed(step)
+            fields["status"] = _COMPLETED
+            if fields["error"] is not None:
+                fields["error"] = None
+            if result is not None:
+                fields["result"] = _storable_result(step, result)
+            fields["finished_at"] = utcnow()
+            # The completion rides with the next durable write: nothing happens in between.
+            await self._journal(step, durable=False)
+            break
 
     def _cannot_suspend(self, steps: Sequence[TransactionStep]) -> bool:
         """True when running ``steps`` never yields to the event loop: a store that
         never suspends, and only inline sync handlers (or none) without retries."""
         if not getattr(self._store, "never_suspends", False):
             return False
+        if any(s.group is not None for s in steps):
+            return False  # a parallel group runs in a task group
         handlers = self._handlers
         if not handlers.inline:
             return not any(handlers.get(s.action) for s in steps)
@@ -491,7 +556,6 @@ class TransactionDriver:
         interrupted: Sequence[TransactionStep],
     ) -> None:
         tx = self.tx
-        bound_seconds = self._options.compensation_timeout
         for step in interrupted:
             await self._journal(step, durable=False)
         if tx.state is not TransactionState.COMPENSATING:
@@ -501,6 +565,15 @@ class TransactionDriver:
             # compensate (a failed step, or the recovery's own decision): the state
             # change may ride with the first compensation's intent.
             await self._journal(durable=bool(interrupted))
+        await self._compensate_within_bound(steps)
+        await self._finish(
+            TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
+        )
+
+    async def _compensate_within_bound(self, steps: Sequence[TransactionStep]) -> None:
+        """Compensate ``steps`` under the compensation time bound; what it cuts short
+        is recorded as a compensation error."""
+        bound_seconds = self._options.compensation_timeout
         with anyio.move_on_after(bound_seconds) as bound:
             await self._compensate(steps)
         if bound.cancelled_caught:
@@ -529,17 +602,20 @@ class TransactionDriver:
                         "not compensated: the compensation time bound "
                         f"({bound_seconds}s) ran out first"
                     )
-        await self._finish(
-            TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
-        )
+
+    def _in_doubt(self) -> list[TransactionStep]:
+        """The steps left running (a parallel group's siblings a failure cancelled)."""
+        return [step for step in self.tx.steps if step.status is _RUNNING]
 
     def _interrupted(self, error: str) -> list[TransactionStep]:
         """Mark the steps that were running when the pass was cut short: in doubt, they
-        stay ``running`` until their compensation, flagged ``interrupted``."""
+        stay ``running`` until their compensation, flagged ``interrupted`` (a step
+        already flagged keeps the reason it was given)."""
         stopped = [step for step in self.tx.steps if step.status is _RUNNING]
         for step in stopped:
-            step.interrupted = True
-            step.error = error
+            if not step.interrupted:
+                step.interrupted = True
+                step.error = error
         return stopped
 
     # ------------------------------------------------------------------ passes
@@ -559,10 +635,10 @@ class TransactionDriver:
                 f"Transaction {tx.transaction_id} timed out before commit: its deadline "
                 f"({timeout}s after {tx.created_at.isoformat()}) had passed; no step ran."
             )
-            await self._take_lease((TransactionState.PENDING,))
+            await self.take_lease((TransactionState.PENDING,))
             await self._finish(TransactionState.FAILED)
             return self.result()
-        await self._take_lease((TransactionState.PENDING,))
+        await self.take_lease((TransactionState.PENDING,))
         steps = tx.steps
         failed: TransactionStep | None = None
         try:
@@ -576,15 +652,17 @@ class TransactionDriver:
             else:
                 # anyio.fail_after, without its two extra backend look-ups on asyncio
                 # (where the loop's clock is the one cancel scopes use).
-                deadline = _clock() + remaining
+                deadline = clock() + remaining
                 with anyio.CancelScope(deadline=deadline) as scope:
                     await self._forward(steps)
-                if scope.cancelled_caught and _clock() >= deadline:
+                if scope.cancelled_caught and clock() >= deadline:
                     raise TimeoutError
         except StepFailed as failure:
             failed = failure.step
             tx.error = failed.error
-            await self._compensate_shielded(self._completed(), TransactionState.ROLLED_BACK)
+            await self._compensate_shielded(
+                self._completed(), TransactionState.ROLLED_BACK, self._in_doubt()
+            )
             return self.result(failed)
         except StoreError:
             raise
@@ -612,9 +690,37 @@ class TransactionDriver:
         await self._finish(TransactionState.COMMITTED)
         return self.result()
 
+    # ------------------------------------------------------------------ open transactions
+
+    async def finish_commit(self) -> None:
+        """End an open transaction: ``committed`` (``compensation_failed`` if undoing a
+        step left in doubt failed)."""
+        await self._finish(
+            TransactionState.COMPENSATION_FAILED
+            if self._compensation_errors
+            else TransactionState.COMMITTED
+        )
+
+    async def compensate_in_doubt(self, steps: Sequence[TransactionStep]) -> None:
+        """Undo steps left in doubt by a group whose failure the code caught, shielded,
+        before the open transaction commits."""
+        with anyio.CancelScope(shield=True):
+            held = await _finalize(self._compensate_within_bound(steps))
+        if held is not None:
+            raise held
+
+    async def abort(self, goal: TransactionState) -> None:
+        """End an open transaction by compensating every step that ran or may have run
+        (a step still running is in doubt), newest first; ``goal`` when all succeed."""
+        stopped = self._interrupted(
+            "interrupted: the open transaction ended while this step ran; it may have had "
+            "its effect, so it is compensated"
+        )
+        await self._compensate_shielded(self._completed(), goal, stopped)
+
     async def rollback(self, expected: Iterable[TransactionState]) -> TransactionResult:
         """Compensate every step in reverse order (the caller set ``compensating``)."""
-        await self._take_lease(expected)
+        await self.take_lease(expected)
         await self._compensate_shielded(self.tx.steps[::-1], TransactionState.ROLLED_BACK)
         return self.result()
 
@@ -626,7 +732,7 @@ class TransactionDriver:
         finished = tx.finished_at
         state = tx.state
         if state is TransactionState.COMMITTED:
-            completed = [s.step_id for s in tx.steps]
+            completed = [s.step_id for s in tx.steps if s.status is _COMPLETED]
         else:
             completed = list(self._undone)
         started: datetime = self._started_at

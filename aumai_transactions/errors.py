@@ -3,6 +3,7 @@
 ::
 
     TransactionError
+    ├── StepFailedError             a step of an open transaction failed for good
     └── StoreError                  the journal could not do what was asked
         ├── LeaseLostError          another driver holds the transaction now; stop
         ├── LeaseConflictError      the transaction is being driven elsewhere
@@ -16,11 +17,17 @@ Misuse of the API (bad arguments, wrong state) raises plain ``ValueError`` or
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import TransactionResult, TransactionStep
+
 __all__ = [
     "CorruptRecordError",
     "LeaseConflictError",
     "LeaseLostError",
     "SchemaVersionError",
+    "StepFailedError",
     "StoreError",
     "StoreUnavailableError",
     "TransactionError",
@@ -29,6 +36,20 @@ __all__ = [
 
 class TransactionError(Exception):
     """Base class of every error raised by aumai-transactions itself."""
+
+
+class StepFailedError(TransactionError):
+    """A step run by an open transaction (``tx.run``, a parallel group) failed for good.
+
+    ``step`` is the failing step (its ``error`` says why). ``result`` is the
+    transaction's outcome once the exception has left the ``async with`` block (the
+    steps that ran compensated); None while it is still inside.
+    """
+
+    def __init__(self, step: TransactionStep) -> None:
+        super().__init__(f"step {step.step_id} ({step.action}) failed: {step.error}")
+        self.step = step
+        self.result: TransactionResult | None = None
 
 
 class StoreError(TransactionError):

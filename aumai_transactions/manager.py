@@ -24,6 +24,7 @@ from .models import (
     json_problem,
     new_id,
 )
+from .open_transaction import OpenTransaction
 from .recovery import RecoveryDriver
 from .stores import Lease, MemoryStore, Store, open_store
 
@@ -45,6 +46,19 @@ def _check_timeout(timeout_seconds: float | None, name: str = "timeout_seconds")
         raise TypeError(f"{name} must be a number of seconds or None, not {timeout_seconds!r}.")
     if not timeout_seconds > 0 or timeout_seconds == float("inf"):
         raise ValueError(f"{name} must be a positive number of seconds, not {timeout_seconds!r}.")
+
+
+def _check_group_is_consecutive(transaction: Transaction, group: str) -> None:
+    """A parallel group is a run of consecutive steps: its name cannot come back later."""
+    steps = transaction.steps
+    if steps and steps[-1].group == group:
+        return
+    if any(step.group == group for step in steps):
+        raise ValueError(
+            f"Parallel group {group!r} of transaction {transaction.transaction_id} was "
+            "closed by a step outside it; a group is a run of consecutive steps "
+            "(give this one another name)."
+        )
 
 
 class TransactionManager:
@@ -211,8 +225,17 @@ class TransactionManager:
         *,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        group: str | None = None,
+        max_concurrency: int | None = None,
     ) -> TransactionStep:
-        """Append a step to a pending transaction and return it."""
+        """Append a step to a pending transaction and return it.
+
+        Consecutive steps given the same ``group`` name form a parallel group: at commit
+        they start together, the first failure cancels the others (which are then in
+        doubt, so compensated), and compensation runs in reverse declaration order.
+        ``max_concurrency`` on any step of a group caps how many of its steps run at
+        once (the smallest given wins).
+        """
         if not isinstance(transaction, Transaction):
             raise TypeError(f"add_step needs a Transaction, not {type(transaction).__name__}.")
         if transaction.state is not _PENDING:
@@ -220,6 +243,36 @@ class TransactionManager:
                 f"Cannot add steps to transaction {transaction.transaction_id} in state "
                 f"'{transaction.state.value}'; only 'pending' transactions accept steps."
             )
+        step = self.new_step(
+            agent_id,
+            action,
+            data,
+            compensating_action,
+            retry=retry,
+            recovery=recovery,
+            group=group,
+            max_concurrency=max_concurrency,
+        )
+        if group is not None:
+            _check_group_is_consecutive(transaction, group)
+        transaction.steps.append(step)
+        return step
+
+    def new_step(
+        self,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+        group: str | None = None,
+        max_concurrency: int | None = None,
+        live: bool = False,
+    ) -> TransactionStep:
+        """A validated pending step, not yet part of any transaction (what ``add_step``
+        appends; open transactions and parallel groups build theirs with it)."""
         if type(agent_id) is not str or not agent_id or agent_id.isspace():
             raise ValueError(f"agent_id must be a non-empty string, not {agent_id!r}.")
         if type(action) is not str or not action or action.isspace():
@@ -250,28 +303,63 @@ class TransactionManager:
             raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}.")
         if recovery is not None and recovery not in _POLICIES:
             raise ValueError(f"recovery must be 'compensate', 'resume' or None, not {recovery!r}.")
+        if group is not None and (type(group) is not str or not group or group.isspace()):
+            raise ValueError(f"group must be a non-empty string or None, not {group!r}.")
+        if max_concurrency is not None:
+            if group is None:
+                raise ValueError("max_concurrency applies to a parallel group: give group= too.")
+            if type(max_concurrency) is not int or max_concurrency < 1:
+                raise ValueError(
+                    f"max_concurrency must be a positive integer or None, not {max_concurrency!r}."
+                )
         known = self._handlers.names
         if known and (
             action not in known
             or (compensating_action is not None and compensating_action not in known)
         ):
             self._unknown_actions(action, compensating_action)
-        step = TransactionStep.new(agent_id, action, data, compensating_action, retry, recovery)
-        transaction.steps.append(step)
-        return step
+        return TransactionStep.new(
+            agent_id,
+            action,
+            data,
+            compensating_action,
+            retry,
+            recovery,
+            group,
+            max_concurrency,
+            live,
+        )
 
-    def _unknown_actions(self, *names: str | None) -> None:
+    def _unknown_actions(self, action: str, compensating_action: str | None) -> None:
         known = self._handlers.names
-        for name in names:
+        for name in (action, compensating_action):
             if name is not None and name not in known:
                 if self.strict:
                     raise ValueError(
                         f"No handler for action {name!r} (strict mode); known actions: "
                         f"{', '.join(self._handlers.actions)}."
                     )
-                logger.warning("no handler for action %r: it will be recorded only", name)
+                if name == action:
+                    logger.warning("no handler for action %r: it will be recorded only", name)
+                else:
+                    logger.warning(
+                        "no handler for compensating action %r: if it is needed, the "
+                        "transaction ends compensation_failed (known actions: %s)",
+                        name,
+                        ", ".join(self._handlers.actions),
+                    )
 
     # ------------------------------------------------------------------ driving
+
+    def transaction(self, timeout_seconds: float | None = 60.0) -> OpenTransaction:
+        """An open transaction, for ``async with``: its steps run one by one as the code
+        decides them (``await tx.run(...)``), as an agent works.
+
+        Leaving the block commits; an exception, the deadline (``TimeoutError``) or a
+        cancellation compensates every step that ran or may have run, newest first,
+        and carries on. ``tx.result`` holds the outcome afterwards.
+        """
+        return OpenTransaction(self, timeout_seconds)
 
     def _driver(self, tx: Transaction) -> TransactionDriver:
         return TransactionDriver(tx, self._handlers, self.store, self._options)

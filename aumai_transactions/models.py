@@ -191,6 +191,13 @@ class TransactionStep(BaseModel):
     it: it may or may not have had its effect (in doubt), so it is compensated."""
     recorded_only: bool = False
     """No handler was registered for the action: the step was recorded, no code ran."""
+    group: str | None = None
+    """Consecutive steps with the same group run at the same time (a parallel group)."""
+    group_concurrency: int | None = None
+    """The most steps of its group that run at once; None: all of them."""
+    live: bool = False
+    """Run by an open transaction, chosen by code at run time: a crash takes that code
+    with it, so recovery never resumes such a transaction; it compensates it."""
 
     @classmethod
     def new(
@@ -201,6 +208,9 @@ class TransactionStep(BaseModel):
         compensating_action: str | None = None,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        group: str | None = None,
+        group_concurrency: int | None = None,
+        live: bool = False,
     ) -> TransactionStep:
         """A fresh pending step from arguments the caller has already validated.
 
@@ -228,6 +238,9 @@ class TransactionStep(BaseModel):
                 "recovery": recovery,
                 "interrupted": False,
                 "recorded_only": False,
+                "group": group,
+                "group_concurrency": group_concurrency,
+                "live": live,
             },
             _STEP_SET,
         )
@@ -285,6 +298,11 @@ class Transaction(BaseModel):
         if self.timeout_seconds is None:
             return None
         return self.created_at + timedelta(seconds=self.timeout_seconds)
+
+    @property
+    def is_open(self) -> bool:
+        """True for an open transaction (its steps chosen and run one by one by code)."""
+        return any(step.live for step in self.steps)
 
     @property
     def agents(self) -> list[str]:

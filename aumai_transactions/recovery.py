@@ -24,7 +24,6 @@ __all__ = ["RecoveryDriver"]
 
 logger = logging.getLogger("aumai_transactions")
 
-_PENDING = StepStatus.PENDING
 _RUNNING = StepStatus.RUNNING
 _FAILED = StepStatus.FAILED
 
@@ -47,16 +46,22 @@ class RecoveryDriver(TransactionDriver):
     def _recovery_plan(self, policy: RecoveryPolicy) -> tuple[RecoveryPolicy, int]:
         """Which way to drive, and (for resume) the index of the first step to run."""
         tx = self.tx
-        if tx.state is TransactionState.COMPENSATING:
+        if tx.state is TransactionState.COMPENSATING or tx.is_open:
+            # An open transaction's next step was chosen by code that died with it.
             return "compensate", 0
-        for index, step in enumerate(tx.steps):
-            if step.status is _RUNNING:
-                return step.recovery or policy, index
-            if step.status is _FAILED:
-                return "compensate", 0
-            if step.status is _PENDING:
-                return policy, index
-        return policy, len(tx.steps)
+        steps = tx.steps
+        if any(step.status is _FAILED for step in steps):
+            return "compensate", 0
+        start = next(
+            (i for i, step in enumerate(steps) if step.status is not StepStatus.COMPLETED),
+            len(steps),
+        )
+        # Every step in doubt (several, when a parallel group was running) must agree to
+        # resume; one that must not run twice makes the whole transaction compensate.
+        in_doubt = [step.recovery or policy for step in steps if step.status is _RUNNING]
+        if "compensate" in in_doubt:
+            return "compensate", 0
+        return ("resume" if in_doubt else policy), start
 
     def _missing_handlers(self, direction: RecoveryPolicy, start: int) -> list[str]:
         # No exception for a manager without any handler (a dry run of its own commits):
@@ -105,11 +110,18 @@ class RecoveryDriver(TransactionDriver):
                 await self._forward(tx.steps[start:])
             except StepFailed as failure:
                 tx.error = failure.step.error
-                await self._compensate_shielded(self._completed(), TransactionState.ROLLED_BACK)
+                await self._compensate_shielded(
+                    self._completed(), TransactionState.ROLLED_BACK, self._in_doubt()
+                )
                 return self.result(failure.step)
             await self._finish(TransactionState.COMMITTED)
             return self.result()
-        if tx.error is None:
+        if tx.is_open:
+            tx.error = (
+                "the open transaction's driver stopped: the code that chose its next step "
+                "is gone, so recovery compensated the steps it ran instead of resuming"
+            )
+        elif tx.error is None:
             tx.error = "the driver stopped mid-transaction; rolled back by recovery"
         undo = [s for s in reversed(tx.steps) if s.status in _MAY_HAVE_RUN]
         for step in undo:

@@ -1,0 +1,318 @@
+"""Open transactions: steps chosen and run one at a time by code, as an agent works.
+
+``async with manager.transaction() as tx:`` begins a live transaction;
+``await tx.run(...)`` runs one step now, journaled like any committed step, and returns
+its handler's result so the code can choose the next step from it; ``async with
+tx.parallel() as group:`` runs several steps at once. Leaving the block commits; an
+exception, the deadline or a cancellation compensates every step that ran or may have
+run, newest first. A crash leaves the transaction ``active``, and recovery compensates
+it (the code that chose the next step is gone, so it is never resumed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .engine import StepFailed, TransactionDriver, clock
+from .errors import StepFailedError
+from .models import (
+    RecoveryPolicy,
+    RetryPolicy,
+    StepStatus,
+    Transaction,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+)
+
+if TYPE_CHECKING:
+    from .manager import TransactionManager
+
+__all__ = ["OpenTransaction", "ParallelGroup"]
+
+logger = logging.getLogger("aumai_transactions")
+
+_ACTIVE = TransactionState.ACTIVE
+
+
+class OpenTransaction:
+    """A transaction whose steps are run as the code decides them.
+
+    Made by :meth:`TransactionManager.transaction`; use it with ``async with``. Inside
+    the block, :meth:`run` runs a step and :meth:`parallel` a group of steps;
+    :meth:`rollback` aborts on purpose. Afterwards :attr:`result` holds the outcome.
+    """
+
+    def __init__(self, manager: TransactionManager, timeout_seconds: float | None) -> None:
+        self._manager = manager
+        self.transaction: Transaction = manager.begin(timeout_seconds)
+        """The underlying transaction (its steps, state and id)."""
+        self.result: TransactionResult | None = None
+        """The outcome, once the block has ended (or :meth:`rollback` ran)."""
+        self._driver: TransactionDriver | None = None
+        self._deadline: float | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._renewal: anyio.abc.TaskGroup | None = None
+        self._groups = 0
+
+    @property
+    def transaction_id(self) -> str:
+        """The transaction's id."""
+        return self.transaction.transaction_id
+
+    # ------------------------------------------------------------------ the block
+
+    async def __aenter__(self) -> OpenTransaction:
+        await self.start()
+        self._scope = anyio.CancelScope(deadline=self._deadline or float("inf"))
+        self._scope.__enter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        scope = self._scope
+        assert scope is not None
+        swallowed = scope.__exit__(exc_type, exc, tb)
+        timed_out = (swallowed and scope.cancelled_caught) or isinstance(exc, TimeoutError)
+        if not timed_out and self._deadline is not None and clock() >= self._deadline:
+            timed_out = exc is None or swallowed  # the block ended after its deadline
+        error = None if swallowed else exc
+        try:
+            await self.finish(error, timed_out=timed_out)
+        finally:
+            await self.stop()
+        if timed_out and (error is None or isinstance(error, TimeoutError)):
+            raise TimeoutError(self.transaction.error) from None
+        return bool(swallowed)
+
+    async def start(self) -> None:
+        """Take the lease and go ``active`` (what entering the block does)."""
+        manager = self._manager
+        tx = self.transaction
+        tx.state = _ACTIVE  # before any await, as a commit does
+        await manager._ensure_open()
+        if manager.store.durable and not manager._renewers:
+            # The code between steps (an LLM call) may outlast a lease: keep it renewed
+            # for as long as the block runs.
+            self._renewal = anyio.create_task_group()
+            await self._renewal.__aenter__()
+            self._renewal.start_soon(manager.keep_leases_renewed)
+        driver = manager._driver(tx)
+        try:
+            await driver.take_lease((TransactionState.PENDING,))
+        except BaseException:
+            tx.state = TransactionState.PENDING
+            await self.stop()
+            raise
+        self._driver = driver
+        if tx.timeout_seconds is not None:
+            elapsed = (driver.started_at - tx.created_at).total_seconds()
+            self._deadline = clock() + tx.timeout_seconds - elapsed
+
+    async def stop(self) -> None:
+        """Stop renewing the lease (the end of the block)."""
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None:
+            renewal.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await renewal.__aexit__(None, None, None)
+        if not self._manager._retain_finished and self.result is not None:
+            self._manager.forget(self.transaction_id)
+
+    async def finish(self, error: BaseException | None, *, timed_out: bool = False) -> None:
+        """Commit, or compensate what ran when ``error`` ended the block or it timed out."""
+        driver = self._driver
+        if driver is None or self.result is not None:
+            return  # rolled back already, or never started
+        tx = self.transaction
+        if error is None and not timed_out:
+            in_doubt = [s for s in tx.steps if s.status is StepStatus.RUNNING]
+            if in_doubt:
+                # Siblings cancelled by a failure in a group the code then caught: they
+                # may have had their effect, so they are undone before the commit.
+                await driver.compensate_in_doubt(in_doubt)
+            await driver.finish_commit()
+            self.result = driver.result()
+            return
+        failed = error.step if isinstance(error, StepFailedError) else None
+        if timed_out:
+            tx.error = (
+                f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
+                "while open; the steps that ran were compensated."
+            )
+            goal = TransactionState.FAILED
+        elif isinstance(error, StepFailedError):
+            tx.error = error.step.error
+            goal = TransactionState.ROLLED_BACK
+        elif isinstance(error, Exception):
+            tx.error = f"the code in the transaction raised {type(error).__name__}: {error}"
+            goal = TransactionState.ROLLED_BACK
+        else:  # a cancellation, KeyboardInterrupt, SystemExit
+            tx.error = f"Transaction {tx.transaction_id} was interrupted: {type(error).__name__}"
+            goal = TransactionState.FAILED
+        await driver.abort(goal)
+        self.result = driver.result(failed)
+        if isinstance(error, StepFailedError):
+            error.result = self.result
+
+    # ------------------------------------------------------------------ steps
+
+    def _live_driver(self) -> TransactionDriver:
+        driver = self._driver
+        if driver is None or self.result is not None or self.transaction.state is not _ACTIVE:
+            state = self.transaction.state.value
+            raise ValueError(
+                f"Transaction {self.transaction_id} is {state}: steps run only inside its "
+                "open block (`async with manager.transaction() as tx:`), before it ends."
+            )
+        return driver
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and clock() >= self._deadline:
+            raise TimeoutError(
+                f"Transaction {self.transaction_id} is past its deadline "
+                f"({self.transaction.timeout_seconds}s); no further step runs."
+            )
+
+    async def run(
+        self,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+    ) -> Any:
+        """Run one step now and return its handler's result.
+
+        The step is journaled before its handler runs, retried by ``retry``, and cut
+        short by the transaction's deadline, as in a commit. If it fails for good,
+        :class:`StepFailedError` is raised; letting it leave the block compensates
+        the steps that ran (catching it lets the code try something else: the failed
+        step is not compensated, as it is the failing one). ``recovery`` is kept on the
+        step, but recovery always compensates an open transaction.
+        """
+        driver = self._live_driver()
+        step = self._manager.new_step(
+            agent_id, action, data, compensating_action, retry=retry, recovery=recovery, live=True
+        )
+        self._check_deadline()
+        self.transaction.steps.append(step)
+        await self._run(driver.run_step, step)
+        return step.result
+
+    async def _run(self, run: Callable[[Any], Any], argument: Any) -> None:
+        with anyio.CancelScope(deadline=self._deadline or float("inf")) as scope:
+            try:
+                await run(argument)
+            except StepFailed as failure:
+                raise StepFailedError(failure.step) from failure.__cause__
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"Transaction {self.transaction_id} timed out after "
+                f"{self.transaction.timeout_seconds}s while a step ran."
+            )
+
+    def parallel(
+        self, name: str | None = None, *, max_concurrency: int | None = None
+    ) -> ParallelGroup:
+        """A group of steps that start together when its ``async with`` block ends."""
+        self._live_driver()
+        if name is None:
+            self._groups += 1
+            name = f"group-{self._groups}"
+        if any(step.group == name for step in self.transaction.steps):
+            raise ValueError(f"This transaction has a parallel group {name!r} already.")
+        return ParallelGroup(self, name, max_concurrency)
+
+    async def rollback(self) -> TransactionResult:
+        """Abort on purpose: compensate every step that ran, newest first, now.
+
+        The block then ends without committing; further steps are refused.
+        """
+        driver = self._live_driver()
+        self.transaction.error = "rolled back by the code of the open transaction"
+        await driver.abort(TransactionState.ROLLED_BACK)
+        self.result = driver.result()
+        return self.result
+
+
+class ParallelGroup:
+    """Steps of an open transaction that run at the same time.
+
+    ``group.run(...)`` adds a step (with the same arguments as
+    :meth:`OpenTransaction.run`) and returns it; when the ``async with`` block ends, the
+    steps start together (at most ``max_concurrency`` at once), and the block ends when
+    they all have. The first failure cancels the running siblings (in doubt, so they are
+    compensated with the rest) and raises :class:`StepFailedError`. :attr:`results` then
+    holds each step's result, in the order the steps were added.
+    """
+
+    def __init__(self, tx: OpenTransaction, name: str, max_concurrency: int | None) -> None:
+        self._tx = tx
+        self.name = name
+        self._max_concurrency = max_concurrency
+        self.steps: list[TransactionStep] = []
+        """The group's steps, in the order they were added."""
+
+    def run(
+        self,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+    ) -> TransactionStep:
+        """Add a step to the group; it runs when the group's block ends."""
+        self._tx._live_driver()
+        step = self._tx._manager.new_step(
+            agent_id,
+            action,
+            data,
+            compensating_action,
+            retry=retry,
+            recovery=recovery,
+            group=self.name,
+            max_concurrency=self._max_concurrency,
+            live=True,
+        )
+        self.steps.append(step)
+        return step
+
+    @property
+    def results(self) -> list[Any]:
+        """Each step's result, in the order the steps were added."""
+        return [step.result for step in self.steps]
+
+    async def __aenter__(self) -> ParallelGroup:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None or not self.steps:
+            return  # the block failed before anything started: nothing ran
+        await self.start()
+
+    async def start(self) -> None:
+        """Run the group's steps (what leaving its block does)."""
+        tx = self._tx
+        driver = tx._live_driver()
+        tx._check_deadline()
+        tx.transaction.steps.extend(self.steps)
+        await tx._run(driver.run_group, self.steps)
