@@ -1,6 +1,11 @@
 """The process tests/test_crash.py kills: runs transactions on a SQLite journal and
 SIGKILLs itself at a chosen journal point.
 
+Besides the original 3-step transactions it runs the agent shape of issue 9 (one step,
+a parallel group of four, one step; see ``AGENT_STEPS``), declared with ``add_step``
+or as an open transaction (``manager.transaction()``), with kill points inside the
+group (``GROUP_POINTS``).
+
 Run as ``python -m tests._crash_child '<spec as JSON>'`` from the repository root.
 The spec (see :class:`Spec`) names the journal, the ledger, what to run (``commit``:
 fresh transactions; ``recover``: one ``manager.recover()`` round) and where to die:
@@ -20,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +37,7 @@ import anyio
 from aumai_transactions import (
     Lease,
     StepContext,
+    StepFailedError,
     Store,
     Transaction,
     TransactionManager,
@@ -58,6 +65,33 @@ POINTS = (
     "before_rolled_back",  # every compensation ran; the final record is about to be written
 )
 
+# The agent shape: a step, a parallel group of four siblings, a step. Forward action,
+# compensating action, group; handlers are async or sync (run in a worker thread) by
+# name, so a group mixes siblings that cancellation stops with some it cannot stop.
+AGENT_STEPS = (
+    ("hold_flight", "release_flight", None),
+    ("book_hotel", "cancel_hotel", "lodging"),
+    ("rent_car", "return_car", "lodging"),
+    ("buy_tickets", "refund_tickets", "lodging"),
+    ("insure", "cancel_insurance", "lodging"),
+    ("charge_card", "refund_card", None),
+)
+AGENT_FORWARD = tuple(f for f, _, _ in AGENT_STEPS)
+AGENT_COMPENSATE = tuple(c for _, c, _ in AGENT_STEPS)
+SYNC_AGENT_ACTIONS = frozenset({"buy_tickets", "insure", "release_flight", "return_car"})
+GROUP_POSITIONS = tuple(p for p, (_, _, g) in enumerate(AGENT_STEPS, start=1) if g)
+
+# Kill points of the agent shape (only group siblings count, except open_between).
+GROUP_POINTS = (
+    "group_after_intent",  # a sibling's intent is durable; its handler has not run
+    "group_after_effect",  # a sibling's effect happened; its completion is not recorded
+    "group_held",  # the watched siblings are mid-handler (some past their effect), the
+    # others have returned and their completion was handed to the store
+    "group_comp_after_intent",  # a sibling's compensation intent is durable; it has not run
+    "group_comp_after_effect",  # a sibling's compensation happened; not recorded
+    "open_between",  # an open transaction's code, after a step (or group) returned
+)
+
 
 # ---------------------------------------------------------------------- the ledger
 
@@ -70,7 +104,9 @@ class Effect:
     stage: int  # 0: the original run; 1, 2, ...: successive recoveries
     tx: str
     step: str
-    kind: str  # "forward", "compensate", or "outcome" (what the caller was told)
+    # "forward", "compensate"; "returned" (an agent-shape handler's forward call is over,
+    # however it ended); "outcome" (what the caller was told); "open" (an open transaction)
+    kind: str
     action: str  # for an outcome: the state the caller was told
     key: str  # the idempotency key the handler was given
     attempt: int
@@ -94,6 +130,20 @@ class Ledger:
                 "action": ctx.action,
                 "key": ctx.idempotency_key,
                 "attempt": ctx.attempt,
+            }
+        )
+
+    def opened(self, transaction_id: str) -> None:
+        """Record that ``transaction_id`` is an open transaction (its code chose its steps)."""
+        self._write(
+            {
+                "stage": self.stage,
+                "tx": transaction_id,
+                "step": "",
+                "kind": "open",
+                "action": "",
+                "key": "",
+                "attempt": 0,
             }
         )
 
@@ -141,8 +191,9 @@ class KillSwitch:
     """SIGKILLs this process the ``occurrence``-th time ``point`` is reached."""
 
     def __init__(self, point: str | None = None, occurrence: int = 1) -> None:
-        if point is not None and point not in POINTS:
-            raise ValueError(f"unknown kill point {point!r}; known: {', '.join(POINTS)}")
+        if point is not None and point not in POINTS + GROUP_POINTS:
+            known = ", ".join(POINTS + GROUP_POINTS)
+            raise ValueError(f"unknown kill point {point!r}; known: {known}")
         self.point = point
         self.remaining = occurrence
         self._lock = threading.Lock()  # handlers run in worker threads
@@ -263,8 +314,18 @@ class KillingStore(DelegatingStore):
         await self.inner.record(lease, tx, step, durable=durable)
         if step is not None and step.status is StepStatus.RUNNING:
             reached("after_intent")
+            if step.group is not None:
+                reached("group_after_intent")
         if step is not None and step.status is StepStatus.COMPENSATING:
             reached("comp_after_intent")
+            if step.group is not None:
+                reached("group_comp_after_intent")
+        if step is not None and step.status is StepStatus.COMPLETED and step.data.get("watch"):
+            if step.data.get("flush"):
+                # As when another transaction's durable write shares the batch: the
+                # completion, which rides with the next durable write, is on disk now.
+                await self.inner.record(lease, tx)
+            reached("group_held")
         if step is None and tx.state is TransactionState.COMMITTED:
             reached("after_commit")
 
@@ -309,9 +370,76 @@ class Handlers:
             self._poison()
         self.kill.reached("comp_after_effect")
 
+    # The agent shape's handlers. Step data may also carry ``sibling`` (a group step),
+    # ``slow`` (seconds the forward call lasts after its effect), ``hold`` ("before" or
+    # "after" its effect: the original run's call then never returns) and ``watch``
+    # (the step counts towards the "group_held" kill point, its completion made durable
+    # at once with ``flush``).
+
+    def _agent_effect(self, data: dict[str, Any], ctx: StepContext) -> float | None:
+        """The forward effect, and how long the call then lasts (-1: for ever); None
+        when the call must block for ever before its effect."""
+        if data.get("fail"):
+            raise RuntimeError(f"{ctx.action} refused (planned failure)")
+        held = data.get("hold") if self.ledger.stage == 0 else None
+        if held == "before":
+            self.kill.reached("group_held")
+            return None
+        self.ledger.append(ctx, "forward")
+        if data.get("sibling"):
+            self.kill.reached("group_after_effect")
+        if held == "after":
+            self.kill.reached("group_held")
+            return -1.0
+        return float(data.get("slow", 0.0))
+
+    async def agent_forward(
+        self, action: str, data: dict[str, Any], ctx: StepContext
+    ) -> dict[str, Any]:
+        wait = self._agent_effect(data, ctx)
+        if wait is None:
+            await anyio.sleep_forever()
+        try:
+            if wait == -1:
+                await anyio.sleep_forever()
+            elif wait:
+                await anyio.sleep(wait)
+        finally:  # also when cancelled: the call is over
+            self.ledger.append(ctx, "returned")
+        return {"done": action, "key": ctx.idempotency_key}
+
+    def agent_forward_sync(
+        self, action: str, data: dict[str, Any], ctx: StepContext
+    ) -> dict[str, Any]:
+        wait = self._agent_effect(data, ctx)
+        if wait is None:
+            threading.Event().wait()
+        try:
+            if wait == -1:
+                threading.Event().wait()
+            elif wait:
+                time.sleep(wait)  # a thread cannot be cancelled: this always runs out
+        finally:
+            self.ledger.append(ctx, "returned")
+        return {"done": action, "key": ctx.idempotency_key}
+
+    def agent_compensate_sync(self, action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        self.ledger.append(ctx, "compensate")
+        if data.get("sibling"):
+            self.kill.reached("group_comp_after_effect")
+
+    async def agent_compensate(self, action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        self.agent_compensate_sync(action, data, ctx)
+
     def mapping(self, missing: Iterable[str] = ()) -> dict[str, Any]:
         handlers: dict[str, Any] = dict.fromkeys(FORWARD, self.forward)
         handlers.update(dict.fromkeys(COMPENSATE, self.compensate))
+        for action in AGENT_FORWARD:
+            sync = action in SYNC_AGENT_ACTIONS
+            handlers[action] = self.agent_forward_sync if sync else self.agent_forward
+        for action in AGENT_COMPENSATE:
+            sync = action in SYNC_AGENT_ACTIONS
+            handlers[action] = self.agent_compensate_sync if sync else self.agent_compensate
         for action in missing:
             handlers.pop(action, None)
         return handlers
@@ -334,6 +462,83 @@ def build(manager: TransactionManager, plan: dict[str, Any]) -> Transaction:
     return tx
 
 
+def agent_data(plan: dict[str, Any], position: int) -> dict[str, Any]:
+    """The data of the agent-shape step at ``position`` (1-based) under ``plan``.
+
+    ``plan`` (JSON, so its keys are strings): ``fail_at`` (a position), ``hold``,
+    ``slow`` and ``recovery`` (position -> value), ``watch`` and ``flush`` (the held
+    transaction), ``max_concurrency`` (of the group).
+    """
+    key = str(position)
+    data: dict[str, Any] = {"position": position}
+    if position in GROUP_POSITIONS:
+        data["sibling"] = True
+    if plan.get("fail_at") == position:
+        data["fail"] = True
+    if key in plan.get("hold", {}):
+        data["hold"] = plan["hold"][key]
+    if key in plan.get("slow", {}):
+        data["slow"] = plan["slow"][key]
+    if plan.get("watch") and position in GROUP_POSITIONS:
+        data["watch"] = True
+        if plan.get("flush"):
+            data["flush"] = True
+    return data
+
+
+def build_agent(manager: TransactionManager, plan: dict[str, Any]) -> Transaction:
+    """The agent shape declared with ``add_step``: a step, a group of four, a step."""
+    tx = manager.begin(timeout_seconds=None)
+    for position, (action, compensation, group) in enumerate(AGENT_STEPS, start=1):
+        manager.add_step(
+            tx,
+            f"agent-{position}",
+            action,
+            agent_data(plan, position),
+            compensation,
+            recovery=plan.get("recovery", {}).get(str(position)),
+            group=group,
+            max_concurrency=plan.get("max_concurrency") if group else None,
+        )
+    return tx
+
+
+async def run_open(
+    manager: TransactionManager, handlers: Handlers, plan: dict[str, Any]
+) -> TransactionResult:
+    """The agent shape as an open transaction: each step chosen once the last returned."""
+    recovery = plan.get("recovery", {})
+    tx = manager.transaction(timeout_seconds=None)
+    try:
+        async with tx:
+            handlers.ledger.opened(tx.transaction_id)
+            last: Any = None
+            for position, (action, compensation, group) in enumerate(AGENT_STEPS, start=1):
+                if group is None:
+                    data = {**agent_data(plan, position), "after": last}
+                    agent = f"agent-{position}"
+                    last = await tx.run(
+                        agent, action, data, compensation, recovery=recovery.get(str(position))
+                    )
+                elif position == GROUP_POSITIONS[0]:
+                    limit = plan.get("max_concurrency")
+                    async with tx.parallel(group, max_concurrency=limit) as siblings:
+                        for p in GROUP_POSITIONS:
+                            sibling, undo, _ = AGENT_STEPS[p - 1]
+                            data = {**agent_data(plan, p), "after": last}
+                            siblings.run(
+                                f"agent-{p}", sibling, data, undo, recovery=recovery.get(str(p))
+                            )
+                    last = [result["done"] for result in siblings.results]
+                else:
+                    continue  # started with the group's first sibling
+                handlers.kill.reached("open_between")
+    except StepFailedError:
+        pass  # the planned failure: leaving the block compensated what ran
+    assert tx.result is not None
+    return tx.result
+
+
 # ---------------------------------------------------------------------- the run
 
 
@@ -347,7 +552,8 @@ class Spec:
     mode: str = "commit"  # "commit" or "recover"
     point: str | None = None
     occurrence: int = 1
-    txs: list[dict[str, Any]] = field(default_factory=list)  # commit: one plan per tx
+    # commit: one plan per tx; "shape" "agent" or "open" picks the agent shape
+    txs: list[dict[str, Any]] = field(default_factory=list)
     policy: str = "compensate"  # recover
     missing: list[str] = field(default_factory=list)  # recover: handlers left out
     max_recovery_attempts: int = 3
@@ -375,17 +581,21 @@ async def run(spec: Spec) -> list[dict[str, Any]]:
         if spec.mode == "recover":
             results = await manager.recover(spec.policy)  # type: ignore[arg-type]
             return [_summary(r) for r in results]
-        txs = [build(manager, plan) for plan in spec.txs]
         outcomes: list[dict[str, Any]] = []
 
-        async def commit(tx: Transaction) -> None:
-            result = await manager.commit(tx)
+        async def commit(plan: dict[str, Any]) -> None:
+            shape = plan.get("shape")
+            if shape == "open":
+                result = await run_open(manager, handlers, plan)
+            else:
+                tx = (build_agent if shape == "agent" else build)(manager, plan)
+                result = await manager.commit(tx)
             handlers.ledger.outcome(result)
             outcomes.append(_summary(result))
 
         async with anyio.create_task_group() as group:
-            for tx in txs:
-                group.start_soon(commit, tx)
+            for plan in spec.txs:
+                group.start_soon(commit, plan)
         return outcomes
 
 

@@ -4,6 +4,17 @@ A *history* is the side-effect ledger of a set of transactions, the journal as i
 stood before each recovery *stage* (stage 0 is the original run; 1, 2, ... are the
 recoveries after it) and the journal at the end. ``audit`` returns every anomaly it
 finds as a sentence; the crash and fault tests assert it returns none.
+
+What it checks, for every transaction: the outcome a caller was told stands; every
+effect had its intent durably recorded first and nothing is recorded as done that did
+not happen; each recovery went the way the journal it found dictates (see
+``recovery_direction``: resume only where every step in doubt allows it, never for an
+open transaction) and resumed only what was not completed, with the same idempotency
+key; every effect ends compensated unless the transaction committed; a compensation
+runs again only where the journal showed it cut short (a kill between its effect and
+its record); compensations go in reverse declaration order, within each run and across
+the runs; no compensation starts while its step's forward call still runs in the same
+process; an open transaction that was recovered was compensated and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from pathlib import Path
 
 from aumai_transactions import StepStatus, Transaction, TransactionState, TransactionStep
 
-from ._crash_child import Effect
+from ._crash_child import AGENT_FORWARD, Effect
 
 IN_FLIGHT = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
 ROLLED_BACK_STATES = (TransactionState.ROLLED_BACK, TransactionState.FAILED)
@@ -35,6 +46,26 @@ _MAY_HAVE_RUN = (
 )
 
 Journal = Mapping[str, Transaction]
+# Forward actions whose handlers mark the end of each call in the ledger ("returned").
+_MARKS_RETURN = frozenset(AGENT_FORWARD)
+
+
+def recovery_direction(seen: Transaction, policy: str, is_open: bool = False) -> str:
+    """Which way a recovery that found ``seen`` must drive it: "compensate" or "resume".
+
+    Compensate when it was compensating already, was an open transaction (the code
+    that chose its next step died with it), or has a failed step; otherwise every step
+    in doubt must allow resume (its own ``recovery`` setting, else the policy); with
+    none in doubt, the policy decides.
+    """
+    if seen.state is TransactionState.COMPENSATING or is_open or seen.is_open:
+        return "compensate"
+    if any(step.status is StepStatus.FAILED for step in seen.steps):
+        return "compensate"
+    in_doubt = [s.recovery or policy for s in seen.steps if s.status is StepStatus.RUNNING]
+    if "compensate" in in_doubt:
+        return "compensate"
+    return "resume" if in_doubt else policy
 
 
 @dataclass
@@ -48,6 +79,9 @@ class Tally:
     repeated_compensations: int = 0  # legitimate: killed between effect and record
     resumed_in_doubt: int = 0  # legitimate under "resume": same idempotency key
     recoveries_killed: int = 0  # recovering processes that were killed in turn
+    grouped: int = 0  # transactions with a parallel group
+    open_recovered: int = 0  # open transactions a recovery found in flight
+    siblings_in_doubt: int = 0  # group steps a recovery found running
     anomalies: list[str] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
@@ -59,6 +93,9 @@ class Tally:
             "repeated_compensations",
             "resumed_in_doubt",
             "recoveries_killed",
+            "grouped",
+            "open_recovered",
+            "siblings_in_doubt",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.anomalies.extend(other.anomalies)
@@ -98,7 +135,8 @@ def audit(
                 f"{prefix}tx {told.tx[:8]}: its caller was told {told.action!r}, "
                 f"the journal ends {where!r}"
             )
-    effects = [e for e in effects if e.kind != "outcome"]
+    opened = {e.tx for e in effects if e.kind == "open"}
+    effects = [e for e in effects if e.kind not in ("outcome", "open")]
     by_step: dict[tuple[str, str], list[Effect]] = defaultdict(list)
     for effect in effects:
         by_step[(effect.tx, effect.step)].append(effect)
@@ -110,6 +148,19 @@ def audit(
     stages = sorted(snapshots)
     for tid, tx in final.items():
         tally.transactions += 1
+        is_open = tid in opened or tx.is_open
+        tally.grouped += any(step.group is not None for step in tx.steps)
+        directions = {
+            stage: recovery_direction(seen, policies[stage], is_open)
+            for stage in stages
+            if (seen := snapshots[stage].get(tid)) is not None and seen.state in IN_FLIGHT
+        }
+        if is_open and directions:
+            tally.open_recovered += 1
+            if tx.state is not TransactionState.ROLLED_BACK:
+                problem(tid, None, f"an open transaction recovered ended {tx.state.value!r}")
+            if "open transaction" not in (tx.error or ""):
+                problem(tid, None, f"recovered open transaction; its error says {tx.error!r}")
         if tx.state not in terminal:
             problem(tid, None, f"ended in state {tx.state.value!r}")
         if tx.state is TransactionState.COMMITTED:
@@ -123,6 +174,9 @@ def audit(
             mine = by_step.get((tid, step.step_id), [])
             forward = [e for e in mine if e.kind == "forward"]
             undo = [e for e in mine if e.kind == "compensate"]
+            if step.action in _MARKS_RETURN:
+                for text in _overlaps(mine):
+                    problem(tid, step, text)
             if sum(e.stage == 0 for e in forward) > 1:
                 problem(tid, step, "ran twice in the original run (no retries were allowed)")
             if sum(e.stage == 0 for e in undo) > 1:
@@ -159,14 +213,11 @@ def audit(
                 earlier = [e for e in mine if e.stage < stage]
                 ran = [e for e in forward if e.stage == stage]
                 undid = [e for e in undo if e.stage == stage]
-                resume_allowed = (
-                    policies[stage] == "resume" or step.recovery == "resume"
-                ) and step.recovery != "compensate"
-                may_resume = (
-                    resume_allowed
-                    and seen is not None
-                    and seen.state is TransactionState.ACTIVE
-                    and status in (StepStatus.PENDING, StepStatus.RUNNING)
+                if status is StepStatus.RUNNING and step.group is not None and stage in directions:
+                    tally.siblings_in_doubt += 1
+                may_resume = directions.get(stage) == "resume" and status in (
+                    StepStatus.PENDING,
+                    StepStatus.RUNNING,
                 )
                 if ran and not may_resume:
                     problem(
@@ -180,6 +231,18 @@ def audit(
                 if ran and any(e.kind == "forward" for e in earlier):
                     resumed = True
                     tally.resumed_in_doubt += 1
+                if (
+                    may_resume
+                    and not ran
+                    and stage == stages[-1]
+                    and tx.state is TransactionState.COMMITTED
+                ):
+                    problem(
+                        tid,
+                        step,
+                        f"recovery {stage} committed without running again a step the "
+                        f"journal showed as {status}",
+                    )
                 if undid:
                     if status is StepStatus.COMPENSATED:
                         problem(
@@ -187,6 +250,15 @@ def audit(
                             step,
                             f"recovery {stage} compensated it again after its compensation "
                             "was recorded",
+                        )
+                    elif any(e.kind == "compensate" for e in earlier) and (
+                        status is not StepStatus.COMPENSATING
+                    ):
+                        problem(
+                            tid,
+                            step,
+                            f"recovery {stage} compensated it again although the journal "
+                            f"showed it {status}, not cut short mid-compensation",
                         )
                     elif status not in _MAY_HAVE_RUN and not (
                         ran and ran[0].index < undid[0].index
@@ -232,7 +304,33 @@ def audit(
             distinct = [p for i, p in enumerate(order) if i == 0 or order[i - 1] != p]
             if distinct != sorted(distinct, reverse=True) or len(set(distinct)) != len(distinct):
                 problem(tid, None, f"stage {stage} compensated steps in the order {distinct}")
+        # ...and across the runs: a recovery carries on where the killed one stopped.
+        firsts = list(
+            dict.fromkeys(
+                positions[e.step] for e in effects if e.tx == tid and e.kind == "compensate"
+            )
+        )
+        if firsts != sorted(firsts, reverse=True):
+            problem(tid, None, f"the runs together first compensated steps in the order {firsts}")
     return tally
+
+
+def _overlaps(mine: list[Effect]) -> list[str]:
+    """Where a compensation of a step started while one of its forward calls still ran
+    in the same process (its handler marks the end of every call: "returned")."""
+    found: list[str] = []
+    running: dict[int, int] = defaultdict(int)  # stage -> forward calls not yet over
+    for effect in mine:
+        if effect.kind == "forward":
+            running[effect.stage] += 1
+        elif effect.kind == "returned":
+            running[effect.stage] -= 1
+        elif effect.kind == "compensate" and running[effect.stage] > 0:
+            found.append(
+                f"compensated (ledger line {effect.index}) while its forward call still ran "
+                f"in the same process (stage {effect.stage})"
+            )
+    return found
 
 
 def _step(tx: Transaction | None, step_id: str) -> TransactionStep | None:

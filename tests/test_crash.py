@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,16 @@ async def spawn(spec: Spec) -> tuple[int, list[dict[str, Any]] | None]:
     if done.returncode not in (0, KILLED):
         raise AssertionError(f"child failed ({done.returncode}):\n{done.stderr.decode()}")
     return done.returncode, (json.loads(out) if out else None)
+
+
+async def killed(spec: Spec, limiter: Any, tally: Tally, label: str) -> bool:
+    """Run a child that must die at its kill point; an anomaly in ``tally`` if it did not."""
+    async with limiter:
+        code, _ = await spawn(spec)
+    if code != KILLED:
+        who = "recovering child" if spec.mode == "recover" else "child"
+        tally.anomalies.append(f"[{label}] the {who} was not killed (exit code {code})")
+    return code == KILLED
 
 
 async def read_journal(db: Path) -> dict[str, Transaction]:
@@ -130,13 +141,9 @@ async def crash_and_recover(point: str, seed: int, tmp: Path, limiter: Any) -> T
     rng = random.Random(f"recovery:{point}:{seed}")
     policy = "resume" if seed % 4 == 3 else "compensate"
     label = f"{point} seed {seed} ({policy})"
-    async with limiter:
-        code, _ = await spawn(
-            Spec(str(db), str(ledger), point=point, occurrence=occurrence, txs=txs)
-        )
     tally = Tally()
-    if code != KILLED:
-        tally.anomalies.append(f"[{label}] the child was not killed (exit code {code})")
+    spec = Spec(str(db), str(ledger), point=point, occurrence=occurrence, txs=txs)
+    if not await killed(spec, limiter, tally, label):
         return tally
     snapshots: dict[int, Journal] = {1: await read_journal(db)}
     policies = {1: policy}
@@ -144,31 +151,35 @@ async def crash_and_recover(point: str, seed: int, tmp: Path, limiter: Any) -> T
     if await recover_here(db, ledger, stage=1, policy=policy):
         tally.anomalies.append(f"[{label}] recovery claimed a transaction under a live lease")
     expire_leases(db)
-    stage = 1
     pending = compensations_pending(snapshots[1])
     if policy == "compensate" and seed % 4 == 1 and pending:
         # The recovering process dies too, in the middle of a compensation.
         second = rng.choice(["comp_after_intent", "comp_after_effect"])
-        async with limiter:
-            code, _ = await spawn(
-                Spec(
-                    str(db),
-                    str(ledger),
-                    stage=1,
-                    mode="recover",
-                    point=second,
-                    occurrence=rng.randint(1, pending),
-                )
-            )
-        if code != KILLED:
-            tally.anomalies.append(f"[{label}] the recovering child was not killed ({code})")
+        spec = Spec(
+            str(db),
+            str(ledger),
+            stage=1,
+            mode="recover",
+            point=second,
+            occurrence=rng.randint(1, pending),
+        )
+        await killed(spec, limiter, tally, label)
         tally.recoveries_killed += 1
-        stage = 2
         snapshots[2] = await read_journal(db)
         policies[2] = policy
         expire_leases(db)
-    results = await recover_here(db, ledger, stage=stage, policy=policy)
+    tally.add(await recover_and_audit(db, ledger, snapshots, policies, label))
+    return tally
+
+
+async def recover_and_audit(
+    db: Path, ledger: Path, snapshots: dict[int, Journal], policies: dict[int, str], label: str
+) -> Tally:
+    """The last recovery of a case (its stage is the last snapshot's), then every check."""
+    stage = max(snapshots)
+    results = await recover_here(db, ledger, stage=stage, policy=policies[stage])
     final = await read_journal(db)
+    tally = Tally()
     if {r.transaction_id for r in results} != in_flight(snapshots[stage]):
         tally.anomalies.append(f"[{label}] recovery did not claim exactly the in-flight ones")
     if (check := integrity(db)) != "ok":
@@ -177,21 +188,32 @@ async def crash_and_recover(point: str, seed: int, tmp: Path, limiter: Any) -> T
     return tally
 
 
+async def run_matrix(
+    tmp_path: Path,
+    cases: list[tuple[Any, ...]],
+    case: Callable[..., Awaitable[Tally]],
+) -> Tally:
+    """``await case(*args, tmp, limiter)`` for every ``args`` in ``cases``, two children
+    at a time, each in a directory of its own; the sum of their tallies."""
+    limiter = anyio.CapacityLimiter(2)
+    total = Tally()
+
+    async def one(args: tuple[Any, ...]) -> None:
+        tmp = tmp_path / "-".join(map(str, args))
+        tmp.mkdir()
+        total.add(await case(*args, tmp, limiter))
+
+    async with anyio.create_task_group() as group:
+        for args in cases:
+            group.start_soon(one, args)
+    return total
+
+
 async def test_sigkill_at_every_journal_point_then_recover(tmp_path: Path) -> None:
     """Every point x every seed: the journal and the ledger agree after recovery."""
     started = time.monotonic()
-    limiter = anyio.CapacityLimiter(2)
-    total = Tally()
     cases = [(point, seed) for point in POINTS for seed in range(SEEDS)]
-
-    async def one(point: str, seed: int) -> None:
-        tmp = tmp_path / f"{point}-{seed}"
-        tmp.mkdir()
-        total.add(await crash_and_recover(point, seed, tmp, limiter))
-
-    async with anyio.create_task_group() as group:
-        for point, seed in cases:
-            group.start_soon(one, point, seed)
+    total = await run_matrix(tmp_path, cases, crash_and_recover)
     print(
         f"\ncrash matrix: {len(POINTS)} points x {SEEDS} seeds = {len(cases)} SIGKILLed "
         f"children (+{total.recoveries_killed} recovering children SIGKILLed mid-"
