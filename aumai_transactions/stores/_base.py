@@ -105,9 +105,21 @@ class Store(Protocol):
     ) -> None:
         """Write the header of ``tx`` and, if given, the full row of ``step``.
 
+        ``step`` must be one of ``tx.steps``, but need not have been there at
+        ``acquire``: a step appended since (an open transaction's next step, a
+        parallel group's) is stored at its position in ``tx.steps``, together with
+        every other step appended before it that the store has not seen yet, and its
+        agent counts for ``list(agent_id=...)``. A store never holds a gap in a
+        transaction's steps.
+
+        Records of one transaction may come from many tasks at once under one lease
+        (the steps of a parallel group), durable or not: the store applies them in
+        call order, so each step keeps its latest record and the header the latest
+        snapshot, and a durable store lets concurrent durable records share a commit.
+
         Raises ``LeaseLostError`` when the stored epoch is no longer ``lease.epoch``;
-        nothing is written then. A non-durable write that turns out stale is dropped
-        and the next write for the same lease raises.
+        nothing is written then (no step either, appended or not). A non-durable write
+        that turns out stale is dropped and the next write for the same lease raises.
         """
         ...
 

@@ -37,6 +37,7 @@ from ..errors import LeaseLostError, StoreError
 from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
 from ._base import Lease
 from ._codec import step_json
+from ._positions import StepPositions
 from ._postgres_sql import HEADER_EXCLUDE, Statements
 
 __all__ = ["Op", "Writer"]
@@ -93,20 +94,6 @@ def header_json(tx: Transaction) -> str:
         raise TypeError(f"Transaction {tx.transaction_id} cannot be stored as JSON: {exc}") from exc
 
 
-def _position(tx: Transaction, step: TransactionStep) -> int:
-    """Where ``step`` sits in ``tx`` (by identity first: steps compare by value)."""
-    for index, candidate in enumerate(tx.steps):
-        if candidate is step:
-            return index
-    for index, candidate in enumerate(tx.steps):
-        if candidate.step_id == step.step_id:
-            return index
-    raise ValueError(
-        f"Step {step.step_id} is not a step of transaction {tx.transaction_id}; "
-        "only its own steps can be recorded."
-    )
-
-
 @dataclass(eq=False, slots=True)
 class Op:
     """One queued write. Serialized when queued: the caller may change ``tx`` after."""
@@ -155,19 +142,30 @@ class Op:
 
     @classmethod
     def record(
-        cls, lease: Lease, tx: Transaction, step: TransactionStep | None, durable: bool
+        cls,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None,
+        durable: bool,
+        positions: StepPositions,
     ) -> Op:
-        """A fenced write of the header of ``tx`` and, if given, the row of ``step``."""
+        """A fenced write of the header of ``tx`` and, if given, the row of ``step``.
+
+        A step appended since the acquire comes with every other step the store has
+        not written under this lease yet (see ``StepPositions``), so that the stored
+        positions never have a gap.
+        """
         rows = []
         if step is not None:
-            rows.append(
-                (
-                    step.step_id,
-                    _position(tx, step),
-                    step.agent_id,
-                    step_json(step, tx.transaction_id),
+            tid, epoch = tx.transaction_id, lease.epoch
+            position = positions.position(tid, epoch, step.step_id)
+            if position is not None:
+                rows.append((step.step_id, position, step.agent_id, step_json(step, tid)))
+            else:
+                rows.extend(
+                    (s.step_id, index, s.agent_id, step_json(s, tid))
+                    for index, s in positions.unwritten(tx, step, epoch)
                 )
-            )
         return cls(
             kind="record",
             tid=tx.transaction_id,

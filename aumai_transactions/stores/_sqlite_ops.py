@@ -53,6 +53,18 @@ _UPDATE_STEP = (
 )
 _INSERT_STEP = "INSERT INTO steps (tx, position, step_id, body) VALUES (?, ?, ?, ?)"
 _INSERT_AGENT = "INSERT INTO transaction_agents (tx, agent_id) VALUES (?, ?)"
+# A step appended after the acquire: inserted at its position, or (written already, by
+# another store object on this file) rewritten, unless another step holds the position.
+_UPSERT_STEP = (
+    "INSERT INTO steps (tx, position, step_id, body) "
+    "VALUES ((SELECT id FROM transactions WHERE transaction_id=?), ?, ?, ?) "
+    "ON CONFLICT (tx, position) DO UPDATE SET body=excluded.body "
+    "WHERE step_id=excluded.step_id"
+)
+_ADD_AGENT = (
+    "INSERT OR IGNORE INTO transaction_agents (tx, agent_id) "
+    "SELECT id, ? FROM transactions WHERE transaction_id=?"
+)
 _RELEASE = (
     "UPDATE transactions SET lease_owner=NULL, lease_expires=NULL "
     "WHERE transaction_id=? AND epoch=?"
@@ -185,10 +197,12 @@ class Journal:
     ) -> None:
         """Apply ``record`` operations, each fenced by its lease epoch.
 
-        The parameters were built on the event loop (``record_args``); here each is
-        checked against the stored epoch, then every transaction's header is written
-        once (its newest snapshot) and every step row once. A stale record is refused
-        and changes nothing, and does not disturb the others.
+        The parameters were built on the event loop (``SqliteStore.record``); here
+        each is checked against the stored epoch, then every transaction's header is
+        written once (its newest snapshot) and every step row once (its newest
+        record). A stale record is refused and changes nothing, and does not disturb
+        the others. Steps appended since the acquire are inserted, and their agents
+        added to the agent filter; a batch may update them too, later in queue order.
         """
         current = {
             row[0]: row[1:]
@@ -200,8 +214,10 @@ class Journal:
         }
         newest: dict[str, Op] = {}
         steps: dict[tuple[str, int], tuple[str, str, int, str]] = {}
+        appended: dict[tuple[str, int], tuple[str, int, str, str]] = {}
+        agents: dict[tuple[str, int], tuple[str, str]] = {}
         for op in ops:
-            tid, epoch, _, _, step = op.args
+            tid, epoch, _, _, step, new_steps = op.args
             if poisoned and (tid, epoch) in poisoned:
                 op.error = _lost(tid, poisoned[(tid, epoch)])
                 continue
@@ -219,7 +235,17 @@ class Journal:
                 continue
             newest[tid] = op
             if step is not None:
-                steps[(tid, step[2])] = step
+                key = (tid, step[2])
+                if appended and key in appended:  # inserted earlier in this batch
+                    appended[key] = (tid, step[2], step[3], step[0])
+                else:
+                    steps[key] = step
+            elif new_steps:
+                for _, position, step_id, body, agent_id in new_steps:
+                    key = (tid, position)
+                    steps.pop(key, None)
+                    appended[key] = (tid, position, step_id, body)
+                    agents[key] = (agent_id, tid)
         if newest:
             same: list[tuple[Any, ...]] = []
             changed: list[tuple[Any, ...]] = []
@@ -237,24 +263,39 @@ class Journal:
             if written != len(newest):  # cannot happen: we hold the write lock
                 raise RuntimeError(f"epoch-fenced update wrote {written} of {len(newest)} rows")
         if steps and conn.executemany(_UPDATE_STEP, steps.values()).rowcount != len(steps):
-            self._refuse_unknown_steps(conn, ops, steps)
+            self._refuse_unknown_steps(conn, ops, _UPDATE_STEP, steps, 3)
+        if appended:
+            if conn.executemany(_UPSERT_STEP, appended.values()).rowcount != len(appended):
+                for key in self._refuse_unknown_steps(conn, ops, _UPSERT_STEP, appended, 2):
+                    del agents[key]
+            conn.executemany(_ADD_AGENT, agents.values())
 
     @staticmethod
     def _refuse_unknown_steps(
         conn: sqlite3.Connection,
         ops: Sequence[Op],
-        steps: dict[tuple[str, int], tuple[str, str, int, str]],
-    ) -> None:
-        """Rare path: find the records whose step is not a stored step (none written)."""
-        for (tid, position), row in steps.items():
-            if conn.execute(_UPDATE_STEP, row).rowcount == 1:
+        statement: str,
+        rows: dict[tuple[str, int], tuple[Any, ...]],
+        step_index: int,
+    ) -> list[tuple[str, int]]:
+        """Rare path: find the step rows ``statement`` cannot write (the position is not
+        that step's) and fail the records that carry them; return their keys.
+
+        Rewriting the others once more is harmless: both statements are idempotent.
+        """
+        refused = []
+        for (tid, position), row in rows.items():
+            if conn.execute(statement, row).rowcount == 1:
                 continue
+            refused.append((tid, position))
+            step_id = row[step_index]
             for op in ops:
-                if op.args[0] == tid and op.args[4] is row:
+                if op.args[0] == tid and op.error is None and _carries(op, step_id):
                     op.error = ValueError(
-                        f"record: step {row[3]} at position {position} is not a stored step "
+                        f"record: step {step_id} at position {position} is not a stored step "
                         f"of transaction {tid}."
                     )
+        return refused
 
     @staticmethod
     def release_many(
@@ -465,6 +506,14 @@ class Journal:
                     f"state {state!r}."
                 ) from None
         return counts
+
+
+def _carries(op: Op, step_id: str) -> bool:
+    """True when the record ``op`` writes the step ``step_id``."""
+    _, _, _, _, step, new_steps = op.args
+    if step is not None:
+        return bool(step[3] == step_id)
+    return any(row[2] == step_id for row in new_steps or ())
 
 
 def _lost(tid: str, cause: str) -> StoreError:

@@ -54,6 +54,7 @@ from ..errors import (
 )
 from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
 from ._base import Lease
+from ._positions import StepPositions
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
 from ._postgres_writer import Op, Writer
 
@@ -145,6 +146,8 @@ class PostgresStore:
         self._writer: Writer | None = None
         self._opening: anyio.Event | None = None
         self._open_error: BaseException | None = None
+        # The steps written under each lease this store holds (see ``StepPositions``).
+        self._positions = StepPositions()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresStore:
@@ -349,12 +352,12 @@ class PostgresStore:
         expected: Iterable[TransactionState],
     ) -> Lease:
         expected = tuple(expected)
-        lease: Lease | None = await self._open_writer().submit(
-            Op.whole(tx, owner=owner, ttl=ttl, expected=expected)
-        )
-        if lease is not None:
-            return lease
+        op = Op.whole(tx, owner=owner, ttl=ttl, expected=expected)
+        lease: Lease | None = await self._open_writer().submit(op)
         tid = tx.transaction_id
+        if lease is not None:
+            self._positions.written(tid, lease.epoch, (row[0] for row in op.steps))
+            return lease
         rows = await self._fetch(self._statements.lease_of, (tid,), "read")
         if rows and rows[0][4]:
             raise LeaseConflictError(
@@ -383,7 +386,7 @@ class PostgresStore:
                 f"{tx.transaction_id}."
             )
         writer.check_poisoned(lease.transaction_id, lease.epoch)
-        op = Op.record(lease, tx, step, durable)
+        op = Op.record(lease, tx, step, durable, self._positions)
         if durable:
             await writer.submit(op)
         else:
@@ -398,6 +401,7 @@ class PostgresStore:
     async def release(self, lease: Lease) -> None:
         writer = self._open_writer()
         key = (lease.transaction_id, lease.epoch)
+        self._positions.forget(*key)
         if key in writer.released:  # the terminal record ended the lease already
             writer.released.discard(key)
             return
@@ -435,6 +439,7 @@ class PostgresStore:
                 continue
             lease_owner, epoch, expires = row[8], row[9], row[10]
             lease = Lease(tx.transaction_id, lease_owner, epoch, expires.astimezone(UTC))
+            self._positions.written(tx.transaction_id, epoch, (s.step_id for s in tx.steps))
             claimed.append((tx, lease))
         return claimed
 

@@ -46,6 +46,7 @@ from ..models import (
 )
 from ._base import Lease
 from ._codec import step_json
+from ._positions import StepPositions
 from ._sqlite_ops import Op
 from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, record_header, to_us
 from ._sqlite_writer import (
@@ -138,8 +139,9 @@ class SqliteStore:
         self._writer: Writer | None = None
         self._open_lock: asyncio.Lock | None = None
         # Position of each step (by id) of the transactions this store leased out, so
-        # a record finds its step row without scanning the transaction's steps.
-        self._positions: dict[str, dict[str, int]] = {}
+        # a record finds its step row without scanning the transaction's steps, and
+        # knows a step appended after the acquire when it sees one.
+        self._positions = StepPositions()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
@@ -302,7 +304,7 @@ class SqliteStore:
         lease: Lease = await self._call(
             ACQUIRE, tid, owner, float(ttl), states, header, steps, agents
         )
-        self._positions[tid] = {step_id: position for position, step_id, _ in steps}
+        self._positions.written(tid, lease.epoch, (step_id for _, step_id, _ in steps))
         return lease
 
     async def record(
@@ -321,17 +323,24 @@ class SqliteStore:
             raise ValueError(
                 f"record: the lease is for transaction {tid}, not {tx.transaction_id}."
             )
-        state, header = record_header(tx, lease.epoch)
+        epoch = lease.epoch
+        state, header = record_header(tx, epoch)
+        # The arguments of ``Journal.record_many``: the step as an update of its known
+        # row, or (a step appended since the acquire) the rows to insert.
         if step is None:
-            args: tuple[Any, ...] = (tid, lease.epoch, state, header, None)
+            args: tuple[Any, ...] = (tid, epoch, state, header, None, None)
         else:
             step_id = step.step_id
-            positions = self._positions.get(tid)
-            position = None if positions is None else positions.get(step_id)
-            if position is None:
-                position = self._position_of(tx, step)
-            row = (step_json(step, tid), tid, position, step_id)
-            args = (tid, lease.epoch, state, header, row)
+            position = self._positions.position(tid, epoch, step_id)
+            if position is not None:
+                row = (step_json(step, tid), tid, position, step_id)
+                args = (tid, epoch, state, header, row, None)
+            else:
+                appended = tuple(
+                    (tid, index, s.step_id, step_json(s, tid), s.agent_id)
+                    for index, s in self._positions.unwritten(tx, step, epoch)
+                )
+                args = (tid, epoch, state, header, None, appended)
         if durable:
             future: asyncio.Future[None] = writer.loop.create_future()
             writer.submit(Op(RECORD, args, future))
@@ -339,22 +348,13 @@ class SqliteStore:
         else:
             writer.submit_lazy(Op(RECORD, args))
 
-    def _position_of(self, tx: Transaction, step: TransactionStep) -> int:
-        for position, candidate in enumerate(tx.steps):
-            if candidate.step_id == step.step_id:
-                self._positions.setdefault(tx.transaction_id, {})[step.step_id] = position
-                return position
-        raise ValueError(
-            f"record: step {step.step_id} is not a step of transaction {tx.transaction_id}."
-        )
-
     async def renew(self, owner: str, ttl: float) -> int:
         renewed: int = await self._call(RENEW, owner, float(ttl))
         return renewed
 
     async def release(self, lease: Lease) -> None:
         self._require().submit_lazy(Op(RELEASE, (lease.transaction_id, lease.epoch)))
-        self._positions.pop(lease.transaction_id, None)
+        self._positions.forget(lease.transaction_id, lease.epoch)
 
     async def claim_expired(
         self, owner: str, ttl: float, limit: int
@@ -365,8 +365,8 @@ class SqliteStore:
             CLAIM, owner, float(ttl), int(limit)
         )
         positions = self._positions
-        for tx, _ in claimed:
-            positions[tx.transaction_id] = {s.step_id: i for i, s in enumerate(tx.steps)}
+        for tx, lease in claimed:
+            positions.written(tx.transaction_id, lease.epoch, (s.step_id for s in tx.steps))
         return claimed
 
     async def delete(self, transaction_id: str) -> bool:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aumai_transactions import TransactionManager
@@ -316,6 +317,155 @@ async def test_a_stale_record_among_concurrent_ones_does_not_break_them(store: S
         assert loaded is not None and loaded.error == f"by {lease.owner}"
     loaded = await store.load(victim.transaction_id)
     assert loaded is not None and loaded.error is None
+
+
+# --------------------------------------------------------------------- appended steps
+# An open transaction appends steps to a transaction that is already active and
+# leased; a parallel group records several of its steps at once under one lease.
+
+
+def append(
+    tx: Transaction, agent: str, action: str, status: StepStatus = StepStatus.PENDING
+) -> TransactionStep:
+    """A step added after ``acquire``, the way the driver of an open transaction adds it."""
+    step = TransactionStep.new(agent, action, {"n": len(tx.steps)}, f"un{action}")
+    step.status = status
+    tx.steps.append(step)
+    return step
+
+
+async def drive_a_parallel_group(store: Store, size: int) -> Transaction:
+    """Write what a parallel group of ``size`` steps appended to a leased transaction
+    writes: every step's durable intent and lazy completion, all at once, then the
+    transaction's durable end. Returns the transaction as its driver holds it."""
+    tx, lease = await in_flight(store, steps=1)
+    group = [append(tx, "agent", f"act-{index}") for index in range(size)]
+
+    async def run(step: TransactionStep) -> None:
+        step.status = StepStatus.RUNNING
+        await store.record(lease, tx, step)
+        step.status = StepStatus.COMPLETED
+        await store.record(lease, tx, step, durable=False)
+
+    async with anyio.create_task_group() as tasks:
+        for step in group:
+            tasks.start_soon(run, step)
+    tx.state = COMMITTED
+    await store.record(lease, tx)
+    return tx
+
+
+async def test_a_step_appended_after_acquire_is_stored_at_its_position(store: Store) -> None:
+    tx, lease = await in_flight(store, steps=2)
+    step = append(tx, "late-agent", "book", StepStatus.RUNNING)
+    step.attempts = 1
+    step.interrupted = True
+    step.recorded_only = True
+    await store.record(lease, tx, step)
+    loaded = await store.load(tx.transaction_id)
+    assert dump(loaded) == dump(tx)
+    assert loaded is not None and loaded.steps[2].step_id == step.step_id
+    assert ids(await store.list(agent_id="late-agent")) == [tx.transaction_id]
+    step.status = StepStatus.COMPLETED
+    step.result = {"booked": "ü"}
+    await store.record(lease, tx, step, durable=False)
+    tx.state = COMMITTED
+    await store.record(lease, tx)
+    assert dump(await store.load(tx.transaction_id)) == dump(tx)
+
+
+async def test_a_record_keeps_the_appended_steps_before_it_that_it_had_not_seen(
+    store: Store,
+) -> None:
+    # A group's steps are appended together; the last one may be recorded first.
+    tx, lease = await in_flight(store, steps=1)
+    group = [append(tx, f"group-agent-{index}", f"act-{index}") for index in range(3)]
+    group[2].status = StepStatus.RUNNING
+    await store.record(lease, tx, group[2])
+    loaded = await store.load(tx.transaction_id)
+    assert dump(loaded) == dump(tx)  # no gap: the others are held, still pending
+    for index in range(3):
+        found = await store.list(agent_id=f"group-agent-{index}")
+        assert ids(found) == [tx.transaction_id]
+    group[0].status = StepStatus.RUNNING
+    await store.record(lease, tx, group[0])
+    assert dump(await store.load(tx.transaction_id)) == dump(tx)
+
+
+async def test_appended_steps_survive_a_reopen(store_factory: Callable[[], Store]) -> None:
+    async with store_factory() as store:
+        tx, lease = await in_flight(store, steps=1)
+        held = append(tx, "flights", "hold", StepStatus.COMPLETED)
+        held.result = {"flight": "LH 123"}
+        await store.record(lease, tx, held, durable=False)
+        charge = append(tx, "billing", "charge", StepStatus.RUNNING)
+        await store.record(lease, tx, charge)
+    async with store_factory() as again:
+        assert dump(await again.load(tx.transaction_id)) == dump(tx)
+        assert ids(await again.list(agent_id="flights")) == [tx.transaction_id]
+        # The lease outlives the store object: the driver goes on through a new one.
+        charge.status = StepStatus.COMPLETED
+        await again.record(lease, tx, charge, durable=False)
+        await again.record(lease, tx, append(tx, "shipping", "ship", StepStatus.RUNNING))
+    async with store_factory() as third:
+        assert dump(await third.load(tx.transaction_id)) == dump(tx)
+        assert ids(await third.list(agent_id="shipping")) == [tx.transaction_id]
+
+
+async def test_concurrent_records_of_one_transaction_lose_and_reorder_nothing(
+    store: Store,
+) -> None:
+    tx, lease = await in_flight(store, steps=2)
+    group = [append(tx, f"agent-{index % 5}", f"act-{index}") for index in range(50)]
+
+    async def drive(index: int, step: TransactionStep) -> None:
+        for attempt in (1, 2, 3):
+            step.status = StepStatus.RUNNING
+            step.attempts = attempt
+            tx.error = f"{step.step_id}: attempt {attempt}"  # the header changes each time
+            await store.record(lease, tx, step, durable=(index + attempt) % 2 == 0)
+            await anyio.lowlevel.checkpoint()  # let the siblings write in between
+        step.status = StepStatus.COMPLETED
+        step.result = {"index": index}
+        tx.updated_at = utcnow()
+        await store.record(lease, tx, step, durable=index % 3 == 0)
+
+    async with anyio.create_task_group() as tasks:
+        for index, step in enumerate(group):
+            tasks.start_soon(drive, index, step)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None
+    assert [s.step_id for s in loaded.steps] == [s.step_id for s in tx.steps]
+    assert [(s.status, s.attempts, s.result) for s in loaded.steps[2:]] == [
+        (StepStatus.COMPLETED, 3, {"index": index}) for index in range(50)
+    ]
+    assert (loaded.error, loaded.updated_at) == (tx.error, tx.updated_at)  # the newest header
+    assert dump(loaded) == dump(tx)
+    for agent in range(5):
+        assert ids(await store.list(agent_id=f"agent-{agent}")) == [tx.transaction_id]
+
+
+async def test_a_stale_record_of_an_appended_step_is_refused_and_writes_nothing(
+    store: Store,
+) -> None:
+    tx, stale = await in_flight(store, owner="driver-a", ttl=EXPIRED)
+    taker = copy(tx)
+    fresh = await store.acquire(taker, "driver-b", LIVE, [ACTIVE])
+    before = dump(await store.load(tx.transaction_id))
+    late = append(tx, "stale-agent", "book", StepStatus.RUNNING)
+    tx.error = "written by the stale driver"
+    with pytest.raises(LeaseLostError):
+        await store.record(stale, tx, late)
+    with pytest.raises(LeaseLostError):
+        # A non-durable stale write may be dropped quietly; the next write must raise.
+        await store.record(stale, tx, late, durable=False)
+        await store.record(stale, tx, append(tx, "stale-agent", "pay"))
+    assert dump(await store.load(tx.transaction_id)) == before
+    assert await store.list(agent_id="stale-agent") == []
+    # The position the stale driver wrote to is the new driver's to fill.
+    await store.record(fresh, taker, append(taker, "fresh-agent", "book", StepStatus.RUNNING))
+    assert dump(await store.load(tx.transaction_id)) == dump(taker)
+    assert await store.list(agent_id="stale-agent") == []
 
 
 # --------------------------------------------------------------------- leases

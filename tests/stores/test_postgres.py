@@ -38,6 +38,7 @@ from aumai_transactions.stores import Lease, open_store
 from aumai_transactions.stores.postgres import PostgresStore
 
 from .conftest import postgres_url
+from .test_conformance import drive_a_parallel_group
 
 ACTIVE = TransactionState.ACTIVE
 PENDING = TransactionState.PENDING
@@ -804,6 +805,18 @@ async def test_concurrent_writes_share_round_trips(pg: PostgresStore) -> None:
     assert after["batches"] - before["batches"] <= 20  # 200 writes, a handful of commits
     loaded = await pg.list(limit=None)
     assert all(t.steps[0].status is StepStatus.RUNNING for t in loaded)
+
+
+@needs_server
+async def test_a_groups_concurrent_records_share_round_trips(pg: PostgresStore) -> None:
+    before = pg.stats
+    tx = await drive_a_parallel_group(pg, 50)
+    after = pg.stats
+    assert after["ops"] - before["ops"] == 102  # the acquire, 100 step records, the end
+    assert after["durable_batches"] - before["durable_batches"] <= 3  # not one per step
+    loaded = await pg.load(tx.transaction_id)
+    assert loaded is not None
+    assert loaded.model_dump(mode="json") == tx.model_dump(mode="json")
 
 
 @needs_server

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,11 @@ from aumai_transactions.errors import (
     SchemaVersionError,
     StoreUnavailableError,
 )
-from aumai_transactions.models import StepStatus, Transaction, TransactionState
-from aumai_transactions.stores import _sqlite_schema, open_store
+from aumai_transactions.models import StepStatus, Transaction, TransactionState, TransactionStep
+from aumai_transactions.stores import Lease, _sqlite_schema, open_store
 from aumai_transactions.stores.sqlite import SqliteStore
 
-from .test_conformance import EXPIRED, LIVE, copy, dump, make_tx
+from .test_conformance import EXPIRED, LIVE, copy, drive_a_parallel_group, dump, make_tx
 
 PENDING = TransactionState.PENDING
 ACTIVE = TransactionState.ACTIVE
@@ -450,27 +450,66 @@ def test_a_read_only_location_is_a_clear_error(shared_dir: Path) -> None:
 # --------------------------------------------------------------------- group commit
 
 
-async def test_concurrent_durable_writes_share_commits(store: SqliteStore) -> None:
-    drivers = []
+Writers = list[tuple[Transaction, Lease, TransactionStep]]
+
+
+async def first_steps_of_64_transactions(store: SqliteStore) -> Writers:
+    writers = []
     for _ in range(64):
         tx = make_tx(state=ACTIVE)
-        drivers.append((tx, await store.acquire(tx, "me", LIVE, [PENDING])))
+        writers.append((tx, await store.acquire(tx, "me", LIVE, [PENDING]), tx.steps[0]))
+    return writers
+
+
+async def a_group_of_64_steps_appended_to_one_transaction(store: SqliteStore) -> Writers:
+    tx = make_tx(steps=1, state=ACTIVE)
+    lease = await store.acquire(tx, "me", LIVE, [PENDING])
+    group = [TransactionStep.new("agent", f"act-{index}", {}) for index in range(64)]
+    tx.steps.extend(group)
+    return [(tx, lease, step) for step in group]
+
+
+@pytest.mark.parametrize(
+    "writers_of",
+    [first_steps_of_64_transactions, a_group_of_64_steps_appended_to_one_transaction],
+)
+async def test_concurrent_durable_writes_share_commits(
+    store: SqliteStore, writers_of: Callable[[SqliteStore], Awaitable[Writers]]
+) -> None:
+    writers = await writers_of(store)
     before = store.stats
     seen_at_return: list[int] = []
 
-    async def write(tx: Transaction, lease: Any) -> None:
-        tx.steps[0].status = StepStatus.RUNNING
-        await store.record(lease, tx, tx.steps[0])
+    async def write(tx: Transaction, lease: Lease, step: TransactionStep) -> None:
+        step.status = StepStatus.RUNNING
+        await store.record(lease, tx, step)
         seen_at_return.append(store.stats.commits)
 
     async with anyio.create_task_group() as group:
-        for tx, lease in drivers:
-            group.start_soon(write, tx, lease)
+        for writer in writers:
+            group.start_soon(write, *writer)
     after = store.stats
     assert after.records - before.records == 64
     assert after.commits - before.commits <= 2
     # Each durable writer resumed only after a commit that came after its call.
     assert min(seen_at_return) > before.commits
+    for tx, _, step in writers:
+        loaded = await store.load(tx.transaction_id)
+        assert loaded is not None
+        assert next(s for s in loaded.steps if s.step_id == step.step_id).status is (
+            StepStatus.RUNNING
+        )
+
+
+async def test_a_group_mixing_durable_and_lazy_records_shares_commits(
+    store: SqliteStore,
+) -> None:
+    before = store.stats
+    tx = await drive_a_parallel_group(store, 50)
+    after = store.stats
+    assert after.records - before.records == 101
+    assert after.commits - before.commits <= 3  # intents, completions + the end
+    assert dump(await store.load(tx.transaction_id)) == dump(tx)
 
 
 async def test_many_transactions_in_flight_need_few_commits(db_path: Path) -> None:
@@ -852,6 +891,9 @@ def test_steps_are_written_without_none_fields_only_when_that_round_trips() -> N
     class Safe(BaseModel):
         note: str | None = None
         count: int = 3
+        # The shape of the step's newer fields (interrupted, recorded_only, group, live).
+        flag: bool = False
+        group: str | None = None
 
     class Unsafe(BaseModel):
         limit: int | None = 5  # None here means "no limit", not "the default"
