@@ -112,6 +112,7 @@ class Op:
     expected: str = ""
     taken: bool = False
     done: bool = False
+    appends: bool = False  # a record inserting steps appended since the acquire
     error: BaseException | None = None
     result: Any = None
 
@@ -156,12 +157,14 @@ class Op:
         positions never have a gap.
         """
         rows = []
+        appends = False
         if step is not None:
             tid, epoch = tx.transaction_id, lease.epoch
             position = positions.position(tid, epoch, step.step_id)
             if position is not None:
                 rows.append((step.step_id, position, step.agent_id, step_json(step, tid)))
             else:
+                appends = True
                 rows.extend(
                     (s.step_id, index, s.agent_id, step_json(s, tid))
                     for index, s in positions.unwritten(tx, step, epoch)
@@ -176,6 +179,7 @@ class Op:
             attempts=tx.recovery_attempts,
             header=header_json(tx),
             steps=rows,
+            appends=appends,
         )
 
 
@@ -389,6 +393,8 @@ class Writer:
 
         No op may stay undone whatever happens, or its waiter would wait for ever.
         A failed non-durable record poisons its lease: the driver's next write raises.
+        So does a failed record that inserted appended steps: the next record of one of
+        them (a sibling in a parallel group, say) takes its row for written.
         """
         try:
             await work
@@ -403,7 +409,7 @@ class Writer:
                     continue
                 op.error = error
                 op.done = True
-                if op.kind == "record" and not op.durable:
+                if op.kind == "record" and (not op.durable or op.appends):
                     self.poisoned[(op.tid, op.epoch)] = error
             if not isinstance(exc, Exception):
                 raise

@@ -19,8 +19,9 @@ Three kinds of operations:
   wake-up; they ride with the next commit, or are flushed after ``hold`` seconds.
 
 If a commit fails, every waiting writer gets the error and every lease whose write was
-lost in it (a lazy write, an acquire already handed out) is *poisoned*: the next write
-under that lease raises instead of silently skipping the lost record.
+lost in it (a lazy write, an acquire already handed out, a record inserting steps
+appended since the acquire) is *poisoned*: the next write under that lease raises
+instead of silently skipping the lost record.
 """
 
 from __future__ import annotations
@@ -236,6 +237,10 @@ class Writer:
                     else:
                         awaiting.append(op)
                         need_commit = True
+                        if kind == RECORD and op.args[5]:
+                            # It inserts steps appended since the acquire; the later
+                            # records of those steps update the rows it inserts.
+                            at_risk.append(op)
                 else:
                     reads = True
                     ready.append(op)

@@ -33,7 +33,7 @@ from aumai_transactions.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from aumai_transactions.models import StepStatus, Transaction, TransactionState
+from aumai_transactions.models import StepStatus, Transaction, TransactionState, TransactionStep
 from aumai_transactions.stores import Lease, open_store
 from aumai_transactions.stores.postgres import PostgresStore
 
@@ -524,6 +524,38 @@ async def test_a_stale_non_durable_write_is_dropped_and_the_next_one_raises(
     assert loaded is not None and loaded.steps[0].status is StepStatus.PENDING
     with pytest.raises(LeaseLostError):
         await pg.record(old, tx)
+
+
+@needs_server
+async def test_appended_steps_lost_in_a_failed_batch_poison_their_lease(
+    pg: PostgresStore, db: Any
+) -> None:
+    # A parallel group's first record inserts its steps; if that batch fails, a
+    # sibling's next record must not insert its own row alone: the gap left where the
+    # others should be would make the transaction unloadable.
+    tx = make_tx(steps=1)
+    lease = await start(pg, tx)
+    await sql(
+        db,
+        f"""CREATE FUNCTION {pg.schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$""",
+    )
+    await sql(
+        db,
+        f"CREATE TRIGGER refuse BEFORE INSERT ON {pg.schema}.steps "
+        f"FOR EACH ROW EXECUTE FUNCTION {pg.schema}.refuse()",
+    )
+    group = [TransactionStep.new("agent", f"act-{index}", {}) for index in range(2)]
+    tx.steps.extend(group)
+    group[1].status = StepStatus.RUNNING
+    with pytest.raises(StoreError, match="refused by the test"):
+        await pg.record(lease, tx, group[1])
+    await sql(db, f"DROP TRIGGER refuse ON {pg.schema}.steps")
+    group[0].status = StepStatus.RUNNING
+    with pytest.raises(StoreError, match="refused by the test"):
+        await pg.record(lease, tx, group[0])
+    loaded = await pg.load(tx.transaction_id)
+    assert loaded is not None and len(loaded.steps) == 1
 
 
 @needs_server

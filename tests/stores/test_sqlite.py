@@ -604,6 +604,30 @@ async def test_a_write_lost_in_a_failed_batch_poisons_its_lease(db_path: Path, r
         assert kept is not None and kept.error == "unaffected"
 
 
+async def test_appended_steps_lost_in_a_failed_batch_poison_their_lease(
+    db_path: Path, raw: Any
+) -> None:
+    # A parallel group's first record inserts its steps; if that batch is lost, a
+    # sibling's next record must not take the rows for written (a ValueError, or worse).
+    async with SqliteStore(db_path, busy_timeout=0.2) as store:
+        tx = make_tx(steps=1, state=ACTIVE)
+        lease = await store.acquire(tx, "me", LIVE, [PENDING])
+        await store.renew("me", LIVE)  # durable: everything so far is committed
+        group = [TransactionStep.new("agent", f"act-{index}", {}) for index in range(2)]
+        tx.steps.extend(group)
+        holder = raw()
+        holder.execute("BEGIN IMMEDIATE")
+        group[0].status = StepStatus.RUNNING
+        with pytest.raises(StoreUnavailableError, match="busy timeout"):
+            await store.record(lease, tx, group[0])
+        holder.execute("ROLLBACK")
+        group[1].status = StepStatus.RUNNING
+        with pytest.raises(StoreUnavailableError, match="was lost"):
+            await store.record(lease, tx, group[1])
+        loaded = await store.load(tx.transaction_id)
+        assert loaded is not None and len(loaded.steps) == 1
+
+
 async def test_after_close_writes_are_refused_and_reopening_works(db_path: Path) -> None:
     store = SqliteStore(db_path)
     await store.open()
