@@ -122,9 +122,8 @@ class OpenTransaction:
         """Stop renewing the lease (the end of the block)."""
         renewal, self._renewal = self._renewal, None
         if renewal is not None:
-            renewal.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await renewal.__aexit__(None, None, None)
+            renewal.cancel_scope.cancel()  # its own cancellation, which __aexit__ absorbs
+            await renewal.__aexit__(None, None, None)
         if not self._manager._retain_finished and self.result is not None:
             self._manager.forget(self.transaction_id)
 
