@@ -20,8 +20,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from aumai_transactions import TransactionManager
-from aumai_transactions.errors import LeaseConflictError, LeaseLostError
+from aumai_transactions import OpenTransaction, TransactionManager
+from aumai_transactions.errors import LeaseConflictError, LeaseLostError, StepFailedError
 from aumai_transactions.models import (
     RetryPolicy,
     StepStatus,
@@ -729,6 +729,63 @@ async def test_engine_failure_and_rollback_round_trip(store: Store) -> None:
         StepStatus.FAILED,
     ]
     assert (await store.list(state=ROLLED_BACK))[0].transaction_id == tx.transaction_id
+
+
+def booking(ledger: Ledger, store: Store) -> TransactionManager:
+    actions = ("search", "hold", "hotel", "car", "unhold", "unhotel", "uncar")
+    return TransactionManager(dict.fromkeys(actions, ledger), store=store)
+
+
+async def book_a_trip(tx: OpenTransaction) -> None:
+    """An agent's booking: search, hold a flight, then book a hotel and a car at once."""
+    async with tx:
+        found = await tx.run("search", "search", {"n": 1})
+        await tx.run("flights", "hold", {"n": found["n"] + 1}, "unhold")
+        async with tx.parallel("lodging") as group:
+            group.run("hotels", "hotel", {"n": 3}, "unhotel")
+            group.run("cars", "car", {"n": 4}, "uncar")
+
+
+# Checked inside the manager's block: leaving it closes the store.
+
+
+async def test_engine_open_transaction_with_a_parallel_group_round_trip(store: Store) -> None:
+    async with booking(Ledger(), store) as manager:
+        await anyio.lowlevel.checkpoint()  # the manager's lease renewer is running
+        tx = manager.transaction()
+        await book_a_trip(tx)
+        assert tx.result is not None and tx.result.state is COMMITTED
+        loaded = await store.load(tx.transaction_id)
+        assert dump(loaded) == dump(tx.transaction)
+        assert loaded is not None
+        assert [(s.action, s.group, s.status) for s in loaded.steps] == [
+            ("search", None, StepStatus.COMPLETED),
+            ("hold", None, StepStatus.COMPLETED),
+            ("hotel", "lodging", StepStatus.COMPLETED),
+            ("car", "lodging", StepStatus.COMPLETED),
+        ]
+        assert [s.result for s in loaded.steps][1:] == [
+            {"action": "hold", "n": 2},
+            {"action": "hotel", "n": 3},
+            {"action": "car", "n": 4},
+        ]
+        assert ids(await store.list(agent_id="cars")) == [tx.transaction_id]
+        assert await store.claim_expired("recoverer", LIVE, 10) == []
+
+
+async def test_engine_open_transaction_failing_in_a_group_round_trip(store: Store) -> None:
+    async with booking(Ledger("car"), store) as manager:
+        await anyio.lowlevel.checkpoint()  # the manager's lease renewer is running
+        tx = manager.transaction()
+        with pytest.raises(StepFailedError):
+            await book_a_trip(tx)
+        assert tx.result is not None and tx.result.state is ROLLED_BACK
+        loaded = await store.load(tx.transaction_id)
+        assert dump(loaded) == dump(tx.transaction)
+        assert loaded is not None and loaded.state is ROLLED_BACK
+        statuses = {s.action: s.status for s in loaded.steps}
+        assert (statuses["hold"], statuses["car"]) == (StepStatus.COMPENSATED, StepStatus.FAILED)
+        assert await store.claim_expired("recoverer", LIVE, 10) == []
 
 
 async def test_engine_recovers_an_abandoned_transaction_from_the_store(store: Store) -> None:
