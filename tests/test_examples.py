@@ -10,7 +10,7 @@ import pytest
 from ._support import ROOT, readme_blocks, readme_output_after, run_python_files
 
 EXAMPLES = ROOT / "examples"
-NAMES = ["onboarding", "onboarding_sync", "travel_booking", "timeout"]
+NAMES = ["onboarding", "onboarding_sync", "travel_booking", "timeout", "agent_booking"]
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,32 @@ def test_timeout_cancels_the_slow_step_and_releases_the_seat(
 def test_examples_leave_nothing_in_the_repository() -> None:
     leftovers = {p.name for p in EXAMPLES.iterdir()} - {f"{n}.py" for n in NAMES}
     assert leftovers <= {"__pycache__"}
+
+
+def test_the_agent_books_from_the_search_result_and_undoes_everything_on_a_decline(
+    runs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    first, second = runs["agent_booking"].stdout.split("\n\n")
+    assert first.splitlines() == [
+        "Booking a trip for Ana",
+        "  search_flights: BER -> LIS",
+        "  hold_flight: FR8342 for Ana",  # the cheapest of what the search returned
+        "  book_hotel: Casa Azul (started)",
+        "  rent_car: at LIS (started)",
+        "  charge_card: EUR 276 on 4242-4242-4242-4242",
+        "state: committed",
+    ]
+    assert second.splitlines() == [
+        "Booking a trip for Rui",
+        "  search_flights: BER -> LIS",
+        "  hold_flight: FR8342 for Rui",
+        "  book_hotel: Casa Azul (started)",
+        "  rent_car: at LIS (started)",
+        "  charge_card: EUR 276 on 4000-0000-0000-0002",
+        "  return_car: at LIS",
+        "  cancel_hotel: Casa Azul",
+        "  release_flight: FR8342",
+        "state: rolled_back",
+        "error: card declined",
+        "undone, newest first: ['rent_car', 'book_hotel', 'hold_flight', 'search_flights']",
+    ]
