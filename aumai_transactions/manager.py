@@ -151,12 +151,15 @@ class TransactionManager:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         if self.store.durable:
+            self._renewers += 1  # counted now: the task may start after the first driver
             self._task_group.start_soon(self.keep_leases_renewed)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
+        if self.store.durable:
+            self._renewers -= 1
         await self.close()
 
     async def keep_leases_renewed(self) -> None:
