@@ -1,0 +1,248 @@
+"""The compensation pass: undoing steps, newest first, shielded and bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import anyio
+
+from ._driver import DriverCore, message_of
+from ._forward import spoiled_data, storable_result
+from .models import StepStatus, TransactionState, TransactionStep, utcnow
+
+__all__ = ["CompensationPass", "finalize"]
+
+logger = logging.getLogger("aumai_transactions")
+
+_RUNNING = StepStatus.RUNNING
+_COMPLETED = StepStatus.COMPLETED
+_FAILED = StepStatus.FAILED
+
+
+async def finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
+    """Run ``coro`` to its end; return a native cancellation that arrived meanwhile.
+
+    anyio's shield stops anyio cancellation, but on asyncio a plain ``task.cancel()``
+    still lands at the next await. So on asyncio the work runs in a task of its own,
+    awaited through ``asyncio.shield``: a cancellation of the caller is caught, held
+    and handed back once the work is done. Elsewhere the caller's shield suffices.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        await coro
+        return None
+    task = asyncio.ensure_future(coro)
+    held: BaseException | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():  # the work itself was cancelled: nothing to hold back
+                raise
+            held = exc
+        else:
+            return held
+
+
+class CompensationPass(DriverCore):
+    """Undoes steps: completed ones and those in doubt, one at a time."""
+
+    __slots__ = ()
+
+    def _completed(self) -> list[TransactionStep]:
+        """The completed and in-doubt steps, latest first: the order in which they are
+        undone. (A step still ``running`` here was cut short: it may have had its effect.)
+        """
+        return [
+            s for s in reversed(self.tx.steps) if s.status is _COMPLETED or s.status is _RUNNING
+        ]
+
+    async def _await_forward_call(self, step: TransactionStep) -> bool:
+        """Wait until ``step``'s abandoned handler thread (if any) has returned.
+
+        Returns False when the handler raised after all: then it is the failing step,
+        not in doubt, and is not compensated. When it returned, its result is kept (a
+        compensation may need it: a refund needs the charge id).
+        """
+        call = self._worker_calls.get(step.step_id)
+        if call is None:
+            return True
+        await call.wait()
+        del self._worker_calls[step.step_id]
+        if call.error is not None:
+            step.status = _FAILED
+            step.error = f"{step.error}; its handler then raised: {message_of(call.error)}"
+            step.finished_at = utcnow()
+            await self._journal(step, durable=False)
+            return False
+        if call.result is not None and step.result is None:
+            step.result = storable_result(step, call.result)
+        return True
+
+    async def _compensate_step(self, step: TransactionStep) -> None:
+        action = step.compensating_action
+        assert action is not None
+        handler = self._handlers.get(action)
+        policy = self._options.compensation_retry
+        if handler is None and self._handlers:
+            # A manager with handlers that lacks this one: recording the compensation as
+            # done would report an effect undone that nobody undid (a typo, usually).
+            step.compensation_attempts += 1
+            await self._compensation_failed(
+                step,
+                f"no handler for compensating action {action!r}; nothing was undone "
+                f"(known actions: {', '.join(self._handlers.actions)})",
+            )
+            return
+        while True:
+            attempt = step.compensation_attempts = step.compensation_attempts + 1
+            step.status = StepStatus.COMPENSATING
+            await self._journal(step)
+            if handler is None:  # a dry run (no handlers at all): recorded only
+                break
+            try:
+                await self._handlers.call(
+                    handler,
+                    action,
+                    step.data,
+                    self._context(step, "compensate") if handler.wants_context else None,
+                )
+            except Exception as exc:
+                step.compensation_error = message_of(exc)
+                if policy.should_retry(exc, attempt):
+                    await anyio.sleep(policy.delay_before(attempt + 1))
+                    continue
+                await self._compensation_failed(step, step.compensation_error)
+                return
+            break
+        if self._durable and (spoiled := spoiled_data(step)) is not None:
+            await self._compensation_failed(step, spoiled)
+            return
+        step.status = StepStatus.COMPENSATED
+        step.compensation_error = None
+        step.compensated_at = utcnow()
+        await self._journal(step, durable=False)
+
+    async def _compensation_failed(self, step: TransactionStep, message: str) -> None:
+        """Record that ``step``'s compensation failed for good (an operator must look)."""
+        step.status = StepStatus.COMPENSATION_FAILED
+        step.compensation_error = message
+        self._compensation_errors[step.step_id] = message
+        logger.error(
+            "compensation %r of step %s failed after %d attempt(s): %s",
+            step.compensating_action,
+            step.step_id,
+            step.compensation_attempts,
+            message,
+        )
+        await self._journal(step)
+
+    async def _compensate(self, steps: Sequence[TransactionStep]) -> None:
+        """Undo ``steps`` in the order given; every one is tried whatever the others do."""
+        undone = self._undone
+        for step in steps:
+            if step.status is StepStatus.COMPENSATED:
+                continue
+            if step.status is _RUNNING:  # in doubt
+                if step.compensating_action is None:
+                    # Nothing can undo it: it ends failed, still marked interrupted.
+                    step.status = _FAILED
+                    step.finished_at = utcnow()
+                    await self._journal(step, durable=False)
+                    continue
+                if not await self._await_forward_call(step):
+                    continue
+            if step.compensating_action is not None:
+                await self._compensate_step(step)
+            undone.append(step.step_id)
+
+    async def _compensate_shielded(
+        self,
+        steps: Sequence[TransactionStep],
+        goal: TransactionState,
+        interrupted: Sequence[TransactionStep] = (),
+    ) -> None:
+        """Compensate ``steps`` whatever cancellation arrives, then record the final state.
+
+        ``interrupted`` are the steps cut short by a timeout or cancellation: they are
+        recorded as such first (they are in doubt, and among ``steps``). A native
+        asyncio cancellation (``task.cancel()``, as ``asyncio.timeout`` and
+        ``wait_for`` do) that arrives meanwhile is held back and re-raised at the end.
+        """
+        with anyio.CancelScope(shield=True):
+            held = await finalize(self._compensate_and_finish(steps, goal, interrupted))
+        if held is not None:
+            raise held
+
+    async def _compensate_and_finish(
+        self,
+        steps: Sequence[TransactionStep],
+        goal: TransactionState,
+        interrupted: Sequence[TransactionStep],
+    ) -> None:
+        tx = self.tx
+        for step in interrupted:
+            await self._journal(step, durable=False)
+        if tx.state is not TransactionState.COMPENSATING:
+            tx.state = TransactionState.COMPENSATING
+            tx.updated_at = utcnow()
+            # Without an interrupted step, the journal already tells recovery to
+            # compensate (a failed step, or the recovery's own decision): the state
+            # change may ride with the first compensation's intent.
+            await self._journal(durable=bool(interrupted))
+        await self._compensate_within_bound(steps)
+        await self._finish(
+            TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
+        )
+
+    async def _compensate_within_bound(self, steps: Sequence[TransactionStep]) -> None:
+        """Compensate ``steps`` under the compensation time bound; what it cuts short
+        is recorded as a compensation error."""
+        bound_seconds = self._options.compensation_timeout
+        with anyio.move_on_after(bound_seconds) as bound:
+            await self._compensate(steps)
+        if bound.cancelled_caught:
+            errors = self._compensation_errors
+            for step in steps:
+                if step.step_id in self._worker_calls:
+                    step.status = StepStatus.COMPENSATION_FAILED
+                    step.compensation_error = (
+                        f"not compensated: its action was still running when the "
+                        f"compensation time bound ({bound_seconds}s) ran out, so it may "
+                        "still have its effect"
+                    )
+                    errors[step.step_id] = step.compensation_error
+                    await self._journal(step)
+                elif step.status is StepStatus.COMPENSATING:
+                    step.status = StepStatus.COMPENSATION_FAILED
+                    step.compensation_error = f"compensation timed out after {bound_seconds}s"
+                    errors[step.step_id] = step.compensation_error
+                    await self._journal(step)
+                elif (
+                    step.compensating_action is not None
+                    and step.status is not StepStatus.COMPENSATED
+                    and step.step_id not in errors
+                ):
+                    errors[step.step_id] = (
+                        "not compensated: the compensation time bound "
+                        f"({bound_seconds}s) ran out first"
+                    )
+
+    def _in_doubt(self) -> list[TransactionStep]:
+        """The steps left running (a parallel group's siblings a failure cancelled)."""
+        return [step for step in self.tx.steps if step.status is _RUNNING]
+
+    def _interrupted(self, error: str) -> list[TransactionStep]:
+        """Mark the steps that were running when the pass was cut short: in doubt, they
+        stay ``running`` until their compensation, flagged ``interrupted`` (a step
+        already flagged keeps the reason it was given)."""
+        stopped = [step for step in self.tx.steps if step.status is _RUNNING]
+        for step in stopped:
+            if not step.interrupted:
+                step.interrupted = True
+                step.error = error
+        return stopped

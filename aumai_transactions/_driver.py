@@ -1,0 +1,228 @@
+"""The driver's state: its transaction, lease and journal writes, and its result.
+
+The forward pass (``_forward.py``) and the compensation pass (``_compensation.py``)
+are mixins over this core; ``engine.TransactionDriver`` combines them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import anyio
+
+from .errors import StoreError
+from .handlers import HandlerRegistry, StepContext, WorkerCall
+from .models import (
+    RetryPolicy,
+    StepStatus,
+    Transaction,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+    utcnow,
+)
+from .stores import Lease, Store
+
+__all__ = ["DriverCore", "EngineOptions", "LeaseRenewal", "StepFailed", "clock", "message_of"]
+
+logger = logging.getLogger("aumai_transactions")
+
+_COMPLETED = StepStatus.COMPLETED
+
+
+class LeaseRenewal:
+    """When the leases of one owner are next due for renewal.
+
+    Shared by every driver of a manager (and its heartbeat): ``Store.renew`` extends
+    all of an owner's leases at once, so one renewal per period is enough, however
+    many transactions are in flight.
+    """
+
+    __slots__ = ("due", "period")
+
+    def __init__(self, lease_ttl: float) -> None:
+        self.period = lease_ttl / 3
+        self.due = time.monotonic() + self.period
+
+    def claim(self) -> bool:
+        """True (once per period) when the caller should renew now."""
+        now = time.monotonic()
+        if now < self.due:
+            return False
+        self.due = now + self.period  # before any await: the others see it is taken
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Settings a manager hands to every driver it starts."""
+
+    owner: str
+    renewal: LeaseRenewal
+    lease_ttl: float = 30.0
+    compensation_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_attempts=3, initial_delay=0.1)
+    )
+    compensation_timeout: float = 60.0
+    max_recovery_attempts: int = 3
+
+
+class StepFailed(Exception):
+    """A step's handler failed for good (after its retries)."""
+
+    def __init__(self, step: TransactionStep) -> None:
+        super().__init__(step.error)
+        self.step = step
+
+
+def clock() -> float:
+    """``anyio.current_time()``, cheaply where the loop is asyncio's."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return anyio.current_time()
+
+
+def message_of(exc: BaseException) -> str:
+    """What a failure's message is: its text, or its type's name when it has none."""
+    return str(exc) or type(exc).__name__
+
+
+class DriverCore:
+    """What every pass of a driver shares: the transaction, its lease and journal."""
+
+    __slots__ = (
+        "_compensation_errors",
+        "_handlers",
+        "_lease",
+        "_options",
+        "_durable",
+        "_started_at",
+        "_store",
+        "_undone",
+        "_worker_calls",
+        "tx",
+    )
+
+    def __init__(
+        self,
+        tx: Transaction,
+        handlers: HandlerRegistry,
+        store: Store,
+        options: EngineOptions,
+    ) -> None:
+        self.tx = tx
+        self._handlers = handlers
+        self._store = store
+        self._options = options
+        self._lease: Lease | None = None
+        self._durable = store.durable
+        self._undone: list[str] = []
+        self._compensation_errors: dict[str, str] = {}
+        self._worker_calls: dict[str, WorkerCall] = {}
+        self._started_at = utcnow()
+
+    # ------------------------------------------------------------------ journal
+
+    async def _journal(self, step: TransactionStep | None = None, durable: bool = True) -> None:
+        lease = self._lease
+        assert lease is not None
+        if self._durable and self._options.renewal.claim():
+            await self._store.renew(lease.owner, self._options.lease_ttl)
+        await self._store.record(lease, self.tx, step, durable=durable)
+
+    @property
+    def started_at(self) -> datetime:
+        """When this driver started."""
+        return self._started_at
+
+    async def take_lease(self, expected: Iterable[TransactionState]) -> None:
+        """Write the transaction in full and take its lease (it must be in ``expected``)."""
+        store = self._store
+        self._lease = await store.acquire(
+            self.tx, self._options.owner, self._options.lease_ttl, expected
+        )
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this driver holds, or None until it took (or adopted) one."""
+        return self._lease
+
+    def adopt_lease(self, lease: Lease) -> None:
+        """Drive under a lease claimed elsewhere (recovery)."""
+        self._lease = lease
+
+    async def _finish(self, state: TransactionState) -> None:
+        fields = self.tx.__dict__
+        fields["state"] = state
+        fields["finished_at"] = fields["updated_at"] = utcnow()
+        await self._journal()
+        assert self._lease is not None
+        try:
+            await self._store.release(self._lease)
+        except StoreError as exc:
+            # The outcome is durable: the caller must get it, not an error that reads as
+            # "it failed" (and invites a retry). The lease lapses by itself, and a
+            # transaction in a terminal state is never claimed.
+            logger.warning(
+                "transaction %s is %s, but its lease could not be released: %s",
+                self.tx.transaction_id,
+                state.value,
+                exc,
+            )
+
+    def _context(
+        self, step: TransactionStep, phase: Literal["forward", "compensate"]
+    ) -> StepContext:
+        tx = self.tx
+        compensating = phase == "compensate"
+        # A compensation also sees the result of the step it undoes (a refund needs the
+        # charge id); a forward step sees the steps completed before it.
+        done = [
+            s
+            for s in tx.steps
+            if (s.status is _COMPLETED and s is not step) or (compensating and s is step)
+        ]
+        return StepContext(
+            transaction_id=tx.transaction_id,
+            step_id=step.step_id,
+            agent_id=step.agent_id,
+            action=(step.compensating_action or step.action) if compensating else step.action,
+            attempt=step.compensation_attempts if compensating else step.attempts,
+            idempotency_key=step.idempotency_key(tx.transaction_id),
+            phase=phase,
+            results={s.step_id: s.result for s in done},
+            results_by_action={s.action: s.result for s in done},
+            actions={s.step_id: s.action for s in done},
+        )
+
+    # ------------------------------------------------------------------ result
+
+    def result(self, failed: TransactionStep | None = None) -> TransactionResult:
+        """The outcome of this run, in the original tool's terms."""
+        tx = self.tx
+        finished = tx.finished_at
+        state = tx.state
+        if state is TransactionState.COMMITTED:
+            completed = [s.step_id for s in tx.steps if s.status is _COMPLETED]
+        else:
+            completed = list(self._undone)
+        started: datetime = self._started_at
+        return TransactionResult.new(
+            tx.transaction_id,
+            state,
+            completed,
+            failed.step_id if failed is not None else None,
+            tx.error,
+            dict(self._compensation_errors),
+            started,
+            finished,
+            [s.step_id for s in tx.steps if s.interrupted],
+            [s.step_id for s in tx.steps if s.recorded_only],
+        )
