@@ -12,6 +12,11 @@ to finish, and then KeyboardInterrupt is raised from the caller's line. A rollba
 being compensation itself, runs to its end first. Further Ctrl-Cs while compensation
 runs are ignored (logged): the promise is that nothing completed is left undone. To
 stop harder, kill the process; with a durable store, ``recover`` finishes the job.
+
+Open transactions work the same way: ``with manager.transaction() as tx:`` and
+``tx.run(...)``, ``with tx.parallel() as group:`` and ``group.run(...)``. Ctrl-C in a
+``tx.run`` cancels that step; the exception then ends the block, which compensates
+(the transaction ends ``failed``) before KeyboardInterrupt goes on.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
 import anyio.from_thread
 
 from . import manager as _manager
+from . import open_transaction as _open
 from . import saga as _saga
 from .handlers import ActionHandler, SyncHandlerMode
 from .models import RecoveryPolicy, RetryPolicy, Transaction, TransactionResult, TransactionStep
@@ -46,17 +52,21 @@ logger = logging.getLogger("aumai_transactions")
 _portal_lock = threading.Lock()
 _portal: anyio.from_thread.BlockingPortal | None = None
 _portal_stack = ExitStack()
+_open_blocks: set[OpenTransaction] = set()  # entered and not yet left
 
 
 def _close_portal() -> None:
     """At exit: cancel what still runs in the loop (the lease renewal of a manager that
     was opened and never closed would otherwise keep the process from ending), then
-    stop it. A transaction cancelled here compensates, shielded, before the loop ends."""
+    stop it. A transaction cancelled here compensates, shielded, before the loop ends;
+    so does an open transaction whose ``with`` block was never left."""
     global _portal
     with _portal_lock:
         portal, _portal = _portal, None
         if portal is not None:
             try:
+                for block in list(_open_blocks):
+                    block._abandon(portal)
                 portal.call(portal.stop, True)
             except RuntimeError:  # the loop has already stopped
                 pass
@@ -82,15 +92,76 @@ def _blocking_portal() -> anyio.from_thread.BlockingPortal:
         return _portal
 
 
+class _SigintGuard:
+    """SIGINT while the main thread waits for the loop, as a context manager.
+
+    It is handled here only in the main thread, and only while Python's default
+    handler is in place (a handler of the program's own is left alone). While
+    ``armed``, the next SIGINT raises KeyboardInterrupt, once, where the wait can take
+    it; any other is counted in ``interrupts`` and nothing more.
+    """
+
+    def __init__(self) -> None:
+        self.interrupts = 0
+        self.armed = False
+        self.installed = False
+        self._previous: Any = None
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupts += 1
+        if self.armed:
+            self.armed = False  # one KeyboardInterrupt per wait; later SIGINTs are held
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> Self:
+        self.installed = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if self.installed:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def wait_out(
+        self,
+        ended: threading.Event,
+        notice: str | None = None,
+        each: Callable[[], object] = bool,
+        *,
+        now: str | None = None,
+    ) -> None:
+        """Wait until ``ended`` is set, whatever SIGINTs arrive, calling ``each`` every
+        round. ``now`` is logged at once; ``notice`` at the first SIGINT (None: one came
+        before, and has been answered); each later one is logged as ignored."""
+        seen = self.interrupts  # before saying so: a Ctrl-C from now on is a further one
+        if now is not None:
+            logger.warning(now)
+        while True:
+            try:
+                each()
+                # A short wait in a loop, only to say so when another Ctrl-C comes.
+                done = ended.wait(0.1)
+                if self.interrupts > seen:
+                    seen = self.interrupts
+                    logger.warning(notice or "Ctrl-C ignored: still compensating.")
+                    notice = None
+                if done:
+                    return
+            except KeyboardInterrupt:  # raised by a SIGINT handler of the program's own
+                self.interrupts += 1
+
+
 class _Call(Generic[_T]):
     """One blocking call: a task in the portal's loop that the calling thread waits for.
 
-    In the main thread, while the call runs, SIGINT is handled here (when Python's
-    default handler is in place; a handler of the program's own is left alone): the
-    first one raises KeyboardInterrupt only where the wait can take it, so a Ctrl-C at
-    any moment has one effect. The task is cancelled (the engine compensates, shielded),
-    the caller waits until it has ended, then KeyboardInterrupt is raised here, with no
-    traceback through the portal's internals. Later SIGINTs are counted and ignored.
+    In the main thread, while the call runs, a Ctrl-C at any moment has one effect
+    (see :class:`_SigintGuard`): the task is cancelled (the engine compensates,
+    shielded), the caller waits until it has ended, then KeyboardInterrupt is raised
+    here, with no traceback through the portal's internals. Later SIGINTs are ignored.
     """
 
     def __init__(self, func: Callable[..., Awaitable[_T]], args: tuple[Any, ...]) -> None:
@@ -98,8 +169,6 @@ class _Call(Generic[_T]):
         self._args = args
         self._ended = threading.Event()
         self._error: BaseException | None = None
-        self._armed = False  # whether the next SIGINT raises KeyboardInterrupt
-        self._interrupts = 0
 
     async def _task(self) -> _T:
         try:
@@ -112,61 +181,37 @@ class _Call(Generic[_T]):
         finally:
             self._ended.set()
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        self._interrupts += 1
-        if self._armed:
-            self._armed = False  # one KeyboardInterrupt per call; later SIGINTs are held
-            raise KeyboardInterrupt
-
     def run(self, portal: anyio.from_thread.BlockingPortal) -> _T:
-        guarded = (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        )
-        if guarded:
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
+        with _SigintGuard() as guard:
             future = portal.start_task_soon(self._task)  # a SIGINT meanwhile is held
             try:
-                self._armed = guarded
-                if self._interrupts:  # it came while the task was being handed over
-                    self._armed = False
+                guard.armed = guard.installed
+                if guard.interrupts:  # it came while the task was being handed over
+                    guard.armed = False
                     raise KeyboardInterrupt
                 result = future.result()
-                self._armed = False
+                guard.armed = False
             except KeyboardInterrupt:
-                self._armed = False
-                self._wind_down(future)
+                guard.armed = False
+                self._wind_down(future, guard)
                 error, self._error = self._error, None
                 raise KeyboardInterrupt from error
-        finally:
-            if guarded:
-                signal.signal(signal.SIGINT, previous)
-            self._error = None  # it holds this call's frames
-        if self._interrupts:  # Ctrl-C came as the call returned: it still stops the program
+            finally:
+                self._error = None  # it holds this call's frames
+        if guard.interrupts:  # Ctrl-C came as the call returned: it still stops the program
             raise KeyboardInterrupt
         return result
 
-    def _wind_down(self, future: Future[_T]) -> None:
+    def _wind_down(self, future: Future[_T], guard: _SigintGuard) -> None:
         """Cancel the task and wait for it to end, whatever further SIGINTs arrive."""
         if self._ended.is_set():
             return
-        seen = self._interrupts  # before saying so: a Ctrl-C from now on is a further one
-        logger.warning(
-            "Interrupted: stopping; what had completed is being compensated first (bounded "
-            "by compensation_timeout), then KeyboardInterrupt is raised. Ctrl-C again is ignored."
+        guard.wait_out(
+            self._ended,
+            each=future.cancel,
+            now="Interrupted: stopping; what had completed is being compensated first (bounded "
+            "by compensation_timeout), then KeyboardInterrupt is raised. Ctrl-C again is ignored.",
         )
-        while True:
-            try:
-                future.cancel()
-                # A short wait in a loop, only to say so when another Ctrl-C comes.
-                if self._ended.wait(0.1):
-                    return
-                if self._interrupts > seen:
-                    seen = self._interrupts
-                    logger.warning("Ctrl-C ignored: still compensating.")
-            except KeyboardInterrupt:  # raised by a SIGINT handler of the program's own
-                self._interrupts += 1
 
 
 def _run(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
@@ -226,6 +271,8 @@ class TransactionManager:
         *,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        group: str | None = None,
+        max_concurrency: int | None = None,
     ) -> TransactionStep:
         """See :meth:`aumai_transactions.TransactionManager.add_step`."""
         return self.manager.add_step(
@@ -236,7 +283,40 @@ class TransactionManager:
             compensating_action,
             retry=retry,
             recovery=recovery,
+            group=group,
+            max_concurrency=max_concurrency,
         )
+
+    def new_step(
+        self,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+        group: str | None = None,
+        max_concurrency: int | None = None,
+        live: bool = False,
+    ) -> TransactionStep:
+        """See :meth:`aumai_transactions.TransactionManager.new_step`."""
+        return self.manager.new_step(
+            agent_id,
+            action,
+            data,
+            compensating_action,
+            retry=retry,
+            recovery=recovery,
+            group=group,
+            max_concurrency=max_concurrency,
+            live=live,
+        )
+
+    def transaction(self, timeout_seconds: float | None = 60.0) -> OpenTransaction:
+        """An open transaction, for ``with``: ``tx.run(...)`` runs each step as the code
+        decides it. See :meth:`aumai_transactions.TransactionManager.transaction`."""
+        return OpenTransaction(self.manager.transaction(timeout_seconds))
 
     def commit(self, transaction: Transaction) -> TransactionResult:
         """See :meth:`aumai_transactions.TransactionManager.commit`."""
@@ -295,6 +375,239 @@ class TransactionManager:
         self.close()
 
 
+class OpenTransaction:
+    """Blocking twin of :class:`aumai_transactions.OpenTransaction`:
+    ``with manager.transaction() as tx:``, then ``tx.run(...)`` for each step.
+
+    The async block is held open by one task in the facade's loop, which enters and
+    leaves it (its deadline's cancel scope and its lease renewal's task group belong to
+    one task); each ``tx.run`` and each group is a blocking call of its own in between.
+    The exception that ends the ``with`` block, KeyboardInterrupt included, is handed
+    to the async block's exit, which compensates before it propagates. Ctrl-C during
+    ``tx.run`` cancels that step (in doubt, so compensated with the rest); Ctrl-C
+    while the block ends is held until it has committed or compensated, and then
+    raised. Code between the steps runs in the calling thread, so the deadline cannot
+    cut it short: the next ``tx.run``, or the end of the block, raises TimeoutError.
+    """
+
+    def __init__(self, open_transaction: _open.OpenTransaction) -> None:
+        self._open = open_transaction
+        self._holder: Future[bool] | None = None
+        self._entered = threading.Event()  # entering is over, either way
+        self._inside = False  # the async block was entered
+        self._left = threading.Event()  # the holder has ended
+        self._exc_info: tuple[Any, Any, Any] = (None, None, None)
+        # Made in the loop (they belong to it) by _prepare.
+        self._entering: anyio.CancelScope | None = None
+        self._leave: anyio.Event | None = None
+
+    @property
+    def transaction(self) -> Transaction:
+        """The underlying transaction (its steps, state and id)."""
+        return self._open.transaction
+
+    @property
+    def transaction_id(self) -> str:
+        """The transaction's id."""
+        return self._open.transaction_id
+
+    @property
+    def result(self) -> TransactionResult | None:
+        """The outcome, once the block has ended (or :meth:`rollback` ran)."""
+        return self._open.result
+
+    # ------------------------------------------------------------------ the block
+
+    async def _prepare(self) -> None:
+        self._entering = anyio.CancelScope()
+        self._leave = anyio.Event()
+
+    async def _hold(self) -> bool:
+        """The whole async block, in this one task: enter, wait to be told to leave,
+        leave with the exception that ended the ``with`` block (or none)."""
+        assert self._entering is not None and self._leave is not None
+        try:
+            with self._entering:  # cancelled (by Ctrl-C) only while entering
+                try:
+                    await self._open.__aenter__()
+                    self._inside = True
+                finally:
+                    self._entered.set()
+                # The code of the block runs elsewhere; the deadline's scope, which
+                # this task is inside, must not cut this wait short: the block's exit
+                # tells a deadline that passed meanwhile by the clock.
+                with anyio.CancelScope(shield=True):
+                    await self._leave.wait()
+                return await self._open.__aexit__(*self._exc_info)
+            return False  # entering was cancelled
+        finally:
+            self._left.set()
+
+    def _stop_entering(self) -> None:
+        """(In the loop.) Cancel the entering, unless the block is entered already."""
+        assert self._entering is not None
+        if not self._inside:
+            self._entering.cancel()
+
+    def _tell_holder_to_leave(self, portal: anyio.from_thread.BlockingPortal) -> None:
+        assert self._leave is not None
+        _open_blocks.discard(self)
+        portal.call(self._leave.set)
+
+    def _abandon(self, portal: anyio.from_thread.BlockingPortal) -> None:
+        """At exit, a block never left: end it as interrupted (compensated)."""
+        self._exc_info = (SystemExit, SystemExit(), None)
+        self._tell_holder_to_leave(portal)
+
+    def _wait_for_holder(self, guard: _SigintGuard, interrupted: bool) -> None:
+        """Wait until the block has ended; ``interrupted``: by a Ctrl-C already told."""
+        if not self._left.is_set():
+            guard.wait_out(
+                self._left,
+                None
+                if interrupted
+                else "Interrupted: the open transaction ends first (it commits, or "
+                "compensates what ran), then KeyboardInterrupt is raised. Ctrl-C again "
+                "is ignored.",
+            )
+
+    def __enter__(self) -> Self:
+        portal = _blocking_portal()
+        portal.call(self._prepare)
+        with _SigintGuard() as guard:  # as in _Call.run: one Ctrl-C, one effect
+            self._holder = holder = portal.start_task_soon(self._hold)  # a SIGINT is held
+            try:
+                guard.armed = guard.installed
+                if guard.interrupts:  # it came while the holder was being handed over
+                    raise KeyboardInterrupt
+                self._entered.wait()
+                guard.armed = False
+            except KeyboardInterrupt:
+                guard.armed = False
+                portal.call(self._stop_entering)
+                if not self._inside:
+                    self._wait_for_holder(guard, interrupted=True)
+        if guard.interrupts:
+            stop = KeyboardInterrupt()
+            if self._inside:  # it came just as the block was entered: leave it so
+                self.__exit__(KeyboardInterrupt, stop, None)
+            raise stop
+        if not self._inside:
+            holder.result()  # raises what kept the block from being entered
+            raise RuntimeError("the open transaction's block could not be entered")
+        _open_blocks.add(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        with _SigintGuard() as guard:  # first: a Ctrl-C now must not skip the compensation
+            holder = self._holder
+            assert holder is not None
+            self._exc_info = (exc_type, exc, tb)
+            self._tell_holder_to_leave(_blocking_portal())
+            self._wait_for_holder(guard, isinstance(exc, KeyboardInterrupt))
+        interrupted = guard.interrupts and not isinstance(exc, KeyboardInterrupt)
+        try:
+            swallowed = holder.result()
+        except BaseException as error:
+            if interrupted:  # it ended as it had to; now the program stops
+                raise KeyboardInterrupt from error
+            raise
+        finally:
+            self._exc_info = (None, None, None)  # it holds the block's frames
+        if interrupted:
+            raise KeyboardInterrupt
+        return swallowed
+
+    # ------------------------------------------------------------------ steps
+
+    def run(
+        self,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+    ) -> Any:
+        """See :meth:`aumai_transactions.OpenTransaction.run`."""
+        return _run(
+            functools.partial(
+                self._open.run,
+                agent_id,
+                action,
+                data,
+                compensating_action,
+                retry=retry,
+                recovery=recovery,
+            )
+        )
+
+    def parallel(
+        self, name: str | None = None, *, max_concurrency: int | None = None
+    ) -> ParallelGroup:
+        """See :meth:`aumai_transactions.OpenTransaction.parallel`; use it with ``with``."""
+        return ParallelGroup(self._open.parallel(name, max_concurrency=max_concurrency))
+
+    def rollback(self) -> TransactionResult:
+        """See :meth:`aumai_transactions.OpenTransaction.rollback`."""
+        return _run(self._open.rollback)
+
+
+class ParallelGroup:
+    """Blocking twin of :class:`aumai_transactions.ParallelGroup`: ``with tx.parallel()
+    as group:``, ``group.run(...)`` for each step; they start together as the block ends."""
+
+    def __init__(self, group: _open.ParallelGroup) -> None:
+        self._group = group
+
+    @property
+    def name(self) -> str:
+        """The group's name (unique in its transaction)."""
+        return self._group.name
+
+    @property
+    def steps(self) -> list[TransactionStep]:
+        """The group's steps, in the order they were added."""
+        return self._group.steps
+
+    @property
+    def results(self) -> list[Any]:
+        """Each step's result, in the order the steps were added."""
+        return self._group.results
+
+    def run(
+        self,
+        agent_id: str,
+        action: str,
+        data: dict[str, Any] | None = None,
+        compensating_action: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        recovery: RecoveryPolicy | None = None,
+    ) -> TransactionStep:
+        """See :meth:`aumai_transactions.ParallelGroup.run`."""
+        return self._group.run(
+            agent_id, action, data, compensating_action, retry=retry, recovery=recovery
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _run(self._group.__aexit__, exc_type, exc, tb)
+
+
 class SagaOrchestrator:
     """Blocking twin of :class:`aumai_transactions.SagaOrchestrator`.
 
@@ -342,6 +655,16 @@ class SagaOrchestrator:
         self._saga.register(
             agent_id, action, data, compensating_action, retry=retry, recovery=recovery
         )
+        return self
+
+    def register_parallel(
+        self,
+        steps: Sequence[Mapping[str, Any] | tuple[Any, ...]],
+        *,
+        max_concurrency: int | None = None,
+    ) -> SagaOrchestrator:
+        """See :meth:`aumai_transactions.SagaOrchestrator.register_parallel`."""
+        self._saga.register_parallel(steps, max_concurrency=max_concurrency)
         return self
 
     def execute(self, timeout_seconds: float | None = 60.0) -> TransactionResult:

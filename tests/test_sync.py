@@ -304,3 +304,64 @@ def test_a_script_that_opens_a_manager_and_never_closes_it_still_exits(tmp_path:
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "committed\n", "")
+
+
+def _meet_at(barrier: threading.Barrier, recorder: Recorder) -> Any:
+    """A sync handler that passes only while another one waits at ``barrier`` too."""
+
+    def meet(action: str, data: dict[str, Any]) -> dict[str, str]:
+        barrier.wait()
+        return recorder.sync(action, data)
+
+    return meet
+
+
+def test_the_blocking_add_step_declares_parallel_groups() -> None:
+    recorder = Recorder()
+    meet = _meet_at(threading.Barrier(2, timeout=5), recorder)
+    manager = blocking.TransactionManager(
+        {"hotel": meet, "car": meet, **recorder.handlers("flight", "charge")}
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "air", "flight")
+    manager.add_step(tx, "stay", "hotel", group="lodging", max_concurrency=2)
+    manager.add_step(tx, "road", "car", group="lodging")
+    manager.add_step(tx, "bank", "charge")
+    result = manager.commit(tx)
+    assert result.state is TransactionState.COMMITTED, result.error
+    assert recorder.actions[0] == "flight" and recorder.actions[3] == "charge"
+    assert sorted(recorder.actions[1:3]) == ["car", "hotel"]
+    assert [s.group for s in tx.steps] == [None, "lodging", "lodging", None]
+    other = manager.begin()
+    manager.add_step(other, "x", "hotel", group="g")
+    manager.add_step(other, "x", "flight")
+    with pytest.raises(ValueError, match="was closed by a step outside it"):
+        manager.add_step(other, "x", "car", group="g")
+
+
+def test_the_blocking_saga_registers_parallel_groups() -> None:
+    recorder = Recorder(fail={"charge"})
+    meet = _meet_at(threading.Barrier(2, timeout=5), recorder)
+    manager = blocking.TransactionManager(
+        {
+            "hotel": meet,
+            "car": meet,
+            **recorder.handlers("flight", "unflight", "unhotel", "uncar", "charge"),
+        }
+    )
+    saga = blocking.SagaOrchestrator(manager).register("air", "flight", {}, "unflight")
+    group = [
+        {"agent_id": "stay", "action": "hotel", "compensating_action": "unhotel"},
+        ("road", "car", {"city": "LIS"}, "uncar"),
+    ]
+    assert saga.register_parallel(group, max_concurrency=2) is saga
+    saga.register("bank", "charge")
+    assert saga.steps == [("air", "flight"), ("stay", "hotel"), ("road", "car"), ("bank", "charge")]
+    result = saga.execute(timeout_seconds=30)
+    assert result.state is TransactionState.ROLLED_BACK
+    # Both lodging steps ran at once (the barrier), then everything was undone, the
+    # group in reverse declaration order whatever order its steps finished in.
+    assert sorted(recorder.actions[1:3]) == ["car", "hotel"]
+    assert recorder.actions[3:] == ["charge", "uncar", "unhotel", "unflight"]
+    with pytest.raises(ValueError, match="needs at least one step"):
+        saga.register_parallel([])

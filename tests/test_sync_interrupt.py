@@ -60,12 +60,14 @@ SCRIPT = textwrap.dedent(
     handlers = {"charge": effect, "refund": effect, "notify": effect, "unship": effect}
     if SCENARIO.startswith("rollback"):
         handlers |= {"ship": effect, "unship": blocked_in_thread}
+    elif SCENARIO == "open-exit":
+        handlers |= {"ship": effect, "refund": blocked_in_thread}
     elif SCENARIO.endswith("thread"):
         handlers |= {"ship": blocked_in_thread}
     else:
         handlers |= {"ship": blocked}
     # Only the in-doubt scenarios give the interrupted step a compensation.
-    unship = "unship" if SCENARIO.startswith(("in-doubt", "rollback")) else None
+    unship = "unship" if "in-doubt" in SCENARIO or SCENARIO.startswith("rollback") else None
 
     manager = TransactionManager(handlers)
     try:
@@ -75,6 +77,14 @@ SCRIPT = textwrap.dedent(
             saga.register("shipping", "ship", {}, unship)
             saga.register("mail", "notify", {})
             saga.execute(timeout_seconds=60)
+        elif SCENARIO.startswith("open"):
+            # An open transaction: each step chosen as the code goes.
+            with manager.transaction(timeout_seconds=60) as open_tx:
+                open_tx.run("billing", "charge", {}, "refund")
+                if SCENARIO == "open-exit":  # the block fails; Ctrl-C comes as it ends
+                    raise LookupError("out of stock")
+                open_tx.run("shipping", "ship", {}, unship)
+                open_tx.run("mail", "notify", {})
         else:
             tx = manager.begin(timeout_seconds=60)
             manager.add_step(tx, "billing", "charge", {}, "refund")
@@ -230,23 +240,60 @@ def test_ctrl_c_during_a_rollback_lets_the_compensation_finish_then_raises(
 
 
 @pytest.mark.parametrize(
-    ("child", "ledger"),
+    ("child", "ledger", "steps"),
     [
         # Cancelled at its await: the effect may or may not have happened; undone anyway.
-        ("in-doubt-async", ["charge", "unship", "refund"]),
+        (
+            "in-doubt-async",
+            ["charge", "unship", "refund"],
+            ["charge:compensated", "ship:compensated", "notify:pending"],
+        ),
         # The thread goes on after the interrupt and has its effect; only then is it undone.
-        ("in-doubt-thread", ["charge", "ship", "unship", "refund"]),
+        (
+            "in-doubt-thread",
+            ["charge", "ship", "unship", "refund"],
+            ["charge:compensated", "ship:compensated", "notify:pending"],
+        ),
+        # An open transaction: the block ends as a cancellation does (failed, all that
+        # ran compensated), and the step after the interrupted one is never run.
+        ("open", ["charge", "refund"], ["charge:compensated", "ship:failed"]),
+        (
+            "open-in-doubt-async",
+            ["charge", "unship", "refund"],
+            ["charge:compensated", "ship:compensated"],
+        ),
+        (
+            "open-in-doubt-thread",
+            ["charge", "ship", "unship", "refund"],
+            ["charge:compensated", "ship:compensated"],
+        ),
     ],
     indirect=["child"],
 )
-def test_ctrl_c_compensates_the_interrupted_step_too(child: Child, ledger: list[str]) -> None:
+def test_ctrl_c_compensates_the_interrupted_step_too(
+    child: Child, ledger: list[str], steps: list[str]
+) -> None:
     child.wait_for("stdout", "blocked in ship")
+    assert child.ledger_lines() == ["charge"]
     child.interrupt()
     child.wait_for("stderr", TOOK_IT)
     child.release()
     status, stdout, stderr = child.finish()
     assert child.ledger_lines() == ledger
-    state, steps = stdout[1:]
-    assert state == "state failed"
-    assert {"charge:compensated", "ship:compensated", "notify:pending"} <= set(steps.split())
+    assert stdout[1:] == ["state failed", " ".join(["steps", *steps])]
     assert_a_short_clean_keyboard_interrupt(child, status, stderr)
+
+
+@pytest.mark.parametrize("child", ["open-exit"], indirect=True)
+def test_ctrl_c_as_an_open_transaction_ends_lets_it_compensate_then_raises(child: Child) -> None:
+    child.wait_for("stdout", "blocked in refund")  # the block's exit is compensating
+    child.interrupt()
+    child.wait_for("stderr", "Interrupted: the open transaction ends first")
+    child.interrupt()
+    child.wait_for("stderr", IGNORED)
+    child.release()
+    status, stdout, stderr = child.finish()
+    assert child.ledger_lines() == ["charge", "refund"]
+    assert stdout[1:] == ["state rolled_back", "steps charge:compensated"]
+    assert status == -signal.SIGINT and stderr[-1] == "KeyboardInterrupt", stderr
+    assert any("LookupError: out of stock" in line for line in stderr), stderr
