@@ -191,6 +191,25 @@ def test_a_failure_in_a_group_cancels_its_siblings_and_compensates_everything() 
     assert info.value.result.state is TransactionState.ROLLED_BACK
 
 
+def test_blocks_in_two_threads_run_at_the_same_time() -> None:
+    both = threading.Barrier(2, timeout=5)  # passes only if both blocks are in a step at once
+    manager = blocking.TransactionManager({"meet": lambda a, d: both.wait()})
+    results: dict[int, Any] = {}
+
+    def agent(n: int) -> None:
+        with manager.transaction() as tx:
+            tx.run(f"agent-{n}", "meet")
+        results[n] = tx.result
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(results) == [0, 1]
+    assert {r.state for r in results.values()} == {TransactionState.COMMITTED}
+
+
 def test_rollback_inside_the_block_aborts_and_no_step_runs_after_it() -> None:
     recorder = Recorder()
     manager = blocking.TransactionManager(recorder.handlers("hold", "release"))
