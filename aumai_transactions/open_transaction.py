@@ -81,10 +81,12 @@ class OpenTransaction:
     ) -> bool:
         scope = self._scope
         assert scope is not None
-        swallowed = scope.__exit__(exc_type, exc, tb)
-        timed_out = (swallowed and scope.cancelled_caught) or isinstance(exc, TimeoutError)
-        if not timed_out and self._deadline is not None and clock() >= self._deadline:
-            timed_out = exc is None or swallowed  # the block ended after its deadline
+        swallowed = bool(scope.__exit__(exc_type, exc, tb))
+        # Past the deadline, the block's end, a cancellation by its scope and a step's
+        # TimeoutError all mean the transaction timed out; a TimeoutError of the code's
+        # own before the deadline is an exception like any other.
+        past_deadline = self._deadline is not None and clock() >= self._deadline
+        timed_out = swallowed or (past_deadline and (exc is None or isinstance(exc, TimeoutError)))
         error = None if swallowed else exc
         try:
             await self.finish(error, timed_out=timed_out)
@@ -98,19 +100,24 @@ class OpenTransaction:
         """Take the lease and go ``active`` (what entering the block does)."""
         manager = self._manager
         tx = self.transaction
+        if tx.state is not TransactionState.PENDING:
+            raise ValueError(
+                f"Transaction {tx.transaction_id} is {tx.state.value}: an open transaction "
+                "is entered once (make a new one with manager.transaction())."
+            )
         tx.state = _ACTIVE  # before any await, as a commit does
-        await manager._ensure_open()
-        if manager.store.durable and not manager._renewers:
-            # The code between steps (an LLM call) may outlast a lease: keep it renewed
-            # for as long as the block runs.
-            self._renewal = anyio.create_task_group()
-            await self._renewal.__aenter__()
-            self._renewal.start_soon(manager.keep_leases_renewed)
         driver = manager._driver(tx)
         try:
+            await manager._ensure_open()
+            if manager.store.durable and not manager._renewers:
+                # The code between steps (an LLM call) may outlast a lease: keep it
+                # renewed for as long as the block runs.
+                self._renewal = anyio.create_task_group()
+                await self._renewal.__aenter__()
+                self._renewal.start_soon(manager.keep_leases_renewed)
             await driver.take_lease((TransactionState.PENDING,))
         except BaseException:
-            tx.state = TransactionState.PENDING
+            tx.state = TransactionState.PENDING  # nothing ran: it may be entered again
             await self.stop()
             raise
         self._driver = driver
@@ -159,6 +166,8 @@ class OpenTransaction:
             tx.error = f"Transaction {tx.transaction_id} was interrupted: {type(error).__name__}"
             goal = TransactionState.FAILED
         await driver.abort(goal)
+        if failed is None:  # timed out or cancelled: the step cut short, if any
+            failed = next((s for s in reversed(tx.steps) if s.interrupted), None)
         self.result = driver.result(failed)
         if isinstance(error, StepFailedError):
             error.result = self.result

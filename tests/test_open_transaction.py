@@ -312,3 +312,14 @@ async def test_an_open_transaction_keeps_its_lease_while_the_code_thinks(tmp_pat
         await recoverer.close()
     assert taken_over == []
     assert agency.log == ["hold:TP1", "hotel:room"]
+
+
+async def test_a_timeout_error_of_the_code_own_before_the_deadline_is_a_plain_exception() -> None:
+    agency = Booking()
+    manager = TransactionManager(agency.handlers())
+    with pytest.raises(TimeoutError, match="the model API timed out"):
+        async with manager.transaction(timeout_seconds=60) as tx:
+            await tx.run("f", "hold", {"flight": "TP1"}, "release")
+            raise TimeoutError("the model API timed out")
+    assert tx.result is not None and tx.result.state is TransactionState.ROLLED_BACK
+    assert agency.log == ["hold:TP1", "release:TP1"]
