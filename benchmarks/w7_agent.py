@@ -21,7 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def main() -> None:
         store = SqliteStore(scratch / f"run-{runs}.db", synchronous="FULL")
         return TransactionManager(HANDLERS, store=store, retain_finished=False)
 
-    variants: dict[str, Callable[[], Awaitable[float]]] = {
+    variants: dict[str, Callable[[], Coroutine[Any, Any, float]]] = {
         "baseline": baseline,
         "memory": lambda: engine(TransactionManager(HANDLERS, retain_finished=False)),
         "sqlite": lambda: engine(fresh_sqlite()),
