@@ -271,7 +271,7 @@ def failed_transaction() -> Transaction:
             started_at=start,
             finished_at=start + timedelta(seconds=1),
             compensation_error=f"release failed: password=hunter2 at {TOKEN}",
-            data={"api_key": "sk-live-123", "note": "token=abc"},
+            data={"api_key": "sk-live-123", "note": "token=zqx-9"},
             result={"session": "s-1", "ok": True},
         ),
         TransactionStep(
@@ -294,7 +294,7 @@ def failed_transaction() -> Transaction:
     )
 
 
-LEAKS = ("tok-live-9", TOKEN, "hunter2", "sk-live-123", "abc", "s-1", ":pw@")
+LEAKS = ("tok-live-9", TOKEN, "hunter2", "sk-live-123", "zqx-9", "s-1", ":pw@")
 
 
 def assert_no_leak(text: str) -> None:
@@ -317,7 +317,7 @@ def test_reveal_shows_everything() -> None:
     tx = failed_transaction()
     rows = step_rows(tx, Output(reveal=True))
     assert rows[1]["error"] == ERROR
-    assert rows[0]["data"] == {"api_key": "sk-live-123", "note": "token=abc"}
+    assert rows[0]["data"] == {"api_key": "sk-live-123", "note": "token=zqx-9"}
     assert transaction_row(tx, Output(reveal=True))["blocked_reason"] == tx.blocked_reason
 
 
