@@ -20,6 +20,8 @@ from aumai_transactions.cli import app
 
 HANDLERS_SOURCE = """
 import json
+import threading
+import time
 
 LOG = {log!r}
 
@@ -55,6 +57,58 @@ def leaky(action, data):
     )
 
 
+# Parallel groups. A step of a group of two passes the barrier only when its sibling
+# reaches it too, that is, when both run at once; run one after the other, the first
+# waits 5 s and fails with BrokenBarrierError.
+BARRIER = threading.Barrier(2, timeout=5)
+SIBLING_FAILED = threading.Event()
+SIBLING_DONE = threading.Event()
+
+
+def together(action, data):
+    _log(action, data)
+    BARRIER.wait()
+    time.sleep(data.get("hold", 0))
+    SIBLING_DONE.set()
+    return {{"done": action}}
+
+
+def together_then_fail(action, data):
+    _log(action, data)
+    BARRIER.wait()
+    if data.get("after_sibling"):
+        SIBLING_DONE.wait(5)
+        time.sleep(0.3)  # the sibling's completion reaches the engine first
+    SIBLING_FAILED.set()
+    raise RuntimeError(f"{{action}} failed")
+
+
+def outlives_sibling(action, data):
+    # Still running when its sibling fails (and a while after: the failure reaches the
+    # engine first), so that failure cancels it: it is in doubt.
+    _log(action, data)
+    BARRIER.wait()
+    SIBLING_FAILED.wait(5)
+    time.sleep(0.3)
+    return {{"done": action}}
+
+
+_LOCK = threading.Lock()
+_IN_FLIGHT = [0, 0]  # running now, most at once
+
+
+def counted(action, data):
+    with _LOCK:
+        _IN_FLIGHT[0] += 1
+        _IN_FLIGHT[1] = max(_IN_FLIGHT)
+    time.sleep(0.2)
+    with _LOCK:
+        _IN_FLIGHT[0] -= 1
+        peak = _IN_FLIGHT[1]
+    _log(action, {{**data, "peak": peak}})
+    return {{"peak": peak}}
+
+
 HANDLERS = {{
     "reserve": ok,
     "release": ok,
@@ -68,6 +122,16 @@ HANDLERS = {{
 BROKEN_UNDO = {{**HANDLERS, "release": fail, "charge": ok, "ship": fail}}
 ALL_OK = {{**HANDLERS, "charge": ok}}
 LEAKY = {{**HANDLERS, "charge": leaky, "release": leaky}}
+PARALLEL = {{
+    **ALL_OK,
+    "hotel": together,
+    "car": together,
+    "car_fails": together_then_fail,
+    "hotel_outlives": outlives_sibling,
+    "count": counted,
+    "cancel_hotel": ok,
+    "return_car": ok,
+}}
 NOT_A_MAPPING = [ok, fail]
 NOT_CALLABLE = {{"reserve": 42}}
 """

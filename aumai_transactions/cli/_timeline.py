@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import StepStatus, Transaction, TransactionStep, utcnow
+from ._groups import group_marks
 from ._output import Output, format_duration, state_style
 from ._views import seconds_between
 
@@ -79,17 +80,23 @@ def _live_table(
         pad_edge=False,
         collapse_padding=True,
     )
-    for header, justify in (("#", "right"), ("agent", "left"), ("action", "left")):
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    steps = list(tx.steps)  # a snapshot: an open transaction appends as it runs
+    marks = group_marks([s.group for s in steps], [s.group_concurrency for s in steps])
+    table.add_column("#", justify="right")
+    if any(marks):
+        table.add_column("group", no_wrap=True)
+    table.add_column("agent")
+    table.add_column("action")
     table.add_column("")
     table.add_column("status")
     table.add_column("took", justify="right")
     now = utcnow()
-    for index, step in enumerate(tx.steps, start=1):
+    for index, (step, mark) in enumerate(zip(steps, marks, strict=True), start=1):
         icon, words = _live_status(step, spinners, output)
         end = now if step.status is StepStatus.RUNNING else step.finished_at
         took = format_duration(seconds_between(step.started_at, end))
-        table.add_row(str(index), step.agent_id, step.action, icon, words, took)
+        group = [mark] if any(marks) else []
+        table.add_row(str(index), *group, step.agent_id, step.action, icon, words, took)
     return table
 
 
@@ -127,21 +134,22 @@ def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
 
     Steps record when they started and finished; a compensation records only when it
     succeeded. Compensations run one after another, so one starts when the previous
-    ended (or when the failed or interrupted step ended, for the first): that is the
-    start given here. A start or end that cannot be known is None. A step cut short
-    while running has the status ``interrupted``; each event carries its error text,
-    masked.
+    ended (or, for the first, when the last failed or interrupted step that recorded
+    an end ended: in a parallel group, the sibling whose failure stopped the others):
+    that is the start given here. A start or end that cannot be known is None. A step
+    cut short while running has the status ``interrupted``; each event carries its
+    parallel group (None outside one) and its error text, masked.
     """
     events: list[dict[str, Any]] = []
-    failure_end: datetime | None = None
+    stopped_at: list[datetime] = []
     for index, step in enumerate(tx.steps, start=1):
         if step.started_at is None:
             continue
         status = {StepStatus.FAILED: "failed", StepStatus.RUNNING: "running"}.get(
             step.status, "interrupted" if step.interrupted else "completed"
         )
-        if step.status is StepStatus.FAILED or step.interrupted:
-            failure_end = step.finished_at  # compensation starts when this run ended
+        if (step.status is StepStatus.FAILED or step.interrupted) and step.finished_at:
+            stopped_at.append(step.finished_at)  # compensation starts when this run ended
         events.append(
             {
                 "kind": "step",
@@ -149,13 +157,14 @@ def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
                 "step_id": step.step_id,
                 "action": step.action,
                 "agent_id": step.agent_id,
+                "group": step.group,
                 "status": status,
                 "start": _iso(step.started_at),
                 "end": _iso(step.finished_at),
                 "error": output.mask_text(step.error),
             }
         )
-    previous_end = failure_end
+    previous_end = max(stopped_at, default=None)
     for index, step in reversed(list(enumerate(tx.steps, start=1))):
         if step.compensating_action is None or step.status not in _MAY_BE_UNDONE:
             continue
@@ -167,6 +176,7 @@ def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
                 "step_id": step.step_id,
                 "action": step.compensating_action,
                 "agent_id": step.agent_id,
+                "group": step.group,
                 "status": step.status.value,
                 "start": _iso(previous_end),
                 "end": _iso(end),
@@ -181,12 +191,19 @@ def _moment(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _bar(start: float | None, end: float | None, status: str) -> Text:
-    """A bar on a line of ``_WIDTH`` cells; positions are fractions of the time span."""
+def _bar(start: float | None, end: float | None, status: str, cut: float | None = None) -> Text:
+    """A bar on a line of ``_WIDTH`` cells; positions are fractions of the time span.
+
+    An interrupted step recorded no end: it is drawn dashed up to ``cut``, the moment
+    the compensation pass began (it was stopped by then, and may have had its effect).
+    """
     style = state_style(status)
     if start is None and end is None:
         return Text("?".rjust(_WIDTH), style="dim")
     first = round((start if start is not None else end or 0.0) * (_WIDTH - 1))
+    if start is not None and end is None and status == "interrupted" and cut is not None:
+        last = max(first, round(cut * (_WIDTH - 1)))
+        return Text(" " * first + "╌" * (last - first + 1), style=style)
     last = round((end if end is not None else start or 0.0) * (_WIDTH - 1))
     if start is None or end is None:
         mark = "✗" if status in ("failed", "compensation_failed") else "◆"
@@ -194,8 +211,30 @@ def _bar(start: float | None, end: float | None, status: str) -> Text:
     return Text(" " * first + "━" * max(1, last - first + 1), style=style)
 
 
+def _in_rows(events: list[dict[str, Any]], origin: datetime) -> list[dict[str, Any]]:
+    """The events in the order of the timeline's rows: by start, a parallel group's
+    steps together in declaration order (one lane each) from the group's first start."""
+    group_start: dict[str, datetime] = {}
+    for event in events:
+        start = _moment(event["start"])
+        if event["kind"] == "step" and event["group"] is not None and start is not None:
+            known = group_start.get(event["group"])
+            group_start[event["group"]] = start if known is None else min(known, start)
+
+    def start_of(event: dict[str, Any]) -> datetime:
+        if event["kind"] == "step" and event["group"] in group_start:
+            return group_start[event["group"]]
+        return _moment(event["start"] or event["end"]) or origin
+
+    return sorted(events, key=start_of)  # stable: siblings keep declaration order
+
+
 def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | None:
-    """The events drawn as bars on one time axis, or None when nothing ran yet."""
+    """The events drawn as bars on one time axis, or None when nothing ran yet.
+
+    The steps of a parallel group are on lanes of their own, one row each, bracketed
+    together in a ``group`` column: their bars start together and overlap.
+    """
     moments = [
         moment
         for event in events
@@ -213,6 +252,15 @@ def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | Non
         moment = _moment(value)
         return None if moment is None else (moment - origin).total_seconds() / span
 
+    ordered = _in_rows(events, origin)
+    # When the compensation pass began (or the transaction ended, with nothing to undo):
+    # an interrupted step was stopped by then.
+    undo = [event for event in events if event["kind"] == "compensation"]
+    cut = fraction(undo[0]["start"] if undo else _iso(tx.finished_at))
+    marks = group_marks(
+        [e["group"] if e["kind"] == "step" else None for e in ordered],
+        [tx.steps[e["index"] - 1].group_concurrency for e in ordered],
+    )
     table = Table(
         title="Timeline",
         title_justify="left",
@@ -221,26 +269,27 @@ def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | Non
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
+    if any(marks):
+        table.add_column("group", no_wrap=True)
     table.add_column("event")
     table.add_column("timeline", no_wrap=True, min_width=_WIDTH)
     table.add_column("at", justify="right")
     table.add_column("took", justify="right")
-    ordered = sorted(events, key=lambda e: _moment(e["start"] or e["end"]) or origin)
-    for event in ordered:
+    for event, mark in zip(ordered, marks, strict=True):
         arrow = "▶" if event["kind"] == "step" else "↩"
         label = Text(f"{arrow} #{event['index']} {event['action']}")
         if event["status"] == "interrupted":
             label.append(" ⚠", style=state_style("interrupted"))
         begin = _moment(event["start"] or event["end"])
         at = seconds_between(origin, begin)
-        table.add_row(
-            label,
-            _bar(fraction(event["start"]), fraction(event["end"]), event["status"]),
-            "—" if at is None else f"+{format_duration(at)}",
-            format_duration(seconds_between(_moment(event["start"]), _moment(event["end"]))),
-        )
+        bar = _bar(fraction(event["start"]), fraction(event["end"]), event["status"], cut)
+        took = seconds_between(_moment(event["start"]), _moment(event["end"]))
+        cells: list[Text | str] = [mark] if any(marks) else []
+        cells += [label, bar, "—" if at is None else f"+{format_duration(at)}"]
+        table.add_row(*cells, format_duration(took))
     if tx.finished_at is not None:
         table.add_row(
+            *([""] if any(marks) else []),
             Text(f"■ {tx.state.value}", style=state_style(tx.state.value)),
             _bar(fraction(_iso(tx.finished_at)), None, tx.state.value),
             f"+{format_duration(seconds_between(origin, tx.finished_at))}",

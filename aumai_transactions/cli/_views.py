@@ -4,7 +4,9 @@ Rows are plain dicts of JSON values with secrets already masked (data, results a
 every error text): the same rows are printed as JSON with ``--json`` and as Rich tables
 otherwise. Steps the engine marked ``interrupted`` (cut short while running: in doubt,
 so compensated) or ``recorded_only`` (no handler: no code ran) carry a marker in the
-step table and a note line saying so.
+step table and a note line saying so. The steps of a parallel group are bracketed
+together in a ``group`` column (see ``_groups``); a transaction whose steps an open
+transaction ran (``live``) is ``open`` in its summary.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import StepStatus, Transaction, TransactionResult, TransactionState, TransactionStep
+from ._groups import group_marks, group_runs
 from ._output import Column, Output, format_duration, format_time, format_value, state_cell
 
 __all__ = [
@@ -78,6 +81,8 @@ def transaction_row(tx: Transaction, output: Output) -> dict[str, Any]:
         "transaction_id": tx.transaction_id,
         "state": tx.state.value,
         "steps": len(tx.steps),
+        "groups": len(group_runs([step.group for step in tx.steps])),
+        "open": any(step.live for step in tx.steps),
         "agents": tx.agents,
         "created_at": _iso(tx.created_at),
         "finished_at": _iso(tx.finished_at),
@@ -98,6 +103,9 @@ def step_rows(tx: Transaction, output: Output) -> list[dict[str, Any]]:
             "agent_id": step.agent_id,
             "action": step.action,
             "status": step.status.value,
+            "group": step.group,
+            "group_concurrency": step.group_concurrency,
+            "live": step.live,
             "attempts": step.attempts,
             "started_at": _iso(step.started_at),
             "finished_at": _iso(step.finished_at),
@@ -204,6 +212,7 @@ def _compensation_cell(row: dict[str, Any]) -> Text:
 
 STEP_COLUMNS = [
     Column("index", "#", justify="right"),
+    Column("group_view", "group", no_wrap=True),
     Column("agent_id", "agent"),
     Column("action", "action"),
     Column("status_view", "status", format=lambda cell: cell, no_wrap=True),
@@ -212,18 +221,26 @@ STEP_COLUMNS = [
     Column("error", "error", style="red"),
     Column("compensation_view", "undo", format=lambda cell: cell),
 ]
-"""The per-step table of ``show``, ``commit``, ``rollback`` and ``run``."""
+"""The per-step table of ``show``, ``commit``, ``rollback`` and ``run`` (the group
+column only when a step is in a parallel group)."""
 
 
 def steps_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
-    """The per-step table: status (with markers), attempts, duration, error, compensation
-    outcome; under it, a note line for each marked step (as wide as the terminal, not
-    wrapped to the table)."""
+    """The per-step table: group bracket, status (with markers), attempts, duration,
+    error, compensation outcome; under it, a note line for each marked step (as wide as
+    the terminal, not wrapped to the table)."""
+    marks = group_marks([row["group"] for row in rows], [row["group_concurrency"] for row in rows])
     view = [
-        {**row, "status_view": _status_cell(row), "compensation_view": _compensation_cell(row)}
-        for row in rows
+        {
+            **row,
+            "group_view": mark,
+            "status_view": _status_cell(row),
+            "compensation_view": _compensation_cell(row),
+        }
+        for row, mark in zip(rows, marks, strict=True)
     ]
-    table = output.table(view, STEP_COLUMNS, title="Steps")
+    columns = [c for c in STEP_COLUMNS if c.key != "group_view" or any(marks)]
+    table = output.table(view, columns, title="Steps")
     notes = [Text(line, style="yellow") for line in step_notes(rows)]
     return Group(table, *notes) if notes else table
 

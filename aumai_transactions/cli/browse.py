@@ -12,6 +12,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from .. import Transaction, TransactionState
+from ._groups import group_summary
 from ._options import JsonOption, RevealOption, StoreOption
 from ._output import Column, Output, format_duration, format_time, state_cell
 from ._parse import parse_since
@@ -90,6 +91,8 @@ _LIST_COLUMNS = [
     Column("problem", "error", format=_first_words, style="red"),
 ]
 _NARROW = 130  # below this many columns the agents column is left out
+
+_OPEN = "yes: an open transaction, each step run as the code chose it"
 
 
 def _attention_lines(counts: dict[TransactionState, int]) -> list[Text]:
@@ -174,8 +177,9 @@ def show(
     """Show a transaction's steps, outcomes and timeline.
 
     Each step with its status, attempts, duration, error and compensation outcome
-    (steps cut short while running or recorded without a handler are marked), then a
-    timeline of the steps and compensations on one time axis.
+    (steps cut short while running or recorded without a handler are marked, the steps
+    of a parallel group bracketed together), then a timeline of the steps and
+    compensations on one time axis, a group's steps on lanes of their own.
     """
     output = Output(json_mode=as_json, reveal=reveal)
 
@@ -194,6 +198,8 @@ def show(
             ("id", tx.transaction_id),
             ("state", state_cell(tx.state.value)),
             ("agents", ", ".join(tx.agents) or None),
+            ("open", _OPEN if summary["open"] else None),
+            ("parallel", group_summary(tx.steps)),
             ("created", format_time(tx.created_at)),
             ("finished", format_time(tx.finished_at) if tx.finished_at else None),
             ("took", format_duration(summary["duration_seconds"]) if tx.finished_at else None),
