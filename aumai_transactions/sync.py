@@ -43,7 +43,7 @@ from .handlers import ActionHandler, SyncHandlerMode
 from .models import RecoveryPolicy, RetryPolicy, Transaction, TransactionResult, TransactionStep
 from .stores import Store
 
-__all__ = ["SagaOrchestrator", "TransactionManager"]
+__all__ = ["OpenTransaction", "ParallelGroup", "SagaOrchestrator", "TransactionManager"]
 
 _T = TypeVar("_T")
 

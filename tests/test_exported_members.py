@@ -60,7 +60,12 @@ def test_version() -> None:
 
 
 def test_the_facade_and_stores_modules_export_their_names() -> None:
-    assert sync.__all__ == ["SagaOrchestrator", "TransactionManager"]
+    assert sync.__all__ == [
+        "OpenTransaction",
+        "ParallelGroup",
+        "SagaOrchestrator",
+        "TransactionManager",
+    ]
     assert sync.TransactionManager is not aumai_transactions.TransactionManager
     assert {"Lease", "MemoryStore", "Store", "open_store"} <= set(stores.__all__)
     for name in stores.__all__:
