@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PACKAGE = "aumai_transactions"
@@ -30,3 +30,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", PACKAGE)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built strictly (``nox -s docs -- serve`` serves it instead)."""
+    session.install("-e", ".[dev]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
