@@ -29,7 +29,17 @@ from .models import (
 )
 from .stores import Lease, Store
 
-__all__ = ["DriverCore", "EngineOptions", "LeaseRenewal", "StepFailed", "clock", "message_of"]
+__all__ = [
+    "DriverCore",
+    "EngineOptions",
+    "LeaseRenewal",
+    "StepFailed",
+    "clock",
+    "ends_failed",
+    "interrupted_error",
+    "message_of",
+    "timed_out_error",
+]
 
 logger = logging.getLogger("aumai_transactions")
 
@@ -87,6 +97,28 @@ def clock() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return anyio.current_time()
+
+
+def timed_out_error(tx: Transaction, detail: str) -> str:
+    """``tx.error`` for a transaction that ran out of time while it ran."""
+    return f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s {detail}"
+
+
+def interrupted_error(tx: Transaction, reason: str) -> str:
+    """``tx.error`` for a transaction cut short by a cancellation (or Ctrl-C)."""
+    return f"Transaction {tx.transaction_id} was interrupted: {reason}"
+
+
+def ends_failed(tx: Transaction) -> bool:
+    """True when ``tx`` is being compensated because it timed out or was interrupted.
+
+    Such a transaction ends ``failed``, whether its compensation finishes in the
+    process that was interrupted or in a later recovery: one rule, however often
+    Ctrl-C was pressed. (Its ``error``, journaled before compensation starts, says so.)
+    """
+    error = tx.error or ""
+    prefix = f"Transaction {tx.transaction_id} "
+    return error.startswith((prefix + "timed out after", prefix + "was interrupted"))
 
 
 def message_of(exc: BaseException) -> str:

@@ -21,7 +21,15 @@ from collections.abc import Iterable, Sequence
 import anyio
 
 from ._compensation import CompensationPass, finalize
-from ._driver import EngineOptions, LeaseRenewal, StepFailed, clock, message_of
+from ._driver import (
+    EngineOptions,
+    LeaseRenewal,
+    StepFailed,
+    clock,
+    interrupted_error,
+    message_of,
+    timed_out_error,
+)
 from ._forward import ForwardPass
 from .errors import StoreError
 from .models import TransactionResult, TransactionState, TransactionStep
@@ -87,16 +95,16 @@ class TransactionDriver(ForwardPass, CompensationPass):
                 "interrupted: the transaction timed out while this step ran; it may have "
                 "had its effect, so it is compensated"
             )
-            tx.error = (
-                f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
+            tx.error = timed_out_error(
+                tx,
                 "while running; completed"
                 + (" and interrupted" if any(s.compensating_action for s in stopped) else "")
-                + " steps were compensated."
+                + " steps were compensated.",
             )
             await self._compensate_shielded(self._completed(), TransactionState.FAILED, stopped)
             return self.result(stopped[0] if stopped else None)
         except BaseException as exc:
-            tx.error = f"Transaction {tx.transaction_id} was interrupted: {message_of(exc)}"
+            tx.error = interrupted_error(tx, message_of(exc))
             stopped = self._interrupted(
                 f"interrupted ({type(exc).__name__}) while this step ran; it may have had "
                 "its effect, so it is compensated"

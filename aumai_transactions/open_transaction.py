@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._driver import interrupted_error, timed_out_error
 from .engine import StepFailed, TransactionDriver, clock
 from .errors import StepFailedError
 from .models import (
@@ -151,10 +152,7 @@ class OpenTransaction:
             return
         failed = error.step if isinstance(error, StepFailedError) else None
         if timed_out:
-            tx.error = (
-                f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s "
-                "while open; the steps that ran were compensated."
-            )
+            tx.error = timed_out_error(tx, "while open; the steps that ran were compensated.")
             goal = TransactionState.FAILED
         elif isinstance(error, StepFailedError):
             tx.error = error.step.error
@@ -163,7 +161,7 @@ class OpenTransaction:
             tx.error = f"the code in the transaction raised {type(error).__name__}: {error}"
             goal = TransactionState.ROLLED_BACK
         else:  # a cancellation, KeyboardInterrupt, SystemExit
-            tx.error = f"Transaction {tx.transaction_id} was interrupted: {type(error).__name__}"
+            tx.error = interrupted_error(tx, type(error).__name__)
             goal = TransactionState.FAILED
         await driver.abort(goal)
         if failed is None:  # timed out or cancelled: the step cut short, if any

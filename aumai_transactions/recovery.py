@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from ._driver import ends_failed
 from .engine import StepFailed, TransactionDriver
 from .models import (
     RecoveryPolicy,
@@ -116,7 +117,11 @@ class RecoveryDriver(TransactionDriver):
                 return self.result(failure.step)
             await self._finish(TransactionState.COMMITTED)
             return self.result()
-        if tx.is_open:
+        # A transaction that timed out or was interrupted ends failed, as it would have
+        # had its compensation finished where it started; one whose process died ends
+        # rolled back.
+        goal = TransactionState.FAILED if ends_failed(tx) else TransactionState.ROLLED_BACK
+        if tx.is_open and tx.state is TransactionState.ACTIVE:
             tx.error = (
                 "the open transaction's driver stopped: the code that chose its next step "
                 "is gone, so recovery compensated the steps it ran instead of resuming"
@@ -131,5 +136,5 @@ class RecoveryDriver(TransactionDriver):
                     "interrupted: its driver stopped while this step ran; it may have had "
                     "its effect, so recovery compensates it"
                 )
-        await self._compensate_shielded(undo, TransactionState.ROLLED_BACK)
+        await self._compensate_shielded(undo, goal)
         return self.result()

@@ -263,3 +263,26 @@ async def test_async_with_keeps_leases_renewed_while_a_long_handler_runs() -> No
             manager.add_step(tx, "agent", "long")
             result = await manager.commit(tx)
     assert result.state is TransactionState.COMMITTED
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        ("Transaction {id} was interrupted: KeyboardInterrupt", TransactionState.FAILED),
+        ("Transaction {id} timed out after 5s while running; ...", TransactionState.FAILED),
+        ("charge_card failed: card declined", TransactionState.ROLLED_BACK),
+        (None, TransactionState.ROLLED_BACK),
+    ],
+)
+async def test_a_compensation_finished_by_recovery_ends_as_it_would_have_live(
+    error: str | None, state: TransactionState
+) -> None:
+    # Interrupted or timed out: failed, however many Ctrl-Cs cut the compensation short;
+    # a step's failure or a crash: rolled back.
+    tx = crashed(
+        [StepStatus.COMPLETED, StepStatus.COMPENSATING], state=TransactionState.COMPENSATING
+    )
+    tx.error = None if error is None else error.format(id=tx.transaction_id)
+    _, ledger, results = await recover_with(tx)
+    assert ledger.actions == ["undo_b", "undo_a"]
+    assert [r.state for r in results] == [state]
