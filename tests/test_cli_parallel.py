@@ -26,6 +26,8 @@ from tests._cli_support import Cli  # noqa: E402
 from tests.test_cli import assert_usage_error  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.M | re.S)
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def trip(hold: float = 0.0, **group: Any) -> dict[str, Any]:
@@ -482,7 +484,10 @@ def test_show_of_a_failed_group_draws_the_cut_short_sibling_and_its_undo(
     assert hotel["finished_at"] is None
     assert undo[0]["start"] == car["finished_at"]
     assert undo[1]["start"] == undo[0]["end"]
-    rows = timeline_rows(cli.ok("show", tx_id).stdout)
+    out = cli.ok("show", tx_id).stdout
+    # The step table names the failing sibling by number, not by its id.
+    assert "interrupted: step #2" in out and car["step_id"] not in out
+    rows = timeline_rows(out)
     failed, cut = rows["▶ #2 car_fails"], rows["▶ #3 hotel_outlives"]
     assert (failed.group, cut.group) == ("┌ parallel-1", "└")
     assert (failed.glyph, cut.glyph) == ("━", "╌")  # dashed: cut short, may have run
@@ -568,3 +573,48 @@ def test_stats_count_concurrent_steps_once_each(cli: Cli, tmp_path: Path) -> Non
     assert by_agent["hotel_agent"]["failed_steps"] == 0  # cut short, compensated: not failed
     # The cut-short hotel step recorded no end: only the committed one's duration counts.
     assert by_agent["hotel_agent"]["p50_seconds"] == hotel["duration_seconds"]
+
+
+# ---------------------------------------------------------------------- the docs
+
+
+def docs_blocks(heading: str, until: str) -> dict[str, list[str]]:
+    """The fenced blocks of docs/cli.md from ``heading`` to ``until``, by language."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index(heading) : text.index(until)]
+    blocks: dict[str, list[str]] = {}
+    for language, code in FENCE.findall(section):
+        blocks.setdefault(language, []).append(code)
+    return blocks
+
+
+def test_the_saga_files_of_the_docs_run_as_they_say(cli: Cli, tmp_path: Path) -> None:
+    blocks = docs_blocks("#### Parallel groups\n", "### List and count")
+    handlers = tmp_path / "trip.py"
+    handlers.write_text(blocks["python"][0])
+    documented = [
+        ("trip.json", blocks["json"][0], 0),
+        ("trip.toml", blocks["toml"][0], 0),
+        ("trip-atlantis.yaml", blocks["yaml"][0], 1),
+    ]
+    for name, text, code in documented:
+        path = tmp_path / name
+        path.write_text(text)
+        result = cli("run", str(path), "--handlers", f"{handlers}:HANDLERS", "--json")
+        assert result.exit_code == code, (name, result.stdout, result.stderr)
+        data = json.loads(result.stdout)
+        assert [s["group"] for s in data["steps"]] == [None, "lodging", "lodging", None], name
+        assert [s["action"] for s in data["steps"]] == [
+            "hold_flight",
+            "book_hotel",
+            "rent_car",
+            "charge",
+        ]
+        if code == 0:
+            assert data["state"] == "committed", name
+            assert [s["group_concurrency"] for s in data["steps"]][1:3] == [2, 2], name
+            assert overlapped(data["steps"][1], data["steps"][2]), name
+        else:
+            statuses = [s["status"] for s in data["steps"]]
+            assert statuses == ["compensated", "compensated", "failed", "pending"], name
+            assert data["error"] == "no cars to rent in Atlantis"

@@ -210,6 +210,17 @@ def _compensation_cell(row: dict[str, Any]) -> Text:
     return text
 
 
+def _with_step_names(text: str | None, names: dict[str, str]) -> str | None:
+    """``text`` with the step ids it quotes given as ``#3 rent_car`` (a sibling's
+    failure names the step by id: the table names steps by number)."""
+    if text is None:
+        return None
+    for step_id, name in names.items():
+        if step_id in text:
+            text = text.replace(step_id, name)
+    return text
+
+
 STEP_COLUMNS = [
     Column("index", "#", justify="right"),
     Column("group_view", "group", no_wrap=True),
@@ -218,7 +229,7 @@ STEP_COLUMNS = [
     Column("status_view", "status", format=lambda cell: cell, no_wrap=True),
     Column("attempts", "tries", justify="right"),
     Column("duration_seconds", "took", format=format_duration, justify="right", no_wrap=True),
-    Column("error", "error", style="red"),
+    Column("error_view", "error", style="red"),
     Column("compensation_view", "undo", format=lambda cell: cell),
 ]
 """The per-step table of ``show``, ``commit``, ``rollback`` and ``run`` (the group
@@ -230,10 +241,12 @@ def steps_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
     error, compensation outcome; under it, a note line for each marked step (as wide as
     the terminal, not wrapped to the table)."""
     marks = group_marks([row["group"] for row in rows], [row["group_concurrency"] for row in rows])
+    names = {row["step_id"]: f"#{row['index']} {row['action']}" for row in rows}
     view = [
         {
             **row,
             "group_view": mark,
+            "error_view": _with_step_names(row["error"], names),
             "status_view": _status_cell(row),
             "compensation_view": _compensation_cell(row),
         }
