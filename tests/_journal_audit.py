@@ -159,7 +159,12 @@ def audit(
             tally.open_recovered += 1
             if tx.state is not TransactionState.ROLLED_BACK:
                 problem(tid, None, f"an open transaction recovered ended {tx.state.value!r}")
-            if "open transaction" not in (tx.error or ""):
+            # Found active, it is compensated because it was open, and says so (found
+            # compensating, it keeps the reason its own run gave).
+            first = snapshots[min(directions)][tid]
+            if first.state is TransactionState.ACTIVE and "open transaction" not in (
+                tx.error or ""
+            ):
                 problem(tid, None, f"recovered open transaction; its error says {tx.error!r}")
         if tx.state not in terminal:
             problem(tid, None, f"ended in state {tx.state.value!r}")
