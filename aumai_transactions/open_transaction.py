@@ -11,6 +11,7 @@ it (the code that chose the next step is gone, so it is never resumed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -41,6 +42,14 @@ logger = logging.getLogger("aumai_transactions")
 _ACTIVE = TransactionState.ACTIVE
 
 
+def _current_task() -> object:
+    """The running task: asyncio's own (cheap) where the loop is asyncio's."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return anyio.get_current_task().id
+
+
 class OpenTransaction:
     """A transaction whose steps are run as the code decides them.
 
@@ -59,6 +68,7 @@ class OpenTransaction:
         self._deadline: float | None = None
         self._scope: anyio.CancelScope | None = None
         self._renewal: anyio.abc.TaskGroup | None = None
+        self._block_task: object = None  # the task running the async block
         self._groups = 0
 
     @property
@@ -72,6 +82,7 @@ class OpenTransaction:
         await self.start()
         self._scope = anyio.CancelScope(deadline=self._deadline or float("inf"))
         self._scope.__enter__()
+        self._block_task = _current_task()
         return self
 
     async def __aexit__(
@@ -218,7 +229,16 @@ class OpenTransaction:
         return step.result
 
     async def _run(self, run: Callable[[Any], Any], argument: Any) -> None:
-        with anyio.CancelScope(deadline=self._deadline or float("inf")) as scope:
+        if self._deadline is None or _current_task() is self._block_task:
+            # The block's own scope bounds it already (the usual case): no second timer.
+            try:
+                await run(argument)
+            except StepFailed as failure:
+                raise StepFailedError(failure.step) from failure.__cause__
+            return
+        # From another task (the blocking facade runs each step in a task of its own):
+        # the deadline needs a scope here.
+        with anyio.CancelScope(deadline=self._deadline) as scope:
             try:
                 await run(argument)
             except StepFailed as failure:
