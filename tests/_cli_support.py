@@ -13,10 +13,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from typer.testing import CliRunner, Result
 
 from aumai_transactions.cli import app
+from aumai_transactions.stores.sqlite import SqliteStore
 
 HANDLERS_SOURCE = """
 import json
@@ -136,14 +138,22 @@ NOT_CALLABLE = {{"reserve": 42}}
 """
 
 
+async def make_store(path: Path) -> None:
+    """An empty SQLite store at ``path`` (read-only commands never create one)."""
+    async with SqliteStore(path):
+        pass
+
+
 class Cli:
-    """Runs ``aumai-transactions`` in-process (Typer's CliRunner) against one store."""
+    """Runs ``aumai-transactions`` in-process (Typer's CliRunner) against one store,
+    which exists (empty) from the start, as after a first command that writes."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.url = f"sqlite:///{tmp_path / 'journal.db'}"
+        anyio.run(make_store, tmp_path / "journal.db")
         self.log = tmp_path / "calls.jsonl"
         self.handlers_file = tmp_path / "handlers.py"
         self.handlers_file.write_text(textwrap.dedent(HANDLERS_SOURCE.format(log=str(self.log))))

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._errors import CliError
 
-__all__ = ["Handlers", "check_handlers", "load_handlers"]
+__all__ = ["Handlers", "absolute_spec", "check_handlers", "load_handlers"]
 
 Handlers = dict[str, Callable[..., Any]]
 
@@ -69,8 +69,21 @@ def _import_file(path: Path, spec: str) -> ModuleType:
     return module
 
 
+def _looks_like_file(target: str) -> bool:
+    return target.endswith(".py") or os.sep in target or "/" in target
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with a file path made absolute, so that it names the same handlers from
+    any directory (a module name is left as it is: it resolves from where it is run)."""
+    target, sep, attribute = spec.strip().rpartition(":")
+    if not sep or not target or not _looks_like_file(target):
+        return spec
+    return f"{Path(target).expanduser().absolute()}:{attribute}"
+
+
 def _import(target: str, spec: str) -> ModuleType:
-    looks_like_file = target.endswith(".py") or os.sep in target or "/" in target
+    looks_like_file = _looks_like_file(target)
     try:
         if looks_like_file:
             return _import_file(Path(target).expanduser(), spec)

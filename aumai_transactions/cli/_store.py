@@ -5,6 +5,13 @@ The store is ``--store URL``, else ``$AUMAI_TRANSACTIONS_STORE``, else the SQLit
 JSON file in, created with mode 0700). When that default database is created and the
 original tool's ``transactions.json`` sits next to it, its transactions are imported
 once, and the user is told.
+
+Only commands that write create a store. A command that only reads (``list``,
+``show``, ``status``, ``stats``, ``export``) stops with one line naming the missing
+SQLite file and where its URL came from, instead of creating an empty store under a
+mistyped name and reporting that it holds nothing. The one exception is the original
+tool's file: a first ``list`` after an upgrade still imports it into the new default
+database (that store is not empty, it is the user's data moving house).
 """
 
 from __future__ import annotations
@@ -12,13 +19,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import typer
 
 from ..models import Transaction
 from ..stores import Store, open_store
+from ..stores.sqlite import SqliteStore
 from ._errors import CliError
 from ._output import Output
 from ._transfer import parse_transactions
@@ -26,10 +36,12 @@ from ._transfer import parse_transactions
 __all__ = [
     "DEFAULT_DIR",
     "ENV_VAR",
+    "MIN_PREFIX",
     "cli_store",
     "default_database",
     "find_transaction",
     "legacy_file",
+    "note_store_source",
     "run_async",
 ]
 
@@ -42,7 +54,14 @@ DEFAULT_DIR = "~/.aumai/transactions"
 _DATABASE_NAME = "transactions.db"
 _LEGACY_NAME = "transactions.json"
 _SUGGESTION_SCAN = 5000
-_MIN_PREFIX = 4
+
+MIN_PREFIX = 4
+"""The fewest characters of an id that may stand for it (a shorter prefix is refused)."""
+
+# (the --store value, where it came from, the command) as the option's callback saw it.
+_STORE_SOURCE: ContextVar[tuple[str | None, str, str] | None] = ContextVar(
+    "aumai_store_source", default=None
+)
 
 
 def default_database() -> Path:
@@ -65,6 +84,42 @@ def _expand_user(url: str) -> str:
     if sep and scheme.lower() == "sqlite" and rest.startswith("~"):
         return _sqlite_url(Path(rest).expanduser())
     return url
+
+
+def note_store_source(
+    ctx: typer.Context, param: typer.CallbackParam, value: str | None
+) -> str | None:
+    """The ``--store`` option's callback: remember whether its value came from the flag
+    or from the environment, so an error can say where a wrong URL came from."""
+    source = ctx.get_parameter_source(param.name or "store")
+    origin = "env" if getattr(source, "name", "") == "ENVIRONMENT" else "flag"
+    _STORE_SOURCE.set((value, origin, ctx.info_name or "this command"))
+    return value
+
+
+def _named_by(url: str | None) -> tuple[str, str]:
+    """Where ``url`` came from, in words, and the command that was given it."""
+    seen = _STORE_SOURCE.get()
+    command = seen[2] if seen is not None else "this command"
+    if url is None:
+        return f"the default store (neither --store nor {ENV_VAR} is set)", command
+    if seen is not None and seen[0] == url and seen[1] == "env":
+        return f"named by {ENV_VAR}={url}", command
+    return f"named by --store {url}", command
+
+
+def _refuse_missing(path: Path, url: str | None) -> None:
+    """Stop a command that only reads when its SQLite file is not there: one line naming
+    the file and where its URL came from; nothing is created."""
+    if path.exists():
+        return
+    where, command = _named_by(url)
+    missing = "" if path.parent.is_dir() else f" (nor its directory {path.parent})"
+    raise CliError(
+        f"There is no store at {path}{missing} ({where}); `{command}` only reads, so it "
+        "creates none: check the URL, or start the store with a command that writes "
+        "(create, run, import)."
+    )
 
 
 def _make_store(url: str) -> Store:
@@ -95,25 +150,38 @@ def _read_legacy(path: Path) -> list[Transaction]:
 
 
 @asynccontextmanager
-async def cli_store(url: str | None, output: Output) -> AsyncIterator[Store]:
+async def cli_store(
+    url: str | None, output: Output, *, creates: bool = False
+) -> AsyncIterator[Store]:
     """Open the store a command works on; close it when the command is done.
 
-    With no URL (neither ``--store`` nor the environment variable) the default SQLite
-    database is used; its directory is created 0700 and, the first time, the original
-    tool's JSON file is imported.
+    ``creates``: the command writes, so a missing SQLite file (and its directory) is
+    created; otherwise a missing file is a CliError and nothing is created. With no
+    URL (neither ``--store`` nor the environment variable) the default SQLite database
+    is used; its directory is created 0700 and, the first time, the original tool's
+    JSON file is imported (by any command: see the module docstring).
     """
+    given = url if url is not None and url.strip() else None
     legacy: list[Transaction] = []
-    if url is None or not url.strip():
+    if given is None:
         database = default_database()
+        is_new = not database.exists() or database.stat().st_size == 0
+        if is_new and legacy_file().is_file():
+            legacy = _read_legacy(legacy_file())
+        elif not creates:
+            _refuse_missing(database, None)
         try:
             database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise CliError(f"Cannot create the store directory {database.parent}: {exc}.") from None
-        is_new = not database.exists() or database.stat().st_size == 0
-        if is_new and legacy_file().is_file():
-            legacy = _read_legacy(legacy_file())
         url = _sqlite_url(database)
+    else:
+        url = given
     store = _make_store(_expand_user(url.strip()))
+    if not creates and given is not None and isinstance(store, SqliteStore):
+        # Checked here until the store can open an existing file only: SqliteStore
+        # creates a missing file (and directory) on open.
+        _refuse_missing(store.path.absolute(), given)
     await store.open()
     try:
         if legacy:
@@ -140,8 +208,18 @@ async def find_transaction(store: Store, ident: str) -> Transaction:
     if tx is not None:
         return tx
     known = [t.transaction_id for t in await store.list(limit=_SUGGESTION_SCAN)]
-    if len(ident) >= _MIN_PREFIX:
-        matches = [tid for tid in known if tid.startswith(ident.lower())]
+    matches = [tid for tid in known if tid.startswith(ident.lower())]
+    if len(ident) < MIN_PREFIX and matches:
+        hint = (
+            f"; the one id that starts with it is {matches[0]}"
+            if len(matches) == 1
+            else f"; {len(matches)} ids start with it"
+        )
+        raise CliError(
+            f"Transaction id prefix {ident!r} is too short: give at least {MIN_PREFIX} "
+            f"characters of the id{hint}."
+        )
+    if len(ident) >= MIN_PREFIX:
         if len(matches) == 1:
             found = await store.load(matches[0])
             if found is not None:

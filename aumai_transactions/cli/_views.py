@@ -39,6 +39,7 @@ __all__ = [
     "steps_table",
     "transaction_duration",
     "transaction_row",
+    "transaction_start",
 ]
 
 ATTENTION_STATES = (TransactionState.COMPENSATION_FAILED, TransactionState.DEAD_LETTER)
@@ -52,11 +53,19 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     return (end - start).total_seconds()
 
 
-def transaction_duration(tx: Transaction) -> float | None:
-    """How long the transaction ran: from its first step's start (or its creation, when
-    no step ran) to its end. Time spent pending before the commit is not counted."""
+def transaction_start(tx: Transaction) -> datetime:
+    """When the transaction started running: its first step's start, or its creation
+    when no step ran."""
     starts = [step.started_at for step in tx.steps if step.started_at is not None]
-    return seconds_between(min(starts) if starts else tx.created_at, tx.finished_at)
+    return min(starts) if starts else tx.created_at
+
+
+def transaction_duration(tx: Transaction) -> float | None:
+    """How long the transaction ran: from :func:`transaction_start` to its end. Time
+    spent pending before the commit is not counted. The one duration of a transaction
+    wherever it is shown (``list``, ``show``, ``stats``, and the end of ``commit``,
+    ``rollback`` and ``run``, human and JSON)."""
+    return seconds_between(transaction_start(tx), tx.finished_at)
 
 
 def compensation_outcome(status: StepStatus, compensating_action: str | None) -> str | None:
@@ -288,6 +297,8 @@ def details_panel(pairs: Sequence[tuple[str, Any] | None], *, title: str, style:
 def result_payload(result: TransactionResult, tx: Transaction, output: Output) -> dict[str, Any]:
     """The JSON of a commit, rollback or run: the result and the steps as they ended."""
     payload = result.model_dump(mode="json")
+    payload["started_at"] = _iso(transaction_start(tx))  # the one duration: see above
+    payload["duration_seconds"] = transaction_duration(tx)
     payload["error"] = output.mask_text(result.error)
     payload["compensation_errors"] = {
         step_id: output.mask_text(message)
@@ -329,7 +340,7 @@ def result_renderables(
             ("compensation errors", compensation_errors),
             ("interrupted", interrupted),
             ("recorded only", recorded_only),
-            ("took", format_duration(result.duration_seconds)),
+            ("took", format_duration(transaction_duration(tx))),
             ("finished", format_time(result.finished_at)),
         ],
         title=f"Transaction {result.transaction_id}",

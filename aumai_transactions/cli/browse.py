@@ -13,7 +13,8 @@ from rich.text import Text
 
 from .. import Transaction, TransactionState
 from ._groups import group_summary
-from ._options import JsonOption, RevealOption, StoreOption
+from ._options import HiddenTxIdOption, JsonOption, RevealOption, StoreOption, TxIdArgument
+from ._options import transaction_id as chosen_id
 from ._output import Column, Output, format_duration, format_time, state_cell
 from ._parse import parse_since
 from ._store import cli_store, find_transaction, run_async
@@ -167,9 +168,8 @@ def list_transactions(
 
 @app.command("show", rich_help_panel=_PANEL)
 def show(
-    transaction_id: Annotated[
-        str, typer.Argument(metavar="ID", help="Transaction id (or a unique prefix of it).")
-    ],
+    transaction_id: TxIdArgument = None,
+    tx_id_option: HiddenTxIdOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
     reveal: RevealOption = False,
@@ -182,10 +182,11 @@ def show(
     compensations on one time axis, a group's steps on lanes of their own.
     """
     output = Output(json_mode=as_json, reveal=reveal)
+    tx_id = chosen_id(transaction_id, tx_id_option, "show")
 
     async def body() -> Transaction:
         async with cli_store(store, output) as opened:
-            return await find_transaction(opened, transaction_id)
+            return await find_transaction(opened, tx_id)
 
     tx = run_async(body)
     summary = transaction_row(tx, output)

@@ -16,16 +16,32 @@ from typing import Annotated, Any
 import typer
 from rich.panel import Panel
 
-from .. import Transaction, TransactionManager, TransactionResult, TransactionState
+from .. import (
+    LeaseConflictError,
+    Transaction,
+    TransactionManager,
+    TransactionResult,
+    TransactionState,
+)
 from ..models import utcnow
-from ._errors import EXIT_NOT_REACHED, CliError
+from ._driving import LEASE_TTL, Driving, busy_error, report_result, run_driving
+from ._errors import CliError
 from ._handlers import check_handlers, load_handlers
-from ._options import HandlersOption, JsonOption, RevealOption, StoreOption, TxIdOption
+from ._options import (
+    HandlersOption,
+    HiddenTxIdOption,
+    JsonOption,
+    RevealOption,
+    StoreOption,
+    TxIdArgument,
+    TxIdOption,
+    transaction_id,
+)
 from ._output import Output, format_time, state_cell
 from ._parse import parse_data
 from ._store import cli_store, find_transaction, run_async
 from ._timeline import progress_display
-from ._views import details_panel, result_payload, result_renderables, step_rows
+from ._views import details_panel, step_rows
 
 QuietOption = Annotated[
     bool,
@@ -108,7 +124,7 @@ def create(
         raise CliError(f"--timeout must be a positive number of seconds, not {timeout:g}.")
 
     async def body() -> Transaction:
-        async with cli_store(store, output) as opened:
+        async with cli_store(store, output, creates=True) as opened:
             manager = TransactionManager(store=opened)
             tx = manager.begin(timeout_seconds=timeout)
             await manager.save(tx)
@@ -124,7 +140,8 @@ def create(
 
 @app.command("status", rich_help_panel=_PANEL)
 def status(
-    tx_id: TxIdOption,
+    tx_id: TxIdArgument = None,
+    tx_id_option: TxIdOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -134,6 +151,7 @@ def status(
     count), created_at, timeout_seconds; as JSON unless on a terminal.
     """
     output = Output.document(json_mode=as_json)
+    tx_id = transaction_id(tx_id, tx_id_option, "status", documented=True)
 
     async def body() -> Transaction:
         async with cli_store(store, output) as opened:
@@ -145,7 +163,8 @@ def status(
 
 @app.command("add-step", rich_help_panel=_PANEL)
 def add_step(
-    tx_id: TxIdOption,
+    tx_id: TxIdArgument = None,
+    *,
     agent: Annotated[str, typer.Option("--agent", help="The agent performing the step.")],
     action: Annotated[str, typer.Option("--action", help="The action (a handler name).")],
     data: Annotated[
@@ -160,6 +179,7 @@ def add_step(
         str | None,
         typer.Option("--compensate", metavar="ACTION", help="The action that undoes this step."),
     ] = None,
+    tx_id_option: HiddenTxIdOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
     reveal: RevealOption = False,
@@ -170,10 +190,11 @@ def add_step(
     action; bad data is refused before anything is written.
     """
     output = Output(json_mode=as_json, reveal=reveal)
+    tx_id = transaction_id(tx_id, tx_id_option, "add-step")
     step_data = parse_data(data)  # before the store is touched: bad input changes nothing
 
     async def body() -> Transaction:
-        async with cli_store(store, output) as opened:
+        async with cli_store(store, output, creates=True) as opened:
             tx = await find_transaction(opened, tx_id)
             if tx.state is not TransactionState.PENDING:
                 raise CliError(
@@ -216,17 +237,21 @@ def _drive(
     spec: str,
     *,
     rollback: bool,
-) -> tuple[TransactionResult, Transaction]:
+) -> None:
     handlers = load_handlers(spec)  # before the store is touched
+    goal = TransactionState.ROLLED_BACK if rollback else TransactionState.COMMITTED
     allowed = (
         (TransactionState.PENDING, TransactionState.COMMITTED)
         if rollback
         else (TransactionState.PENDING,)
     )
+    driving = Driving(store, spec)
 
     async def body() -> tuple[TransactionResult, Transaction]:
-        async with cli_store(store, output) as opened:
+        async with cli_store(store, output, creates=True) as opened:
             tx = await find_transaction(opened, tx_id)
+            if tx.state in (TransactionState.ACTIVE, TransactionState.COMPENSATING):
+                raise await busy_error(opened, tx, spec)
             if tx.state not in allowed:
                 wanted = " or ".join(state.value for state in allowed)
                 raise CliError(
@@ -237,33 +262,38 @@ def _drive(
             if not rollback:
                 needed += [step.action for step in tx.steps]
             check_handlers(handlers, spec, needed)
-            manager = TransactionManager(handlers, store=opened)
+            manager = TransactionManager(handlers, store=opened, lease_ttl=LEASE_TTL)
             async with manager:
                 manager.register_transaction(tx)
                 title = "Rolling back" if rollback else "Committing"
+                driving.started(opened, tx)
                 with progress_display(tx, output, title=title):
-                    if rollback:
-                        result = await manager.rollback(tx)
-                    else:
-                        result = await manager.commit(tx)
+                    try:
+                        if rollback:
+                            result = await manager.rollback(tx)
+                        else:
+                            result = await manager.commit(tx)
+                    except LeaseConflictError:
+                        # Another process took it between our read and our lease.
+                        stored = await opened.load(tx.transaction_id)
+                        if stored is None or stored.state not in (
+                            TransactionState.ACTIVE,
+                            TransactionState.COMPENSATING,
+                        ):
+                            raise
+                        raise await busy_error(opened, stored, spec) from None
             return result, tx
 
-    return run_async(body)
-
-
-def _report(
-    result: TransactionResult, tx: Transaction, output: Output, goal: TransactionState
-) -> None:
-    payload: dict[str, Any] = result_payload(result, tx, output)
-    output.emit(payload, *result_renderables(result, tx, output, goal=goal))
-    if result.state is not goal:
-        raise typer.Exit(EXIT_NOT_REACHED)
+    result, tx = run_driving(body, driving, output, goal)
+    report_result(result, tx, output, goal)
 
 
 @app.command("commit", rich_help_panel=_PANEL)
 def commit(
-    tx_id: TxIdOption,
+    tx_id: TxIdArgument = None,
+    *,
     handlers: HandlersOption,
+    tx_id_option: HiddenTxIdOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
     reveal: RevealOption = False,
@@ -271,17 +301,20 @@ def commit(
     """Run a pending transaction; undo it if a step fails (exit 1).
 
     Steps run in order with the handlers named by --handlers; when one fails, the
-    completed ones are compensated in reverse order and the command exits 1.
+    completed ones are compensated in reverse order and the command exits 1. Ctrl-C
+    compensates too: the transaction ends failed, and the command exits 130.
     """
     output = Output(json_mode=as_json, reveal=reveal)
-    result, tx = _drive(store, output, tx_id, handlers, rollback=False)
-    _report(result, tx, output, TransactionState.COMMITTED)
+    tx_id = transaction_id(tx_id, tx_id_option, "commit")
+    _drive(store, output, tx_id, handlers, rollback=False)
 
 
 @app.command("rollback", rich_help_panel=_PANEL)
 def rollback(
-    tx_id: TxIdOption,
+    tx_id: TxIdArgument = None,
+    *,
     handlers: HandlersOption,
+    tx_id_option: HiddenTxIdOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
     reveal: RevealOption = False,
@@ -292,5 +325,5 @@ def rollback(
     when a compensation fails.
     """
     output = Output(json_mode=as_json, reveal=reveal)
-    result, tx = _drive(store, output, tx_id, handlers, rollback=True)
-    _report(result, tx, output, TransactionState.ROLLED_BACK)
+    tx_id = transaction_id(tx_id, tx_id_option, "rollback")
+    _drive(store, output, tx_id, handlers, rollback=True)

@@ -119,7 +119,7 @@ def recover(
 
     async def body() -> list[dict[str, Any]]:
         everything: list[dict[str, Any]] = []
-        async with cli_store(store, output) as opened:
+        async with cli_store(store, output, creates=True) as opened:
             manager = TransactionManager(mapping, store=opened)
             async with manager:
                 if watch:
@@ -219,7 +219,7 @@ def import_(
     incoming = parse_transactions(read_text(file, "import"), "<stdin>" if file == "-" else file)
 
     async def body() -> dict[str, list[str]]:
-        async with cli_store(store, output) as opened:
+        async with cli_store(store, output, creates=True) as opened:
             fresh: list[Transaction] = []
             skipped: list[str] = []
             replaced: list[str] = []

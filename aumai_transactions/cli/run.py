@@ -13,14 +13,14 @@ from typing import Annotated
 import typer
 
 from .. import Transaction, TransactionManager, TransactionResult, TransactionState
-from ._errors import EXIT_NOT_REACHED, CliError
+from ._driving import LEASE_TTL, Driving, report_result, run_driving
+from ._errors import CliError
 from ._handlers import check_handlers, load_handlers
 from ._options import HandlersOption, JsonOption, RevealOption, StoreOption
 from ._output import Output
 from ._saga import load_saga
-from ._store import cli_store, run_async
+from ._store import cli_store
 from ._timeline import progress_display
-from ._views import result_payload, result_renderables
 
 __all__ = ["app"]
 
@@ -54,9 +54,12 @@ def run(
     mapping = load_handlers(handlers)
     check_handlers(mapping, handlers, [n for s in saga.steps for n in (s.action, s.compensate)])
 
+    driving = Driving(store, handlers)
+    goal = TransactionState.COMMITTED
+
     async def body() -> tuple[TransactionResult, Transaction]:
-        async with cli_store(store, output) as opened:
-            manager = TransactionManager(mapping, store=opened)
+        async with cli_store(store, output, creates=True) as opened:
+            manager = TransactionManager(mapping, store=opened, lease_ttl=LEASE_TTL)
             tx = manager.begin(timeout_seconds=timeout if timeout is not None else saga.timeout)
             for step in saga.steps:
                 manager.add_step(
@@ -71,15 +74,11 @@ def run(
                     max_concurrency=step.max_concurrency,
                 )
             async with manager:
+                driving.started(opened, tx)
                 with progress_display(tx, output, title=f"Saga {saga.name}"):
                     result = await manager.commit(tx)
             return result, tx
 
-    result, tx = run_async(body)
-    goal = TransactionState.COMMITTED
-    output.emit(
-        {"saga": saga.name, **result_payload(result, tx, output)},
-        *result_renderables(result, tx, output, goal=goal),
-    )
-    if result.state is not goal:
-        raise typer.Exit(EXIT_NOT_REACHED)
+    extra = {"saga": saga.name}
+    result, tx = run_driving(body, driving, output, goal, extra=extra)
+    report_result(result, tx, output, goal, extra=extra)
