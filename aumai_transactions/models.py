@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import to_jsonable_python
 
 __all__ = [
+    "LeaseInfo",
+    "LeaseSummary",
     "RecoveryPolicy",
+    "Resolution",
     "RetryPolicy",
     "StepStatus",
     "Transaction",
@@ -39,7 +42,9 @@ class TransactionState(StrEnum):
     ``pending → active → committed``; ``active → compensating → rolled_back``;
     a timeout ends in ``failed``; a compensation that keeps failing ends in
     ``compensation_failed``; a transaction that kept killing its recoverers ends in
-    ``dead_letter``. The last two need an operator.
+    ``dead_letter``. The last two need an operator, who may retry the failed
+    compensations or close either by hand: ``resolved`` (terminal, not a problem; the
+    operator's note is in ``Transaction.resolution``).
 
     The upper-case names are canonical (``repr`` and ``.name`` use them, as for every
     constant); the original tool's lower-case names (``TransactionState.pending``) are
@@ -55,6 +60,7 @@ class TransactionState(StrEnum):
     FAILED = "failed"
     COMPENSATION_FAILED = "compensation_failed"
     DEAD_LETTER = "dead_letter"
+    RESOLVED = "resolved"
 
     pending = "pending"
     active = "active"
@@ -64,6 +70,7 @@ class TransactionState(StrEnum):
     failed = "failed"
     compensation_failed = "compensation_failed"
     dead_letter = "dead_letter"
+    resolved = "resolved"
 
     @property
     def is_terminal(self) -> bool:
@@ -78,6 +85,7 @@ TERMINAL_STATES = frozenset(
         TransactionState.FAILED,
         TransactionState.COMPENSATION_FAILED,
         TransactionState.DEAD_LETTER,
+        TransactionState.RESOLVED,
     }
 )
 
@@ -250,6 +258,22 @@ class TransactionStep(BaseModel):
         return f"{transaction_id}:{self.step_id}"
 
 
+class Resolution(BaseModel):
+    """How an operator closed a transaction by hand (it is then ``resolved``).
+
+    ``note`` says what was done (say, "refunded by hand in the PSP dashboard"), ``by``
+    who did it, ``at`` when, and ``previous_state`` what the transaction was before
+    (``compensation_failed`` or ``dead_letter``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    note: str
+    by: str | None = None
+    at: datetime
+    previous_state: TransactionState
+
+
 class Transaction(BaseModel):
     """An ordered list of steps that succeed together or are undone together."""
 
@@ -265,6 +289,8 @@ class Transaction(BaseModel):
     error: str | None = None
     recovery_attempts: int = 0
     blocked_reason: str | None = None
+    resolution: Resolution | None = None
+    """Set when an operator resolved the transaction by hand (state ``resolved``)."""
 
     @field_validator("created_at")
     @classmethod
@@ -288,6 +314,7 @@ class Transaction(BaseModel):
                 "error": None,
                 "recovery_attempts": 0,
                 "blocked_reason": None,
+                "resolution": None,
             },
             _TX_SET,
         )
@@ -308,6 +335,46 @@ class Transaction(BaseModel):
     def agents(self) -> list[str]:
         """The distinct agents taking part, in order of first appearance."""
         return list(dict.fromkeys(step.agent_id for step in self.steps))
+
+
+class LeaseInfo(BaseModel):
+    """The lease of one stored transaction, as the store saw it when read.
+
+    ``owner`` and ``expires_at`` are None when no driver holds it (never leased, or
+    released); an expired lease keeps both. ``live`` is the store's own verdict
+    (its clock: the database's, for PostgreSQL): True while ``owner`` may still be
+    driving the transaction and nobody else can take it. ``epoch`` counts the leases
+    ever taken on it (the fencing token).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    transaction_id: str
+    owner: str | None = None
+    expires_at: datetime | None = None
+    epoch: int = 0
+    live: bool = False
+
+    @property
+    def lapsed(self) -> bool:
+        """True when a driver held the lease and it expired unreleased (it may be dead)."""
+        return self.owner is not None and not self.live
+
+
+class LeaseSummary(BaseModel):
+    """The leases of the in-flight (active or compensating) transactions of a store.
+
+    ``waiting``: in flight under a live lease, so recovery cannot take them before it
+    expires (being driven, or left by a driver that died less than a lease ago);
+    ``first_expiry``: the earliest expiry among those (None when ``waiting`` is 0);
+    ``claimable``: in flight with an expired lease or none, which recovery takes now.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    waiting: int = 0
+    first_expiry: datetime | None = None
+    claimable: int = 0
 
 
 _STEP_SET = frozenset({"step_id", "agent_id", "action", "data", "compensating_action"})

@@ -58,6 +58,7 @@ def test_transaction_states_are_the_documented_ones() -> None:
         "failed",
         "compensation_failed",
         "dead_letter",
+        "resolved",
     ]
     terminal = {s for s in TransactionState if s.is_terminal}
     assert terminal == {
@@ -66,6 +67,7 @@ def test_transaction_states_are_the_documented_ones() -> None:
         TransactionState.FAILED,
         TransactionState.COMPENSATION_FAILED,
         TransactionState.DEAD_LETTER,
+        TransactionState.RESOLVED,
     }
 
 

@@ -11,6 +11,12 @@ crash of this process (and, for file and server backends, of the machine). With
 ``durable=False`` the store may hold the record back and make it durable together with
 the next write; the engine uses it for a step's completion, which is always followed
 by another write before any further side effect.
+
+``OperatorStore`` adds what operators and workers with a stable identity need (every
+built-in backend has it): reading leases, handing a dead worker's leases back to
+recovery, and taking one stored transaction for an operator action. It is a protocol
+of its own, so a store written against ``Store`` alone keeps working for everything
+else.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from ..models import Transaction, TransactionState, TransactionStep
+from ..models import LeaseInfo, LeaseSummary, Transaction, TransactionState, TransactionStep
 
-__all__ = ["Lease", "Store"]
+__all__ = ["Lease", "OperatorStore", "Store"]
 
 
 class Lease(NamedTuple):
@@ -175,5 +181,50 @@ class Store(Protocol):
         """Remove terminal transactions in ``states`` created before ``older_than``.
 
         In-flight states are never purged. Returns how many were removed.
+        """
+        ...
+
+
+@runtime_checkable
+class OperatorStore(Store, Protocol):
+    """A Store that shows its leases and hands transactions to operators and to a
+    worker's next incarnation."""
+
+    async def leases(self, transaction_ids: Iterable[str]) -> dict[str, LeaseInfo]:
+        """The lease of each stored transaction among ``transaction_ids``, whatever its
+        state; ids not stored are left out."""
+        ...
+
+    async def lease_summary(self, *, exclude_owner: str | None = None) -> LeaseSummary:
+        """How many in-flight transactions wait on a live lease held by anyone but
+        ``exclude_owner``, when the first of those expires, and how many recovery may
+        claim now."""
+        ...
+
+    async def release_all(self, owner: str) -> int:
+        """End at once every lease ``owner`` holds on an in-flight transaction.
+
+        For a worker with a stable identity whose previous incarnation died: its
+        transactions become claimable by ``claim_expired`` now instead of when their
+        leases expire. The epochs stay, so whoever claims one next gets a greater
+        epoch, which fences off the old incarnation should it still be running.
+        Returns how many leases were released.
+        """
+        ...
+
+    async def claim(
+        self,
+        transaction_id: str,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> tuple[Transaction, Lease] | None:
+        """Take the lease of one stored transaction, and return it as stored.
+
+        Unlike ``acquire``, nothing of the caller's is written: a copy read earlier can
+        never overwrite what another driver wrote since. Returns None when the
+        transaction is not stored; raises ``LeaseConflictError`` (writing nothing)
+        when it is in a state not among ``expected`` or held under a live lease.
+        ``recovery_attempts`` is left as it is (this is not a recovery).
         """
         ...

@@ -355,32 +355,81 @@ WHERE lease_owner = %(owner)s AND state IN ('active', 'compensating')
   AND lease_expires_at > '-infinity' AND header->>'blocked_reason' IS NULL
 """
 
-# The lease columns are set in the same statement that picks the rows, so two
-# claimers can never both take one transaction: SKIP LOCKED makes each pass over
-# rows another claimer (or a live writer) has locked.
-_CLAIM = (
-    """
+
+def _claiming(where: str, count_attempt: bool) -> str:
+    """A statement taking the lease of the rows ``where`` picks (one attempt more of
+    recovery each, if ``count_attempt``), returning them as the reading queries do,
+    then owner, epoch and expiry of the new lease."""
+    attempts = ", recovery_attempts = t.recovery_attempts + 1" if count_attempt else ""
+    return (
+        """
 WITH t AS (
     UPDATE {s}.transactions AS t SET
         lease_owner = %(owner)s,
         lease_expires_at = now() + %(ttl)s * interval '1 second',
-        lease_epoch = t.lease_epoch + 1,
-        recovery_attempts = t.recovery_attempts + 1
-    WHERE t.transaction_id IN (
+        lease_epoch = t.lease_epoch + 1"""
+        + attempts
+        + " WHERE "
+        + where
+        + """
+    RETURNING t.*
+)
+SELECT """
+        + _TX_COLUMNS
+        + """, t.lease_owner, t.lease_epoch, t.lease_expires_at
+FROM t """
+        + _STEPS_OF_T
+    )
+
+
+# The lease columns are set in the same statement that picks the rows, so two
+# claimers can never both take one transaction: SKIP LOCKED makes each pass over
+# rows another claimer (or a live writer) has locked.
+_CLAIM = _claiming(
+    """t.transaction_id IN (
         SELECT c.transaction_id FROM {s}.transactions AS c
         WHERE c.state IN ('active', 'compensating') AND c.lease_expires_at <= now()
         ORDER BY c.lease_expires_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
-    )
-    RETURNING t.*
+    )""",
+    count_attempt=True,
 )
-SELECT """
-    + _TX_COLUMNS
-    + """, t.lease_owner, t.lease_epoch, t.lease_expires_at
-FROM t """
-    + _STEPS_OF_T
+
+# One transaction, for an operator action. A concurrent claimer of the same row waits
+# for the first one's lock, then finds the lease live and takes nothing.
+_CLAIM_ONE = _claiming(
+    """t.transaction_id = %(tid)s AND t.state = ANY (%(expected)s::text[])
+      AND t.lease_expires_at <= now()""",
+    count_attempt=False,
 )
+
+# A worker's next incarnation hands its previous one's leases to recovery. The owner
+# stays (writes are fenced by owner and epoch; the next claim raises the epoch).
+_RELEASE_ALL = """
+WITH r AS (
+    UPDATE {s}.transactions SET lease_expires_at = '-infinity'
+    WHERE lease_owner = %(owner)s AND state IN ('active', 'compensating')
+      AND lease_expires_at > '-infinity'
+    RETURNING 1
+)
+SELECT count(*) FROM r
+"""
+
+_LEASES = """
+SELECT transaction_id, lease_owner, nullif(lease_expires_at, '-infinity'), lease_epoch,
+       lease_expires_at > now()
+FROM {s}.transactions WHERE transaction_id = ANY (%(ids)s::text[])
+"""
+
+_LEASE_SUMMARY = """
+SELECT count(*) FILTER (WHERE lease_expires_at > now()
+                          AND lease_owner IS DISTINCT FROM %(exclude)s::text),
+       min(lease_expires_at) FILTER (WHERE lease_expires_at > now()
+                                       AND lease_owner IS DISTINCT FROM %(exclude)s::text),
+       count(*) FILTER (WHERE lease_expires_at <= now())
+FROM {s}.transactions WHERE state IN ('active', 'compensating')
+"""
 
 _LOAD = (
     "SELECT "
@@ -429,6 +478,10 @@ class Statements:
     batch_both: bytes
     renew: bytes
     claim: bytes
+    claim_one: bytes
+    release_all: bytes
+    leases: bytes
+    lease_summary: bytes
     load: bytes
     lease_of: bytes
     delete: bytes
@@ -445,6 +498,10 @@ class Statements:
             batch_both=_q(_batch(acquire=True, record=True), schema),
             renew=_q(_RENEW, schema),
             claim=_q(_CLAIM, schema),
+            claim_one=_q(_CLAIM_ONE, schema),
+            release_all=_q(_RELEASE_ALL, schema),
+            leases=_q(_LEASES, schema),
+            lease_summary=_q(_LEASE_SUMMARY, schema),
             load=_q(_LOAD, schema),
             lease_of=_q(_LEASE_OF, schema),
             delete=_q(_DELETE, schema),

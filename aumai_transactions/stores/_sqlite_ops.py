@@ -25,7 +25,7 @@ from ..errors import (
     StoreError,
     StoreUnavailableError,
 )
-from ..models import Transaction, TransactionState
+from ..models import LeaseInfo, LeaseSummary, Transaction, TransactionState
 from ._base import Lease
 from ._sqlite_schema import HEADER_COLUMNS, decode_transaction, from_us
 
@@ -36,16 +36,19 @@ logger = logging.getLogger("aumai_transactions")
 _TX_COLUMNS = f"id, transaction_id, {HEADER_COLUMNS}"
 _INSERT_TX = (
     f"INSERT INTO transactions (id, transaction_id, {HEADER_COLUMNS}, lease_owner, "
-    "lease_expires, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "lease_expires, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_SET_HEADER = "state=?, updated_at=?, finished_at=?, error=?, blocked_reason=?, recovery_attempts=?"
+_SET_HEADER = (
+    "state=?, updated_at=?, finished_at=?, error=?, blocked_reason=?, recovery_attempts=?, "
+    "resolution=?"
+)
 _SET_FULL_HEADER = f"{_SET_HEADER}, created_at=?, timeout_seconds=?"
 _FENCE = "WHERE transaction_id=? AND epoch=?"
 _UPDATE_HEADER = f"UPDATE transactions SET {_SET_HEADER} {_FENCE}"
 # Most records leave the state as it is; not naming it spares rewriting its index entry.
 _UPDATE_HEADER_SAME_STATE = (
     "UPDATE transactions SET updated_at=?, finished_at=?, error=?, blocked_reason=?, "
-    f"recovery_attempts=? {_FENCE}"
+    f"recovery_attempts=?, resolution=? {_FENCE}"
 )
 _UPDATE_STEP = (
     "UPDATE steps SET body=? WHERE tx=(SELECT id FROM transactions WHERE transaction_id=?) "
@@ -75,6 +78,13 @@ _EXPIRED = (
 )
 _IN_FLIGHT = ("active", "compensating")
 _CHUNK = 512
+_LIVE = "lease_owner IS NOT NULL AND lease_expires IS NOT NULL AND lease_expires > :now"
+_LEASE_SUMMARY = (
+    f"SELECT COUNT(*) FILTER (WHERE {_LIVE} AND lease_owner IS NOT :exclude), "
+    f"MIN(lease_expires) FILTER (WHERE {_LIVE} AND lease_owner IS NOT :exclude), "
+    f"COUNT(*) FILTER (WHERE NOT ({_LIVE})) "
+    "FROM transactions WHERE state IN ('active', 'compensating')"
+)
 
 
 def now_us() -> int:
@@ -352,7 +362,7 @@ class Journal:
         if rid is None:
             rid = conn.execute(
                 f"INSERT INTO transactions (transaction_id, {HEADER_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tid, *header),
             ).lastrowid
             assert rid is not None
@@ -418,6 +428,50 @@ class Journal:
                 break
         return claimed
 
+    def claim_one(
+        self,
+        conn: sqlite3.Connection,
+        tid: str,
+        owner: str,
+        ttl: float,
+        expected: frozenset[str],
+    ) -> tuple[Transaction, Lease] | None:
+        """Take the lease of ``tid`` as stored (see ``OperatorStore.claim``)."""
+        found = self._read(conn, tid, ", lease_owner, lease_expires, epoch")
+        if found is None:
+            return None
+        row, steps = found
+        now = now_us()
+        state, (holder, held_until, epoch) = row[2], row[-3:]
+        if holder is not None and held_until is not None and held_until > now:
+            raise LeaseConflictError(
+                f"Transaction {tid} is held by {holder} under a lease that expires at "
+                f"{from_us(held_until)}; it cannot be taken before then."
+            )
+        if state not in expected:
+            raise LeaseConflictError(
+                f"Transaction {tid} is stored in state '{state}'; expected "
+                + " or ".join(f"'{s}'" for s in sorted(expected))
+                + "."
+            )
+        tx = decode_transaction(self.path, row[1:-3], steps)  # corrupt: refused, unwritten
+        expires = now + round(ttl * 1_000_000)
+        conn.execute(
+            "UPDATE transactions SET epoch=?, lease_owner=?, lease_expires=? WHERE id=?",
+            (epoch + 1, owner, expires, row[0]),
+        )
+        expiry = from_us(expires)
+        assert expiry is not None
+        return tx, Lease(tid, owner, epoch + 1, expiry)
+
+    @staticmethod
+    def release_all(conn: sqlite3.Connection, owner: str) -> int:
+        return conn.execute(
+            "UPDATE transactions SET lease_owner=NULL, lease_expires=NULL "
+            "WHERE state IN ('active', 'compensating') AND lease_owner=?",
+            (owner,),
+        ).rowcount
+
     def delete(self, conn: sqlite3.Connection, tid: str) -> bool:
         rid = self._check_not_driven(conn, tid, "deleted")
         if rid is None:
@@ -450,16 +504,55 @@ class Journal:
             found.setdefault(rid, []).append((step_id, body))
         return found
 
-    def load(self, conn: sqlite3.Connection, tid: str) -> Transaction | None:
+    @staticmethod
+    def _read(
+        conn: sqlite3.Connection, tid: str, extra: str = ""
+    ) -> tuple[tuple[Any, ...], list[tuple[str, str]]] | None:
+        """The header row of ``tid`` (``_TX_COLUMNS``, then the ``extra`` columns) and
+        its step rows, or None."""
         row = conn.execute(
-            f"SELECT {_TX_COLUMNS} FROM transactions WHERE transaction_id=?", (tid,)
+            f"SELECT {_TX_COLUMNS}{extra} FROM transactions WHERE transaction_id=?", (tid,)
         ).fetchone()
         if row is None:
             return None
         steps = conn.execute(
             "SELECT step_id, body FROM steps WHERE tx=? ORDER BY position", (row[0],)
         ).fetchall()
+        return row, steps
+
+    def load(self, conn: sqlite3.Connection, tid: str) -> Transaction | None:
+        found = self._read(conn, tid)
+        if found is None:
+            return None
+        row, steps = found
         return decode_transaction(self.path, row[1:], steps)
+
+    @staticmethod
+    def leases(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, LeaseInfo]:
+        now = now_us()
+        found: dict[str, LeaseInfo] = {}
+        for tid, owner, expires, epoch in _select_in(
+            conn,
+            "SELECT transaction_id, lease_owner, lease_expires, epoch FROM transactions "
+            "WHERE transaction_id IN {}",
+            ids,
+        ):
+            held = owner is not None and expires is not None
+            found[tid] = LeaseInfo(
+                transaction_id=tid,
+                owner=owner if held else None,
+                expires_at=from_us(expires) if held else None,
+                epoch=epoch,
+                live=held and expires > now,
+            )
+        return found
+
+    @staticmethod
+    def lease_summary(conn: sqlite3.Connection, exclude: str | None) -> LeaseSummary:
+        waiting, first, claimable = conn.execute(
+            _LEASE_SUMMARY, {"now": now_us(), "exclude": exclude}
+        ).fetchone()
+        return LeaseSummary(waiting=waiting, first_expiry=from_us(first), claimable=claimable)
 
     def list(
         self,

@@ -2,12 +2,13 @@
 
 Everything here runs on the store's writer thread; nothing touches an event loop.
 
-Layout (schema version 1)::
+Layout (schema version 2)::
 
     schema_version(version, applied_at)           one row per applied migration
     transactions(transaction_id PK, state, created_at, updated_at, finished_at,
                  timeout_seconds, error, blocked_reason, recovery_attempts,
-                 lease_owner, lease_expires, epoch)
+                 lease_owner, lease_expires, epoch,
+                 resolution)                      an operator's resolution, as JSON (v2)
     steps(transaction_id, step_id, position, body)  body: the step as JSON
     transaction_agents(transaction_id, agent_id)    for the agent filter
 
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from .._version import __version__
 from ..errors import CorruptRecordError, SchemaVersionError, StoreError, StoreUnavailableError
-from ..models import Transaction, TransactionStep
+from ..models import Resolution, Transaction, TransactionStep
 
 __all__ = [
     "HEADER_COLUMNS",
@@ -88,6 +89,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX transaction_agents_by_agent ON transaction_agents (agent_id, tx)",
     ),
+    # 2: how an operator resolved a transaction by hand (state 'resolved').
+    ("ALTER TABLE transactions ADD COLUMN resolution TEXT",),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -95,9 +98,9 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 HEADER_COLUMNS = (
     "state, updated_at, finished_at, error, blocked_reason, recovery_attempts, "
-    "created_at, timeout_seconds"
+    "resolution, created_at, timeout_seconds"
 )
-"""The header columns: the first six as ``header_of`` returns them (what a ``record``
+"""The header columns: the first seven as ``header_of`` returns them (what a ``record``
 rewrites), then the two that never change after the first write."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -130,6 +133,7 @@ def header_of(tx: Transaction) -> tuple[Any, ...]:
     """
     updated = tx.updated_at
     finished = tx.finished_at
+    resolution = tx.resolution
     return (
         tx.state._value_,
         None if updated is None else to_us(updated),
@@ -137,6 +141,7 @@ def header_of(tx: Transaction) -> tuple[Any, ...]:
         tx.error,
         tx.blocked_reason,
         tx.recovery_attempts,
+        None if resolution is None else resolution.model_dump_json(),
     )
 
 
@@ -148,12 +153,14 @@ def record_header(tx: Transaction, epoch: int) -> tuple[str, tuple[Any, ...]]:
     """
     updated = tx.updated_at
     finished = tx.finished_at
+    resolution = tx.resolution
     return tx.state._value_, (
         None if updated is None else to_us(updated),
         None if finished is None else to_us(finished),
         tx.error,
         tx.blocked_reason,
         tx.recovery_attempts,
+        None if resolution is None else resolution.model_dump_json(),
         tx.transaction_id,
         epoch,
     )
@@ -181,7 +188,7 @@ def decode_transaction(
             if step.step_id != step_id:
                 raise ValueError(f"the row of step {step_id} holds step {step.step_id}")
             parsed.append(step)
-        (_, state, updated, finished, error, blocked, attempts, created, timeout) = header
+        (_, state, updated, finished, error, blocked, attempts, resolved, created, timeout) = header
         return Transaction.model_validate(
             {
                 "transaction_id": transaction_id,
@@ -194,6 +201,9 @@ def decode_transaction(
                 "error": error,
                 "recovery_attempts": attempts,
                 "blocked_reason": blocked,
+                "resolution": None
+                if resolved is None
+                else Resolution.model_validate_json(resolved),
             }
         )
     except (ValueError, TypeError, OverflowError) as exc:

@@ -9,8 +9,9 @@ hand-off each way, however many transactions wrote.
 
 Three kinds of operations:
 
-* *durable* (a durable ``record``, ``save``, ``renew``, ``claim_expired``, ``delete``,
-  ``purge``): resolved only after the COMMIT that contains them;
+* *durable* (a durable ``record``, ``save``, ``renew``, ``claim_expired``, ``claim``,
+  ``release_all``, ``delete``, ``purge``): resolved only after the COMMIT that contains
+  them;
 * *execution-only* (``acquire`` and reads): resolved as soon as they ran. An acquire
   needs no fsync of its own: nothing happens under the lease before the driver's
   next, durable, write, which commits in the same or a later transaction. The SQLite
@@ -47,9 +48,12 @@ logger = logging.getLogger("aumai_transactions")
 
 # Operation kinds.
 RECORD, ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE, LOAD, LIST, COUNT, STOP = range(12)
-_WRITES = frozenset({RECORD, ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE})
+CLAIM_ONE, RELEASE_ALL, LEASES, LEASE_SUMMARY = range(12, 16)
+_WRITES = frozenset(
+    {RECORD, ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE, CLAIM_ONE, RELEASE_ALL}
+)
 # Operations on one transaction (``args[0]`` is its id); the others touch many.
-_SINGLE = frozenset({RECORD, ACQUIRE, RELEASE, SAVE, DELETE, LOAD})
+_SINGLE = frozenset({RECORD, ACQUIRE, RELEASE, SAVE, DELETE, LOAD, CLAIM_ONE})
 _POISON_LIMIT = 10_000
 
 
@@ -395,4 +399,12 @@ class Writer:
             return journal.list(conn, *args)
         if kind == COUNT:
             return journal.count(conn)
+        if kind == CLAIM_ONE:
+            return journal.claim_one(conn, *args)
+        if kind == RELEASE_ALL:
+            return journal.release_all(conn, *args)
+        if kind == LEASES:
+            return journal.leases(conn, *args)
+        if kind == LEASE_SUMMARY:
+            return journal.lease_summary(conn, *args)
         raise AssertionError(f"unknown operation kind {kind}")

@@ -15,6 +15,8 @@ from ..errors import LeaseConflictError, LeaseLostError
 from ..models import (
     IN_FLIGHT_STATES,
     TERMINAL_STATES,
+    LeaseInfo,
+    LeaseSummary,
     Transaction,
     TransactionState,
     TransactionStep,
@@ -186,6 +188,76 @@ class MemoryStore:
             tx.recovery_attempts += 1
             claimed.append((tx, Lease(tid, owner, lease.epoch, lease.expires_at)))
         return claimed
+
+    async def claim(
+        self,
+        transaction_id: str,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> tuple[Transaction, Lease] | None:
+        tx = self._transactions.get(transaction_id)
+        if tx is None:
+            return None
+        now = utcnow()
+        lease = self._leases.setdefault(transaction_id, _LeaseRecord())
+        if lease.live(now):
+            raise LeaseConflictError(
+                f"Transaction {transaction_id} is held by {lease.owner} under a lease that "
+                f"expires at {lease.expires_at}; it cannot be taken before then."
+            )
+        _check_expected(transaction_id, tx.state, expected)
+        lease.owner = owner
+        lease.expires_at = now + timedelta(seconds=ttl)
+        lease.epoch += 1
+        return tx, Lease(transaction_id, owner, lease.epoch, lease.expires_at)
+
+    async def release_all(self, owner: str) -> int:
+        released = 0
+        for tid, lease in self._leases.items():
+            tx = self._transactions.get(tid)
+            if lease.owner == owner and tx is not None and tx.state in IN_FLIGHT_STATES:
+                lease.owner = None
+                lease.expires_at = None
+                released += 1
+        return released
+
+    # ------------------------------------------------------------------ reads
+
+    async def leases(self, transaction_ids: Iterable[str]) -> dict[str, LeaseInfo]:
+        now = utcnow()
+        found: dict[str, LeaseInfo] = {}
+        for tid in transaction_ids:
+            if tid not in self._transactions:
+                continue
+            lease = self._leases.get(tid)
+            if lease is None:
+                found[tid] = LeaseInfo(transaction_id=tid)
+            else:
+                found[tid] = LeaseInfo(
+                    transaction_id=tid,
+                    owner=lease.owner,
+                    expires_at=lease.expires_at,
+                    epoch=lease.epoch,
+                    live=lease.live(now),
+                )
+        return found
+
+    async def lease_summary(self, *, exclude_owner: str | None = None) -> LeaseSummary:
+        now = utcnow()
+        waiting: list[datetime] = []
+        claimable = 0
+        for tid, tx in self._transactions.items():
+            if tx.state not in IN_FLIGHT_STATES:
+                continue
+            lease = self._leases.get(tid)
+            if lease is None or not lease.live(now):
+                claimable += 1
+            elif lease.owner != exclude_owner and lease.expires_at is not None:
+                waiting.append(lease.expires_at)
+        return LeaseSummary(
+            waiting=len(waiting), first_expiry=min(waiting, default=None), claimable=claimable
+        )
 
     async def load(self, transaction_id: str) -> Transaction | None:
         return self._transactions.get(transaction_id)

@@ -52,7 +52,14 @@ from ..errors import (
     StoreError,
     StoreUnavailableError,
 )
-from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
+from ..models import (
+    TERMINAL_STATES,
+    LeaseInfo,
+    LeaseSummary,
+    Transaction,
+    TransactionState,
+    TransactionStep,
+)
 from ._base import Lease
 from ._positions import StepPositions
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
@@ -431,17 +438,57 @@ class PostgresStore:
         claimed: list[tuple[Transaction, Lease]] = []
         for row in rows:
             try:
-                tx = decode_transaction(row)
+                claimed.append(self._claimed(row))
             except CorruptRecordError as exc:
                 # Never driven, never rewritten: the claim's lease keeps other
                 # recoverers off it until it expires, so the loop does not spin on it.
                 logger.error("recovery skipped a corrupt transaction: %s", exc)
-                continue
-            lease_owner, epoch, expires = row[8], row[9], row[10]
-            lease = Lease(tx.transaction_id, lease_owner, epoch, expires.astimezone(UTC))
-            self._positions.written(tx.transaction_id, epoch, (s.step_id for s in tx.steps))
-            claimed.append((tx, lease))
         return claimed
+
+    def _claimed(self, row: Sequence[Any]) -> tuple[Transaction, Lease]:
+        """The transaction and new lease of a row returned by a claiming statement."""
+        tx = decode_transaction(row)
+        lease_owner, epoch, expires = row[8], row[9], row[10]
+        lease = Lease(tx.transaction_id, lease_owner, epoch, expires.astimezone(UTC))
+        self._positions.written(tx.transaction_id, epoch, (s.step_id for s in tx.steps))
+        return tx, lease
+
+    async def claim(
+        self,
+        transaction_id: str,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> tuple[Transaction, Lease] | None:
+        states = sorted(TransactionState(s).value for s in expected)
+        rows = await self._fetch(
+            self._statements.claim_one,
+            {"tid": transaction_id, "owner": owner, "ttl": float(ttl), "expected": states},
+            "claim a transaction in",
+        )
+        if rows:
+            # A corrupt row raises here; the lease just taken lapses by itself.
+            return self._claimed(rows[0])
+        rows = await self._fetch(self._statements.lease_of, (transaction_id,), "read")
+        if not rows:
+            return None
+        _, state, holder, expires, live = rows[0]
+        if live:
+            raise LeaseConflictError(
+                f"Transaction {transaction_id} is held by {holder} under a lease that "
+                f"expires at {expires}; it cannot be taken before then."
+            )
+        raise LeaseConflictError(
+            f"Transaction {transaction_id} is stored in state '{state}'; expected "
+            + " or ".join(f"'{s}'" for s in states)
+            + "."
+        )
+
+    async def release_all(self, owner: str) -> int:
+        rows = await self._fetch(
+            self._statements.release_all, {"owner": owner}, "release leases in"
+        )
+        return int(rows[0][0])
 
     # ------------------------------------------------------------------ reads
 
@@ -473,6 +520,34 @@ class PostgresStore:
         }
         rows = await self._fetch(query, params, "list transactions in")
         return [decode_transaction(row) for row in rows]
+
+    async def leases(self, transaction_ids: Iterable[str]) -> dict[str, LeaseInfo]:
+        wanted = list(dict.fromkeys(transaction_ids))
+        if not wanted:
+            return {}
+        rows = await self._fetch(self._statements.leases, {"ids": wanted}, "read leases in")
+        found: dict[str, LeaseInfo] = {}
+        for tid, owner, expires, epoch, live in rows:
+            held = expires is not None
+            found[tid] = LeaseInfo(
+                transaction_id=tid,
+                owner=owner if held else None,  # a released lease keeps its owner here
+                expires_at=expires.astimezone(UTC) if held else None,
+                epoch=epoch,
+                live=bool(live),
+            )
+        return found
+
+    async def lease_summary(self, *, exclude_owner: str | None = None) -> LeaseSummary:
+        rows = await self._fetch(
+            self._statements.lease_summary, {"exclude": exclude_owner}, "read leases in"
+        )
+        waiting, first, claimable = rows[0]
+        return LeaseSummary(
+            waiting=int(waiting),
+            first_expiry=None if first is None else first.astimezone(UTC),
+            claimable=int(claimable),
+        )
 
     async def count_by_state(self) -> dict[TransactionState, int]:
         rows = await self._fetch(self._statements.count, None, "count transactions in")

@@ -40,6 +40,8 @@ from ..errors import StoreUnavailableError
 from ..models import (
     IN_FLIGHT_STATES,
     TERMINAL_STATES,
+    LeaseInfo,
+    LeaseSummary,
     Transaction,
     TransactionState,
     TransactionStep,
@@ -52,13 +54,17 @@ from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, record_header, to
 from ._sqlite_writer import (
     ACQUIRE,
     CLAIM,
+    CLAIM_ONE,
     COUNT,
     DELETE,
+    LEASE_SUMMARY,
+    LEASES,
     LIST,
     LOAD,
     PURGE,
     RECORD,
     RELEASE,
+    RELEASE_ALL,
     RENEW,
     SAVE,
     Writer,
@@ -369,6 +375,26 @@ class SqliteStore:
             positions.written(tx.transaction_id, lease.epoch, (s.step_id for s in tx.steps))
         return claimed
 
+    async def claim(
+        self,
+        transaction_id: str,
+        owner: str,
+        ttl: float,
+        expected: Iterable[TransactionState],
+    ) -> tuple[Transaction, Lease] | None:
+        states = frozenset(TransactionState(state).value for state in expected)
+        claimed: tuple[Transaction, Lease] | None = await self._call(
+            CLAIM_ONE, transaction_id, owner, float(ttl), states
+        )
+        if claimed is not None:
+            tx, lease = claimed
+            self._positions.written(transaction_id, lease.epoch, (s.step_id for s in tx.steps))
+        return claimed
+
+    async def release_all(self, owner: str) -> int:
+        released: int = await self._call(RELEASE_ALL, owner)
+        return released
+
     async def delete(self, transaction_id: str) -> bool:
         deleted: bool = await self._call(DELETE, transaction_id)
         return deleted
@@ -407,3 +433,14 @@ class SqliteStore:
     async def count_by_state(self) -> dict[TransactionState, int]:
         counts: dict[TransactionState, int] = await self._call(COUNT)
         return counts
+
+    async def leases(self, transaction_ids: Iterable[str]) -> dict[str, LeaseInfo]:
+        wanted = list(dict.fromkeys(transaction_ids))
+        if not wanted:
+            return {}
+        found: dict[str, LeaseInfo] = await self._call(LEASES, wanted)
+        return found
+
+    async def lease_summary(self, *, exclude_owner: str | None = None) -> LeaseSummary:
+        summary: LeaseSummary = await self._call(LEASE_SUMMARY, exclude_owner)
+        return summary

@@ -23,6 +23,9 @@ import pytest
 from aumai_transactions import OpenTransaction, TransactionManager
 from aumai_transactions.errors import LeaseConflictError, LeaseLostError, StepFailedError
 from aumai_transactions.models import (
+    LeaseInfo,
+    LeaseSummary,
+    Resolution,
     RetryPolicy,
     StepStatus,
     Transaction,
@@ -30,7 +33,7 @@ from aumai_transactions.models import (
     TransactionStep,
     utcnow,
 )
-from aumai_transactions.stores import Lease, Store
+from aumai_transactions.stores import Lease, OperatorStore, Store
 
 PENDING = TransactionState.PENDING
 ACTIVE = TransactionState.ACTIVE
@@ -826,3 +829,231 @@ async def test_a_save_with_expected_states_does_not_undo_progress(store: Store) 
     stored = await store.load(tx.transaction_id)
     assert stored is not None
     assert stored.state is COMMITTED and len(stored.steps) == 1
+
+
+# --------------------------------------------------------------------- operator stores
+# Leases made visible, a worker's leases handed back, one transaction taken for an
+# operator action, and the resolved state with its note.
+
+COMPENSATION_FAILED = TransactionState.COMPENSATION_FAILED
+DEAD_LETTER = TransactionState.DEAD_LETTER
+RESOLVED = TransactionState.RESOLVED
+
+
+def as_operator_store(store: Store) -> OperatorStore:
+    assert isinstance(store, OperatorStore)
+    return store
+
+
+async def ended(
+    store: Store, state: TransactionState = COMPENSATION_FAILED, **make: Any
+) -> Transaction:
+    """A transaction its driver ended in ``state`` (journaled, lease released)."""
+    tx, lease = await in_flight(store, **make)
+    tx.steps[0].status = StepStatus.COMPENSATED
+    tx.steps[1].status = StepStatus.COMPENSATION_FAILED
+    tx.steps[1].compensation_error = "refund failed"
+    tx.state = state
+    tx.finished_at = utcnow()
+    await store.record(lease, tx, tx.steps[1])
+    await store.record(lease, tx, tx.steps[0])
+    await store.release(lease)
+    return tx
+
+
+async def test_leases_show_owner_expiry_epoch_and_whether_they_are_live(store: Store) -> None:
+    ops = as_operator_store(store)
+    never = make_tx()
+    await store.save(copy(never))
+    driven, driven_lease = await in_flight(store, owner="driver-a", ttl=LIVE)
+    lapsed, lapsed_lease = await in_flight(store, owner="driver-b", ttl=EXPIRED)
+    orphan, orphan_lease = await in_flight(store, owner="driver-c")
+    await store.release(orphan_lease)
+    finished = await ended(store, COMMITTED, owner="driver-d")
+    wanted = [never, driven, lapsed, orphan, finished]
+    found = await ops.leases(
+        [*(tx.transaction_id for tx in wanted), "no-such", driven.transaction_id]
+    )
+    assert set(found) == {tx.transaction_id for tx in wanted}
+    assert found[never.transaction_id] == LeaseInfo(transaction_id=never.transaction_id)
+    live = found[driven.transaction_id]
+    assert (live.owner, live.expires_at, live.epoch) == (
+        "driver-a",
+        driven_lease.expires_at,
+        driven_lease.epoch,
+    )
+    assert live.live and not live.lapsed
+    gone = found[lapsed.transaction_id]
+    assert (gone.owner, gone.expires_at, gone.epoch) == (
+        "driver-b",
+        lapsed_lease.expires_at,
+        lapsed_lease.epoch,
+    )
+    assert not gone.live and gone.lapsed
+    for released, lease in ((orphan, orphan_lease), (finished, None)):
+        info = found[released.transaction_id]
+        assert (info.owner, info.expires_at, info.live, info.lapsed) == (None, None, False, False)
+        assert info.epoch >= 1 and (lease is None or info.epoch == lease.epoch)
+    assert await ops.leases([]) == {}
+
+
+async def test_lease_summary_counts_who_waits_on_a_live_lease(store: Store) -> None:
+    ops = as_operator_store(store)
+    assert await ops.lease_summary() == LeaseSummary(waiting=0, first_expiry=None, claimable=0)
+    _, soon = await in_flight(store, owner="driver-a", ttl=LIVE)
+    await in_flight(store, owner="driver-a", ttl=LIVE * 2)
+    _, later = await in_flight(store, owner="driver-b", ttl=LIVE * 3, state=COMPENSATING)
+    await in_flight(store, owner="driver-c", ttl=EXPIRED)
+    _, orphan = await in_flight(store, owner="driver-c")
+    await store.release(orphan)
+    await store.save(make_tx())  # pending: no lease to wait on
+    await ended(store, COMMITTED, owner="driver-d")
+    summary = await ops.lease_summary()
+    assert summary == LeaseSummary(waiting=3, first_expiry=soon.expires_at, claimable=2)
+    others = await ops.lease_summary(exclude_owner="driver-a")
+    assert others == LeaseSummary(waiting=1, first_expiry=later.expires_at, claimable=2)
+    await store.claim_expired("recoverer", LIVE, 10)
+    assert await ops.lease_summary(exclude_owner="recoverer") == summary.model_copy(
+        update={"claimable": 0}
+    )
+
+
+async def test_release_all_hands_an_owners_in_flight_transactions_to_recovery(
+    store: Store,
+) -> None:
+    ops = as_operator_store(store)
+    mine = [await in_flight(store, owner="w1", ttl=LIVE * 60) for _ in range(2)]
+    undoing = await in_flight(store, owner="w1", ttl=EXPIRED, state=COMPENSATING)
+    mine.append(undoing)
+    await ended(store, COMMITTED, owner="w1")
+    theirs, _ = await in_flight(store, owner="w2", ttl=LIVE * 60)
+    assert await ops.release_all("w1") == 3
+    assert await store.renew("w1", LIVE) == 0  # the old incarnation cannot hold them again
+    claimed = await store.claim_expired("recoverer", LIVE, 10)
+    assert {tx.transaction_id for tx, _ in claimed} == {tx.transaction_id for tx, _ in mine}
+    new_epochs = {lease.transaction_id: lease.epoch for _, lease in claimed}
+    for tx, old in mine:
+        assert new_epochs[tx.transaction_id] > old.epoch
+        with pytest.raises(LeaseLostError):  # the old incarnation is fenced off
+            await store.record(old, tx)
+    with pytest.raises(LeaseConflictError):
+        await store.acquire(copy(theirs), "intruder", LIVE, [ACTIVE])
+    assert await ops.release_all("w1") == 0
+    assert await ops.release_all("nobody") == 0
+
+
+async def test_claim_takes_one_transaction_as_stored(store: Store) -> None:
+    ops = as_operator_store(store)
+    tx = await ended(store)
+    stored = await store.load(tx.transaction_id)
+    before = (await ops.leases([tx.transaction_id]))[tx.transaction_id]
+    claimed = await ops.claim(tx.transaction_id, "operator", LIVE, [COMPENSATION_FAILED])
+    assert claimed is not None
+    got, lease = claimed
+    assert dump(got) == dump(stored)
+    assert got.recovery_attempts == 0  # not a recovery
+    assert (lease.transaction_id, lease.owner) == (tx.transaction_id, "operator")
+    assert lease.epoch == before.epoch + 1
+    info = (await ops.leases([tx.transaction_id]))[tx.transaction_id]
+    assert (info.owner, info.epoch, info.live, info.expires_at) == (
+        "operator",
+        lease.epoch,
+        True,
+        lease.expires_at,
+    )
+    with pytest.raises(LeaseConflictError, match="operator"):  # held: nobody else gets it
+        await ops.claim(tx.transaction_id, "another", LIVE, [COMPENSATION_FAILED])
+    got.state = RESOLVED
+    await store.record(lease, got)
+    await store.release(lease)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.state is RESOLVED
+    assert await ops.claim("no-such-transaction", "operator", LIVE, [COMPENSATION_FAILED]) is None
+
+
+async def test_claim_refuses_another_state_and_writes_nothing(store: Store) -> None:
+    ops = as_operator_store(store)
+    for tx in (await ended(store, COMMITTED), (await in_flight(store, ttl=EXPIRED))[0]):
+        before = await ops.leases([tx.transaction_id])
+        with pytest.raises(LeaseConflictError, match=f"'{tx.state.value}'"):
+            await ops.claim(tx.transaction_id, "operator", LIVE, [COMPENSATION_FAILED, DEAD_LETTER])
+        assert await ops.leases([tx.transaction_id]) == before
+
+
+async def test_claim_returns_what_another_driver_wrote_since_a_copy_was_read(
+    store: Store,
+) -> None:
+    ops = as_operator_store(store)
+    tx = await ended(store)
+    read_earlier = await store.load(tx.transaction_id)
+    assert read_earlier is not None
+    read_earlier = copy(read_earlier)  # what an operator's screen shows
+    first = await ops.claim(tx.transaction_id, "operator-a", LIVE, [COMPENSATION_FAILED])
+    assert first is not None
+    retried, lease = first
+    retried.steps[1].status = StepStatus.COMPENSATED
+    retried.steps[1].compensation_attempts = 4
+    await store.record(lease, retried, retried.steps[1])
+    await store.release(lease)
+    second = await ops.claim(tx.transaction_id, "operator-b", LIVE, [COMPENSATION_FAILED])
+    assert second is not None
+    assert dump(second[0]) == dump(retried) != dump(read_earlier)
+
+
+async def test_concurrent_claims_of_one_transaction_give_it_to_one(
+    store_factory: Callable[[], Store],
+) -> None:
+    async with store_factory() as one, store_factory() as two:
+        tx = await ended(one)
+        outcomes: list[str] = []
+
+        async def take(name: str, store: Store) -> None:
+            try:
+                claimed = await as_operator_store(store).claim(
+                    tx.transaction_id, name, LIVE, [COMPENSATION_FAILED]
+                )
+            except LeaseConflictError:
+                outcomes.append("refused")
+            else:
+                assert claimed is not None
+                outcomes.append(claimed[1].owner)
+
+        async with anyio.create_task_group() as group:
+            for index in range(3):
+                group.start_soon(take, f"one-{index}", one)
+                group.start_soon(take, f"two-{index}", two)
+        assert len(outcomes) == 6 and outcomes.count("refused") == 5
+
+
+async def test_a_resolution_round_trips_and_resolved_is_terminal(
+    store_factory: Callable[[], Store],
+) -> None:
+    async with store_factory() as store:
+        tx = await ended(store, DEAD_LETTER)
+        claimed = await as_operator_store(store).claim(
+            tx.transaction_id, "operator", LIVE, [DEAD_LETTER]
+        )
+        assert claimed is not None
+        got, lease = claimed
+        got.resolution = Resolution(
+            note="refunded by hand in the PSP dashboard ✓",
+            by="ops",
+            at=utcnow(),
+            previous_state=DEAD_LETTER,
+        )
+        got.state = RESOLVED
+        await store.record(lease, got)
+        await store.release(lease)
+        saved = make_tx(state=RESOLVED)
+        saved.resolution = Resolution(note="by save", at=utcnow(), previous_state=DEAD_LETTER)
+        await store.save(copy(saved))
+    async with store_factory() as again:
+        assert dump(await again.load(tx.transaction_id)) == dump(got)
+        assert dump(await again.load(saved.transaction_id)) == dump(saved)
+        assert set(ids(await again.list(state=RESOLVED))) == {
+            tx.transaction_id,
+            saved.transaction_id,
+        }
+        assert (await again.count_by_state())[RESOLVED] == 2
+        assert await again.claim_expired("recoverer", LIVE, 10) == []
+        assert await again.purge(states=[RESOLVED], older_than=utcnow() + timedelta(days=1)) == 2

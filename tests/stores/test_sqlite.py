@@ -40,7 +40,14 @@ from aumai_transactions.errors import (
     SchemaVersionError,
     StoreUnavailableError,
 )
-from aumai_transactions.models import StepStatus, Transaction, TransactionState, TransactionStep
+from aumai_transactions.models import (
+    Resolution,
+    StepStatus,
+    Transaction,
+    TransactionState,
+    TransactionStep,
+    utcnow,
+)
 from aumai_transactions.stores import Lease, _sqlite_schema, open_store
 from aumai_transactions.stores.sqlite import SqliteStore
 
@@ -162,8 +169,8 @@ async def test_using_an_unopened_store_says_how_to_open_it(db_path: Path) -> Non
 async def test_wal_mode_and_schema_version(store: SqliteStore, raw: Any) -> None:
     conn = raw()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    rows = conn.execute("SELECT version FROM schema_version").fetchall()
-    assert rows == [(_sqlite_schema.SCHEMA_VERSION,)]
+    rows = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+    assert rows == [(version,) for version in range(1, _sqlite_schema.SCHEMA_VERSION + 1)]
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {
         "transactions_by_state",
@@ -263,8 +270,9 @@ async def test_forward_migrations_run_once_and_keep_the_data(
 ) -> None:
     made = await make_journal(db_path)
     upgrade = ("CREATE INDEX transactions_by_error ON transactions (error)",)
+    current = _sqlite_schema.SCHEMA_VERSION
     monkeypatch.setattr(_sqlite_schema, "_MIGRATIONS", (*_sqlite_schema._MIGRATIONS, upgrade))
-    monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", current + 1)
     one, two = SqliteStore(db_path), SqliteStore(db_path)
     async with anyio.create_task_group() as group:  # two openers race to migrate
         group.start_soon(one.open)
@@ -276,12 +284,48 @@ async def test_forward_migrations_run_once_and_keep_the_data(
         await two.close()
     conn = raw()
     assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-        (1,),
-        (2,),
+        (version,) for version in range(1, current + 2)
     ]
     assert conn.execute(
         "SELECT 1 FROM sqlite_master WHERE name = 'transactions_by_error'"
     ).fetchone()
+
+
+async def test_a_version_1_journal_gains_the_resolution_column_and_keeps_its_data(
+    db_path: Path, raw: Any
+) -> None:
+    # A file as release 0.2 wrote it (schema version 1), holding one transaction.
+    conn = raw()
+    for statement in _sqlite_schema._MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1, '2025-01-01T00:00:00+00:00')")
+    tx = make_tx(steps=1, state=TransactionState.COMPENSATION_FAILED)
+    tx.error = "refund failed"
+    step = tx.steps[0]
+    conn.execute(
+        "INSERT INTO transactions (id, transaction_id, state, created_at, timeout_seconds, "
+        "error, recovery_attempts, epoch) VALUES (1, ?, 'compensation_failed', ?, 120.0, ?, 0, 3)",
+        (tx.transaction_id, _sqlite_schema.to_us(tx.created_at), tx.error),
+    )
+    conn.execute("INSERT INTO steps VALUES (1, 0, ?, ?)", (step.step_id, step.model_dump_json()))
+    conn.execute("INSERT INTO transaction_agents VALUES (1, ?)", (step.agent_id,))
+    conn.close()
+    async with SqliteStore(db_path) as store:
+        assert dump(await store.load(tx.transaction_id)) == dump(tx)
+        claimed = await store.claim(tx.transaction_id, "operator", LIVE, [tx.state])
+        assert claimed is not None and claimed[1].epoch == 4
+        resolved, lease = claimed
+        resolved.resolution = Resolution(
+            note="done by hand", by="ops", at=utcnow(), previous_state=tx.state
+        )
+        resolved.state = TransactionState.RESOLVED
+        await store.record(lease, resolved)
+    async with SqliteStore(db_path) as again:
+        assert dump(await again.load(tx.transaction_id)) == dump(resolved)
+    conn = raw()
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (
+        _sqlite_schema.SCHEMA_VERSION,
+    )
 
 
 # --------------------------------------------------------------------- bad input
