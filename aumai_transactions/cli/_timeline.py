@@ -116,13 +116,25 @@ def progress_display(tx: Transaction, output: Output, *, title: str) -> Iterator
         yield
         return
     spinners: dict[str, Spinner] = {}
+    # Rich draws a last frame at full height when Live stops, then clears only what is
+    # still on the screen: a table taller than the terminal would leave the lines that
+    # scrolled off above the final panel. The last frame is empty instead.
+    done = False
+
+    def frame() -> RenderableType:
+        return Text("") if done else _live_table(tx, title, spinners, output)
+
     with Live(
-        get_renderable=lambda: _live_table(tx, title, spinners, output),
+        get_renderable=frame,
         console=output.console,
         refresh_per_second=12,
         transient=True,
-    ):
-        yield
+    ) as live:
+        live.refresh()  # drawn at once, not a refresh period later
+        try:
+            yield
+        finally:
+            done = True
 
 
 def _iso(moment: datetime | None) -> str | None:
