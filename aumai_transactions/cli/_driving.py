@@ -16,10 +16,14 @@ cannot be read (a ``memory://`` store is gone with the loop that held it).
 
 from __future__ import annotations
 
+import asyncio
 import shlex
+import signal
+import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import FrameType
 from typing import Any, TypeVar
 
 import typer
@@ -58,11 +62,52 @@ class Driving:
     handlers: str
     tx: Transaction | None = None
     url: str | None = None
+    _sigint: Any = field(default=None, repr=False)
 
-    def started(self, store: Store, tx: Transaction) -> None:
-        """Note the store and the transaction, just before the engine takes it."""
+    def started(self, store: Store, tx: Transaction, *, rollback: bool = False) -> None:
+        """Note the store and the transaction, just before the engine takes it; from
+        now on the first Ctrl-C says what it does (and what a second one would do)."""
         self.url = store.url
         self.tx = tx
+        tid = tx.transaction_id
+        self._say_on_first_ctrl_c(
+            f"Ctrl-C: transaction {tid} finishes its compensations first; Ctrl-C again "
+            "stops them and leaves the rest to `aumai-transactions recover`."
+            if rollback
+            else f"Ctrl-C: stopping transaction {tid} and compensating what it ran (it "
+            "will end failed); Ctrl-C again stops the compensation and leaves the rest to "
+            "`aumai-transactions recover`."
+        )
+
+    def _say_on_first_ctrl_c(self, line: str) -> None:
+        """Wrap asyncio's own SIGINT handler (which cancels the command on the first
+        Ctrl-C and raises KeyboardInterrupt on the second) so that the first also prints
+        a line. The line is printed from the event loop, never from the signal handler:
+        a handler that writes could land in the middle of another write to stderr."""
+        runner = signal.getsignal(signal.SIGINT)
+        if not callable(runner) or runner is signal.default_int_handler:
+            return  # not run by asyncio's runner in the main thread: leave it alone
+        loop = asyncio.get_running_loop()
+        seen = [0]
+
+        def say() -> None:
+            sys.stderr.write(line + "\n")  # through Live's redirection when it draws
+            sys.stderr.flush()
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            seen[0] += 1
+            if seen[0] == 1:
+                loop.call_soon_threadsafe(say)
+            runner(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+        self._sigint = on_sigint
+
+    def stopped(self) -> None:
+        """Give SIGINT back to Python's default handler once the engine is done."""
+        if self._sigint is not None and signal.getsignal(signal.SIGINT) is self._sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._sigint = None
 
     def recover_command(self) -> str:
         """The exact command that finishes the transaction once its lease expires."""
@@ -142,7 +187,7 @@ def _end_state(tx: Transaction) -> str:
     prefix = f"Transaction {tx.transaction_id} "
     if error.startswith((prefix + "was interrupted", prefix + "timed out after")):
         return "it then ends failed, as it would have here"
-    return "it then ends rolled_back: a step failed"
+    return "it then ends rolled_back, as it would have here"
 
 
 def report_result(
@@ -182,6 +227,8 @@ def run_driving(
         if driving.tx is None:  # stopped before the engine took the transaction
             raise
         interrupted_at = utcnow()
+    finally:
+        driving.stopped()
     _report_interrupted(driving, output, goal, extra, interrupted_at)
     raise AssertionError("unreachable")  # pragma: no cover
 

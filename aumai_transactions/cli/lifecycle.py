@@ -266,7 +266,7 @@ def _drive(
             async with manager:
                 manager.register_transaction(tx)
                 title = "Rolling back" if rollback else "Committing"
-                driving.started(opened, tx)
+                driving.started(opened, tx, rollback=rollback)
                 with progress_display(tx, output, title=title):
                     try:
                         if rollback:
