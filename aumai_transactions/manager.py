@@ -11,10 +11,12 @@ from typing import Any, Self, TypeVar
 
 import anyio
 
+from . import _operator
 from .engine import EngineOptions, LeaseRenewal, TransactionDriver
 from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
 from .models import (
+    LeaseSummary,
     RecoveryPolicy,
     RetryPolicy,
     Transaction,
@@ -26,7 +28,7 @@ from .models import (
 )
 from .open_transaction import OpenTransaction
 from .recovery import RecoveryDriver
-from .stores import Lease, MemoryStore, Store, open_store
+from .stores import Lease, MemoryStore, OperatorStore, Store, open_store
 
 __all__ = ["TransactionManager"]
 
@@ -61,6 +63,16 @@ def _check_group_is_consecutive(transaction: Transaction, group: str) -> None:
         )
 
 
+def _checked_owner(owner: object, store: Store) -> str:
+    checked = _operator.checked_name(owner, "owner")
+    if not isinstance(store, OperatorStore):
+        raise TypeError(
+            f"owner= needs a store that can hand back a worker's leases "
+            f"(an OperatorStore, as every built-in store is); {type(store).__name__} is not."
+        )
+    return checked
+
+
 class TransactionManager:
     """Begins, records and drives transactions.
 
@@ -78,6 +90,15 @@ class TransactionManager:
     ``get_transaction`` and ``get_all_transactions``. A long-lived service journaling
     to a durable store passes ``retain_finished=False``: a transaction is then
     forgotten once its commit, rollback or recovery returns (the store keeps it).
+
+    ``owner`` gives the manager a stable identity (say ``"billing-worker-1"``), written
+    as the owner of every lease it takes; by default it is a fresh ``manager-<uuid>``.
+    When such a manager first opens its store (before it can start any driver of its
+    own), it ends the leases its owner name still holds on in-flight transactions:
+    its previous incarnation died, and what it left is recovered at once by the next
+    ``recover()`` (of this or any manager) instead of after its leases expire. The
+    claim raises each lease's epoch, which fences off the old incarnation should it
+    still be running: one owner name belongs to one live manager.
     """
 
     def __init__(
@@ -92,6 +113,7 @@ class TransactionManager:
         lease_ttl: float = 30.0,
         max_recovery_attempts: int = 3,
         retain_finished: bool = True,
+        owner: str | None = None,
     ) -> None:
         self._handlers = HandlerRegistry(action_handlers, sync_handlers=sync_handlers)
         self._retain_finished = retain_finished
@@ -103,7 +125,8 @@ class TransactionManager:
         elif not isinstance(store, Store):
             raise TypeError(f"store must be a Store or a store URL, not {type(store).__name__}.")
         self.store: Store = store
-        self._store_opened = not store.durable
+        # A stable owner hands its previous incarnation's leases back on first use.
+        self._store_opened = not store.durable and owner is None
         _check_timeout(compensation_timeout, "compensation_timeout")
         _check_timeout(lease_ttl, "lease_ttl")
         if compensation_retry is not None and not isinstance(compensation_retry, RetryPolicy):
@@ -113,7 +136,7 @@ class TransactionManager:
                 f"max_recovery_attempts must be a positive integer, not {max_recovery_attempts!r}."
             )
         options: dict[str, Any] = {
-            "owner": f"manager-{new_id()}",
+            "owner": f"manager-{new_id()}" if owner is None else _checked_owner(owner, store),
             "lease_ttl": float(lease_ttl),
             "compensation_timeout": float(compensation_timeout),
             "max_recovery_attempts": max_recovery_attempts,
@@ -124,6 +147,8 @@ class TransactionManager:
         self._options = EngineOptions(**options)
         self._transactions: dict[str, Transaction] = {}
         self._renewers = 0  # running keep_leases_renewed loops
+        self._hands_back = owner is not None  # _hand_back_previous_leases has yet to run
+        self._hand_back_lock: anyio.Lock | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,6 +160,7 @@ class TransactionManager:
     async def _ensure_open(self) -> None:
         if not self._store_opened:
             await self.store.open()
+            await self._hand_back_previous_leases()  # before this manager drives anything
             self._store_opened = True
 
     async def open(self) -> None:
@@ -570,3 +596,85 @@ class TransactionManager:
         else:
             await self.store.save(transaction)
         self._transactions[transaction.transaction_id] = transaction
+
+    # ------------------------------------------------------------------ operators
+    # Leases made visible, a stable worker identity, and what an operator does with a
+    # transaction that ended compensation_failed (or dead_letter).
+
+    async def _hand_back_previous_leases(self) -> None:
+        """With a stable owner, once: end the leases that owner still holds on in-flight
+        transactions (its previous incarnation's), so recovery takes them now.
+
+        Runs when the store is first opened, before ``_ensure_open`` lets any driver
+        of this manager start: none of those leases can be this incarnation's own.
+        Concurrent first callers wait for the one that does it.
+        """
+        if not self._hands_back:
+            return
+        lock = self._hand_back_lock
+        if lock is None:
+            lock = self._hand_back_lock = anyio.Lock()
+        async with lock:
+            if not self._hands_back:
+                return
+            store = self.store
+            assert isinstance(store, OperatorStore)  # checked in __init__
+            released = await store.release_all(self.owner)
+            self._hands_back = False
+        if released:
+            logger.warning(
+                "owner %s: %d in-flight transaction(s) left by a previous incarnation of "
+                "this owner are handed to recovery now",
+                self.owner,
+                released,
+            )
+
+    async def waiting_on_leases(self) -> LeaseSummary:
+        """How many in-flight transactions wait on a live lease held by another owner
+        (recovery cannot take them yet), when the first of those leases expires, and
+        how many recovery could take now.
+
+        After ``recover()``: ``waiting`` transactions are being driven, or were left
+        by a driver that died less than a lease ago; they become recoverable at
+        ``first_expiry`` at the earliest.
+        """
+        store = _operator.operator_store(self.store, "waiting_on_leases")
+        await self._ensure_open()
+        return await store.lease_summary(exclude_owner=self.owner)
+
+    async def retry_compensations(self, transaction: Transaction | str) -> TransactionResult:
+        """Retry the compensations of a ``compensation_failed`` transaction with the
+        registered handlers, newest first, each journaled as in any rollback.
+
+        Re-runs every compensation that failed, and those the failed pass never reached
+        (its time bound ran out); a compensation that succeeded is not run again.
+        Returns the result: ``rolled_back`` when all succeed, else
+        ``compensation_failed`` with the new errors in ``compensation_errors``. (An
+        open transaction whose code committed after a caught group failure keeps its
+        commit: only the compensations of the siblings left in doubt re-run, and it
+        ends ``committed``.)
+
+        ``transaction`` is a Transaction (updated in place, as by a commit) or its id.
+        Raises ValueError for another state (naming it), for a transaction held under
+        a live lease (``LeaseConflictError``), or when a compensating action has no
+        handler here (nothing is run then).
+        """
+        return await _operator.retry_compensations(self, transaction)
+
+    async def resolve(
+        self, transaction: Transaction | str, note: str, *, by: str | None = None
+    ) -> Transaction:
+        """Close a ``compensation_failed`` or ``dead_letter`` transaction by hand.
+
+        For when an operator has put things right outside the engine (refunded by hand
+        in the payment provider's dashboard, say). The transaction ends ``resolved``,
+        a terminal state that is not a problem; ``note`` (what was done) and ``by``
+        (who did it) are kept in the journal as ``transaction.resolution``, with the
+        time and the state it had. The steps keep the record of what failed.
+
+        Returns the resolved transaction (the one given, updated in place, if one was).
+        Raises ValueError for another state (naming it), a blank or over-long note, or
+        a transaction held under a live lease (``LeaseConflictError``); nothing is
+        written then.
+        """
+        return await _operator.resolve(self, transaction, note, by)
