@@ -7,9 +7,16 @@ whose handlers append each call to a log file the test can read back.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
 import sys
+import termios
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +143,41 @@ PARALLEL = {{
 NOT_A_MAPPING = [ok, fail]
 NOT_CALLABLE = {{"reserve": 42}}
 """
+
+
+def on_a_pty(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    *,
+    rows: int | None = None,
+    columns: int | None = None,
+) -> tuple[int, str]:
+    """Run ``argv`` with stdout and stderr on a pseudo-terminal (of ``rows`` x
+    ``columns`` when given); its exit code and everything it drew."""
+    main_fd, child_fd = pty.openpty()
+    if rows is not None and columns is not None:
+        fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    process = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=child_fd,
+        stderr=child_fd,
+        env=dict(env),
+        cwd=cwd,
+    )
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed its side
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    return process.wait(timeout=60), b"".join(chunks).decode()
 
 
 async def make_store(path: Path) -> None:

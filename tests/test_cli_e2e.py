@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import shlex
 import shutil
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from aumai_transactions import Transaction
+from tests._cli_support import on_a_pty
 
 HANDLERS = """
 import json, os
@@ -353,28 +353,10 @@ def test_main_is_importable_and_runs_the_cli(shell: Shell) -> None:
 
 def in_a_terminal(shell: Shell, *args: str) -> str:
     """What the CLI draws with stdout on a pseudo-terminal."""
-    main_fd, child_fd = pty.openpty()
-    process = subprocess.Popen(
-        [*command(), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=child_fd,
-        stderr=child_fd,
-        env={**shell.env, "COLUMNS": "100", "TERM": "xterm"},
-        cwd=shell.tmp_path,
-    )
-    os.close(child_fd)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(main_fd, 65536)
-        except OSError:  # EIO: the child closed its side
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(main_fd)
-    assert process.wait(timeout=60) == 0
-    return b"".join(chunks).decode()
+    env = {**shell.env, "COLUMNS": "100", "TERM": "xterm"}
+    code, drawn = on_a_pty([*command(), *args], env, shell.tmp_path)
+    assert code == 0
+    return drawn
 
 
 def test_create_and_status_draw_panels_in_a_terminal(shell: Shell) -> None:

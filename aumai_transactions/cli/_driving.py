@@ -276,8 +276,9 @@ def _report_interrupted(
             "lease_expiry_exact": exact,
         }
         output.emit(payload)
+    wait = max(0, round((expires - utcnow()).total_seconds()))
     when = (
-        f"its lease expires at {format_time(expires)}"
+        f"its lease expires at {format_time(expires)} (in {wait} s)"
         if exact
         else f"its lease expires by {format_time(expires)} at the latest ({LEASE_TTL:g} s "
         "after the interrupt; this store does not show leases)"

@@ -30,10 +30,18 @@ __all__ = [
 
 
 def json_error(exc: json.JSONDecodeError, what: str) -> CliError:
-    """A one-line error naming where the JSON went wrong (line, column)."""
-    return CliError(
-        f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
-    )
+    """A one-line error naming where the JSON went wrong (line, column), and saying so
+    when the text simply stops there (a truncated file, an empty one)."""
+    where = f"line {exc.lineno}, column {exc.colno}"
+    # "Unterminated string starting at" already ends with its preposition.
+    message = f"{exc.msg} {where}" if exc.msg.endswith(" at") else f"{exc.msg} at {where}"
+    if not exc.doc.strip():
+        return CliError(f"{what} is empty: expected JSON.")
+    if exc.msg.startswith("Unterminated"):
+        message += ": the text ends inside it (is it truncated?)"
+    elif exc.pos >= len(exc.doc.rstrip()):
+        message += ", where the text ends (is it truncated?)"
+    return CliError(f"{what} is not valid JSON: {message}.")
 
 
 def validation_error(exc: ValidationError, what: str) -> CliError:

@@ -298,6 +298,7 @@ def result_payload(result: TransactionResult, tx: Transaction, output: Output) -
     """The JSON of a commit, rollback or run: the result and the steps as they ended."""
     payload = result.model_dump(mode="json")
     payload["started_at"] = _iso(transaction_start(tx))  # the one duration: see above
+    payload["finished_at"] = _iso(result.finished_at)  # as every other timestamp is written
     payload["duration_seconds"] = transaction_duration(tx)
     payload["error"] = output.mask_text(result.error)
     payload["compensation_errors"] = {

@@ -30,7 +30,13 @@ app = typer.Typer()
 
 _PANEL = "Maintain the store"
 _IN_FLIGHT = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
-_RECOVERY_GOALS = (TransactionState.COMMITTED, TransactionState.ROLLED_BACK)
+# Where recovery may end a transaction without an operator having to look: failed is
+# one (an interrupted or timed-out transaction, its compensation finished by recovery).
+_RECOVERY_GOALS = (
+    TransactionState.COMMITTED,
+    TransactionState.ROLLED_BACK,
+    TransactionState.FAILED,
+)
 
 
 class Policy(StrEnum):
