@@ -129,7 +129,9 @@ class OperatorDriver(TransactionDriver):
         fields = tx.__dict__
         fields["state"] = TransactionState.ACTIVE
         fields["finished_at"] = None
-        await self._journal()  # the state change first: a terminal state ends the lease
+        # Recorded before any compensation runs; and while the journal says active, the
+        # lease stays live (a store ends the lease of a transaction it sees terminal).
+        await self._journal()
         await self.compensate_in_doubt(steps)
         await self.finish_commit()
         return self.result()
