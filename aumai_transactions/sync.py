@@ -40,7 +40,14 @@ from . import manager as _manager
 from . import open_transaction as _open
 from . import saga as _saga
 from .handlers import ActionHandler, SyncHandlerMode
-from .models import RecoveryPolicy, RetryPolicy, Transaction, TransactionResult, TransactionStep
+from .models import (
+    LeaseSummary,
+    RecoveryPolicy,
+    RetryPolicy,
+    Transaction,
+    TransactionResult,
+    TransactionStep,
+)
 from .stores import Store
 
 __all__ = ["OpenTransaction", "ParallelGroup", "SagaOrchestrator", "TransactionManager"]
@@ -233,6 +240,7 @@ class TransactionManager:
         lease_ttl: float = 30.0,
         max_recovery_attempts: int = 3,
         retain_finished: bool = True,
+        owner: str | None = None,
     ) -> None:
         self.manager = _manager.TransactionManager(
             action_handlers,
@@ -244,6 +252,7 @@ class TransactionManager:
             lease_ttl=lease_ttl,
             max_recovery_attempts=max_recovery_attempts,
             retain_finished=retain_finished,
+            owner=owner,
         )
         self._renewing: Future[None] | None = None
 
@@ -331,6 +340,20 @@ class TransactionManager:
     ) -> list[TransactionResult]:
         """See :meth:`aumai_transactions.TransactionManager.recover`."""
         return _run(functools.partial(self.manager.recover, policy, limit=limit))
+
+    def waiting_on_leases(self) -> LeaseSummary:
+        """See :meth:`aumai_transactions.TransactionManager.waiting_on_leases`."""
+        return _run(self.manager.waiting_on_leases)
+
+    def retry_compensations(self, transaction: Transaction | str) -> TransactionResult:
+        """See :meth:`aumai_transactions.TransactionManager.retry_compensations`."""
+        return _run(self.manager.retry_compensations, transaction)
+
+    def resolve(
+        self, transaction: Transaction | str, note: str, *, by: str | None = None
+    ) -> Transaction:
+        """See :meth:`aumai_transactions.TransactionManager.resolve`."""
+        return _run(functools.partial(self.manager.resolve, transaction, note, by=by))
 
     def save(self, transaction: Transaction) -> None:
         """See :meth:`aumai_transactions.TransactionManager.save`."""
