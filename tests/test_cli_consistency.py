@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,24 @@ def test_run_in_a_terminal_leaves_no_stale_live_line_above_the_panel(
     screen = _screen(raw, rows)
     assert not [line for line in screen if "Saga tall" in line], screen  # ... and left no line
     assert any(line.startswith("╭─ Transaction") for line in screen)
+
+
+# ---------------------------------------------------------------------- SIGINT handling
+
+
+def test_a_commit_leaves_sigint_as_it_found_it(cli: Cli) -> None:
+    # The commit wraps asyncio's SIGINT handler to say what a first Ctrl-C does; once
+    # done, SIGINT is back as it was: Python's default, or whatever was there before.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    cli.ok("commit", cli.build(*ORDER[:1]), "--handlers", cli.spec())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def mine(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        cli.ok("commit", cli.build(*ORDER[:1]), "--handlers", cli.spec())
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)

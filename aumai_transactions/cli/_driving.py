@@ -103,10 +103,11 @@ class Driving:
         signal.signal(signal.SIGINT, on_sigint)
         self._sigint = on_sigint
 
-    def stopped(self) -> None:
-        """Give SIGINT back to Python's default handler once the engine is done."""
+    def stopped(self, before: Any) -> None:
+        """Give SIGINT back to the handler it had ``before`` the command's event loop
+        (asyncio's runner leaves ours in place: it only restores its own)."""
         if self._sigint is not None and signal.getsignal(signal.SIGINT) is self._sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, before)
         self._sigint = None
 
     def recover_command(self) -> str:
@@ -221,6 +222,7 @@ def run_driving(
 ) -> T:
     """Run ``body`` (which calls ``driving.started``); on Ctrl-C, report where the
     transaction stands and exit 130."""
+    before = signal.getsignal(signal.SIGINT)
     try:
         return run_async(body)
     except KeyboardInterrupt:
@@ -228,7 +230,7 @@ def run_driving(
             raise
         interrupted_at = utcnow()
     finally:
-        driving.stopped()
+        driving.stopped(before)
     _report_interrupted(driving, output, goal, extra, interrupted_at)
     raise AssertionError("unreachable")  # pragma: no cover
 
