@@ -55,6 +55,7 @@ _STATE_STYLES = {
     "failed": "red",
     "compensation_failed": "bold red",
     "dead_letter": "bold magenta",
+    "resolved": "green",
 }
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "details_panel",
     "marked_steps",
     "result_payload",
+    "resolution_row",
     "result_renderables",
     "seconds_between",
     "step_notes",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 ATTENTION_STATES = (TransactionState.COMPENSATION_FAILED, TransactionState.DEAD_LETTER)
-"""States no driver will leave on its own: an operator has to look."""
+"""States no driver will leave on its own: an operator has to look. (``resolved``, where
+an operator closed one by hand, is not among them: it is done.)"""
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
@@ -100,6 +102,18 @@ def transaction_row(tx: Transaction, output: Output) -> dict[str, Any]:
         "error": output.mask_text(tx.error),
         "blocked_reason": output.mask_text(tx.blocked_reason),
         "recovery_attempts": tx.recovery_attempts,
+        "resolution": None if tx.resolution is None else resolution_row(tx, output),
+    }
+
+
+def resolution_row(tx: Transaction, output: Output) -> dict[str, Any]:
+    """How an operator closed a transaction by hand: note, by, at, previous state."""
+    assert tx.resolution is not None
+    return {
+        "note": output.mask_text(tx.resolution.note),
+        "by": tx.resolution.by,
+        "at": _iso(tx.resolution.at),
+        "previous_state": tx.resolution.previous_state.value,
     }
 
 

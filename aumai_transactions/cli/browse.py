@@ -109,6 +109,27 @@ def _attention_lines(counts: dict[TransactionState, int]) -> list[Text]:
     ]
 
 
+def _problem(row: dict[str, Any]) -> str | None:
+    """The list's last column: why it is stuck or failed, or, resolved by hand, the
+    operator's note (``resolved: refunded by hand``)."""
+    if row["resolution"] is not None:
+        return f"resolved: {row['resolution']['note']}"
+    problem: str | None = row["blocked_reason"] or row["error"]
+    return problem
+
+
+def _resolution_line(tx: Transaction, output: Output) -> Text | None:
+    """``show``'s line on a transaction an operator closed by hand."""
+    if tx.resolution is None:
+        return None
+    by = f" by {tx.resolution.by}" if tx.resolution.by else ""
+    return Text(
+        f"{output.mask_text(tx.resolution.note)} ({by.strip() or 'by an operator'}, "
+        f"{format_time(tx.resolution.at)}; was {tx.resolution.previous_state.value})",
+        style="green",
+    )
+
+
 @app.command("list", rich_help_panel=_PANEL)
 def list_transactions(
     state: StateOption = None,
@@ -144,7 +165,7 @@ def list_transactions(
         return
     for line in _attention_lines(counts):
         output.console.print(line)
-    view = [{**row, "problem": row["blocked_reason"] or row["error"]} for row in rows]
+    view = [{**row, "problem": _problem(row)} for row in rows]
     caption = f"{len(rows)} shown of {total} stored" + (
         f"; --limit {limit} reached" if len(rows) == limit else ""
     )
@@ -206,6 +227,7 @@ def show(
             ("took", format_duration(summary["duration_seconds"]) if tx.finished_at else None),
             ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
             ("recoveries", tx.recovery_attempts or None),
+            ("resolution", _resolution_line(tx, output)),
             ("error", Text(summary["error"], style="red") if tx.error else None),
             (
                 "blocked",
