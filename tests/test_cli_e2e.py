@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from aumai_transactions import Transaction
-from tests._cli_support import on_a_pty
+
+pytest.register_assert_rewrite("tests._cli_support")  # before it is imported, whoever imports
+
+from tests._cli_support import on_a_pty  # noqa: E402
 
 HANDLERS = """
 import json, os
