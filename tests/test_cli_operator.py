@@ -4,6 +4,7 @@ of in-flight transactions; ``recover`` on live leases and with ``--owner``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -79,3 +80,98 @@ def test_list_of_other_states_has_no_resolution(cli: Cli, tmp_path: Path) -> Non
     rows = cli.json("list")
     assert rows[0]["state"] == "pending"
     assert rows[0]["resolution"] is None
+
+
+# ---------------------------------------------------------------- operator commands
+
+
+def test_show_of_compensation_failed_names_the_operator_commands(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    shown = cli.ok("show", tx_id).stdout
+    assert (
+        "→ retry its compensations: aumai-transactions retry-compensation "
+        f"{tx_id} --handlers SPEC\n" in shown
+    )
+    assert f'aumai-transactions resolve {tx_id} --note "what was done"' in shown
+    print(shown)
+
+
+def test_show_of_other_states_has_no_operator_hint(cli: Cli) -> None:
+    tx_id = cli.build(*ORDER)
+    assert cli("commit", tx_id, "--handlers", cli.spec()).exit_code == 1  # rolled back
+    assert "retry-compensation" not in cli.ok("show", tx_id).stdout
+
+
+def test_retry_compensation_ends_rolled_back(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    before = cli.calls()
+    result = cli.ok("retry-compensation", tx_id, "--handlers", cli.spec())
+    print(result.stdout)
+    assert "rolled_back" in result.stdout
+    assert cli.calls()[len(before) :] == ["release"]  # refund succeeded: not run again
+    payload = cli.json("show", tx_id)
+    assert payload["transaction"]["state"] == "rolled_back"
+    assert [s["status"] for s in payload["steps"]] == ["compensated", "compensated", "failed"]
+    assert "need an operator" not in cli.ok("list").stdout
+
+
+def test_retry_compensation_that_fails_again_exits_1(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    result = cli("retry-compensation", tx_id, "--handlers", cli.spec("BROKEN_UNDO"), "--json")
+    assert result.exit_code == 1, result.output
+    payload = json.loads(result.stdout)
+    assert payload["state"] == "compensation_failed"
+    assert payload["compensation_errors"]
+    assert cli.json("show", tx_id)["transaction"]["state"] == "compensation_failed"
+
+
+def test_retry_compensation_refuses_other_states(cli: Cli) -> None:
+    tx_id = cli.create()
+    result = cli("retry-compensation", tx_id, "--handlers", cli.spec())
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pending" in lines[0], result.stderr
+    assert cli.json("show", tx_id)["transaction"]["state"] == "pending"
+
+
+def test_resolve_marks_it_resolved(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    result = cli.ok("resolve", tx_id, "--note", "released by hand in the WMS", "--by", "ana")
+    print(result.stdout)
+    assert "resolved" in result.stdout
+    assert "released by hand in the WMS" in result.stdout
+    assert "compensation_failed" in result.stdout  # what it was
+    payload = cli.json("show", tx_id)["transaction"]
+    assert payload["state"] == "resolved"
+    assert payload["resolution"]["note"] == "released by hand in the WMS"
+    assert payload["resolution"]["by"] == "ana"
+    assert "need an operator" not in cli.ok("list").stdout
+
+
+def test_resolve_json(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    row = cli.json("resolve", tx_id, "--note", "done")
+    assert row["transaction_id"] == tx_id
+    assert row["state"] == "resolved"
+    assert row["resolution"]["by"] is None
+    assert row["resolution"]["previous_state"] == "compensation_failed"
+
+
+@pytest.mark.parametrize("note", ["done", "   "])
+def test_resolve_refuses_other_states_and_blank_notes(cli: Cli, note: str) -> None:
+    tx_id = cli.create() if note == "done" else failed_compensation(cli)
+    before = cli.json("show", tx_id)["transaction"]["state"]
+    result = cli("resolve", tx_id, "--note", note)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    print(result.stderr)
+    assert cli.json("show", tx_id)["transaction"]["state"] == before
+
+
+def test_resolve_needs_a_note(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    result = cli("resolve", tx_id)
+    assert result.exit_code == 2
+    assert "--note" in result.stderr

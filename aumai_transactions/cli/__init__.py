@@ -1,13 +1,13 @@
 """The ``aumai-transactions`` command line: Typer commands, Rich output, a durable store.
 
 The CLI renders what the public API returns and holds no engine logic. Commands live
-in one module per group (``lifecycle``, ``run``, ``browse``, ``maintenance``), merged
-into one flat command list here. Errors the user can fix are one line on stderr and
-exit code 2, Typer's own option validation included (an unknown option, a bad value,
-a missing one: never its boxed usage panel); a commit, rollback, run or recovery that
-ends anywhere but its goal state exits 1; success exits 0. Tracebacks are never shown
-(set ``AUMAI_TRANSACTIONS_DEBUG=1`` to see one). Help shows no type placeholder
-(``<bool>``) on flags.
+in one module per group (``lifecycle``, ``run``, ``browse``, ``maintenance``,
+``operator``), merged into one flat command list here. Errors the user can fix are one
+line on stderr and exit code 2, Typer's own option validation included (an unknown
+option, a bad value, a missing one: never its boxed usage panel); a commit, rollback,
+run or recovery that ends anywhere but its goal state exits 1; success exits 0.
+Tracebacks are never shown (set ``AUMAI_TRANSACTIONS_DEBUG=1`` to see one). Help shows
+no type placeholder (``<bool>``) on flags.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import StoreError, __version__
-from . import browse, lifecycle, maintenance, run
+from . import browse, lifecycle, maintenance, operator, run
 from ._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_REACHED, CliError
 from ._output import Output
 
@@ -179,6 +179,7 @@ app.add_typer(lifecycle.app)
 app.add_typer(run.app)
 app.add_typer(browse.app)
 app.add_typer(maintenance.app)
+app.add_typer(operator.app)
 
 
 def main() -> None:

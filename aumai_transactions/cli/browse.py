@@ -30,6 +30,7 @@ from ._views import (
     transaction_duration,
     transaction_row,
 )
+from .operator import OPERATOR_HINT
 
 __all__ = ["app", "percentile"]
 
@@ -239,6 +240,9 @@ def show(
         style="red" if attention else "",
     )
     renderables: list[RenderableType] = [panel]
+    if tx.state is TransactionState.COMPENSATION_FAILED:
+        hint = OPERATOR_HINT.format(tx=tx.transaction_id)
+        renderables.append(Text(hint, style="bold"))
     if rows:
         renderables.append(steps_table(rows, output))
         renderables.append(data_table(rows, output))
