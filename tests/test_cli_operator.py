@@ -5,6 +5,8 @@ of in-flight transactions; ``recover`` on live leases and with ``--owner``."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -16,6 +18,7 @@ pytest_plugins = ["tests._cli_support"]
 from aumai_transactions import Transaction, TransactionManager  # noqa: E402
 from aumai_transactions.stores.sqlite import SqliteStore  # noqa: E402
 from tests._cli_support import ORDER, Cli  # noqa: E402
+from tests.test_cli_maintenance import in_flight, write_json  # noqa: E402
 
 
 def failed_compensation(cli: Cli) -> str:
@@ -175,3 +178,65 @@ def test_resolve_needs_a_note(cli: Cli) -> None:
     result = cli("resolve", tx_id)
     assert result.exit_code == 2
     assert "--note" in result.stderr
+
+
+# ---------------------------------------------------------------- leases
+
+
+def left_in_flight(cli: Cli, tx_id: str, owner: str | None, in_seconds: float) -> None:
+    """``tx_id`` active, as a driver named ``owner`` left it, its lease expiring
+    ``in_seconds`` from now (negative: lapsed); written in the database, no sleep."""
+    cli.ok("import", str(write_json(cli.tmp_path / f"{tx_id}.json", [in_flight(tx_id)])))
+    expires = None if owner is None else round((time.time() + in_seconds) * 1_000_000)
+    with sqlite3.connect(cli.tmp_path / "journal.db") as db:
+        db.execute(
+            "UPDATE transactions SET lease_owner=?, lease_expires=?, epoch=1 "
+            "WHERE transaction_id=?",
+            (owner, expires, tx_id),
+        )
+
+
+def test_show_of_a_live_lease(cli: Cli) -> None:
+    left_in_flight(cli, "busy-1", "worker-7", 600)
+    shown = cli.ok("show", "busy-1").stdout
+    print(shown)
+    assert "held by worker-7 until" in shown
+    assert "lapsed" not in shown
+    lease = cli.json("show", "busy-1")["transaction"]["lease"]
+    assert lease["owner"] == "worker-7"
+    assert lease["live"] is True and lease["lapsed"] is False
+    assert lease["expires_at"] is not None
+
+
+def test_show_of_a_lapsed_lease(cli: Cli) -> None:
+    left_in_flight(cli, "dead-1", "worker-7", -5)
+    shown = cli.ok("show", "dead-1").stdout
+    print(shown)
+    assert "worker-7's lease expired at" in shown
+    assert "lapsed: `recover` can take it now" in shown
+    lease = cli.json("show", "dead-1")["transaction"]["lease"]
+    assert lease["live"] is False and lease["lapsed"] is True
+
+
+def test_show_of_a_finished_transaction_has_no_lease(cli: Cli) -> None:
+    tx_id = failed_compensation(cli)
+    assert cli.json("show", tx_id)["transaction"]["lease"] is None
+    assert "held by" not in cli.ok("show", tx_id).stdout
+
+
+def test_list_shows_owner_and_expiry_of_in_flight_rows(cli: Cli) -> None:
+    done = failed_compensation(cli)
+    left_in_flight(cli, "busy-1", "worker-7", 600)
+    left_in_flight(cli, "dead-1", "worker-9", -5)
+    listed = cli.ok("list", env={"COLUMNS": "200"}).stdout
+    print(listed)
+    lines = {line.split()[0]: line for line in listed.splitlines() if line.strip()}
+    assert "held by worker-7 until" in lines["busy-1"]
+    assert "⚠ worker-9's lease lapsed at" in lines["dead-1"]
+    assert "recover can take it" in lines["dead-1"]
+    assert "held by" not in lines[done[:8]]
+    assert "ship failed" in lines[done[:8]]  # other rows keep their error column
+    rows = {row["transaction_id"]: row for row in cli.json("list")}
+    assert rows["busy-1"]["lease"]["live"] is True
+    assert rows["dead-1"]["lease"]["lapsed"] is True
+    assert rows[done]["lease"] is None

@@ -20,16 +20,26 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..models import StepStatus, Transaction, TransactionResult, TransactionState, TransactionStep
+from ..models import (
+    LeaseInfo,
+    StepStatus,
+    Transaction,
+    TransactionResult,
+    TransactionState,
+    TransactionStep,
+)
 from ._groups import group_marks, group_runs
 from ._output import Column, Output, format_duration, format_time, format_value, state_cell
 
 __all__ = [
     "ATTENTION_STATES",
+    "IN_FLIGHT",
     "STEP_COLUMNS",
     "compensation_outcome",
     "data_table",
     "details_panel",
+    "lease_row",
+    "lease_text",
     "marked_steps",
     "result_payload",
     "resolution_row",
@@ -46,6 +56,45 @@ __all__ = [
 ATTENTION_STATES = (TransactionState.COMPENSATION_FAILED, TransactionState.DEAD_LETTER)
 """States no driver will leave on its own: an operator has to look. (``resolved``, where
 an operator closed one by hand, is not among them: it is done.)"""
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+IN_FLIGHT = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
+"""States a driver holds a transaction in, under a lease."""
+
+LAPSED = "lapsed: `recover` can take it now"
+"""What a lapsed (or missing) lease of an in-flight transaction means to an operator."""
+
+
+def lease_row(lease: LeaseInfo | None) -> dict[str, Any] | None:
+    """The lease of an in-flight transaction, as JSON (None: the store shows none)."""
+    if lease is None:
+        return None
+    return {
+        "owner": lease.owner,
+        "expires_at": _iso(lease.expires_at),
+        "epoch": lease.epoch,
+        "live": lease.live,
+        "lapsed": lease.lapsed,
+    }
+
+
+def lease_text(row: dict[str, Any], *, short: bool = False) -> Text:
+    """Who holds an in-flight transaction and until when; a lapsed or missing lease
+    marked, as recovery can take the transaction now. ``short``: for a list cell."""
+    when = format_time(row["expires_at"])
+    if short:
+        when = when[11:]  # the time of day: a lease lasts seconds
+    if row["live"]:
+        return Text(f"held by {row['owner']} until {when}", style="blue")
+    if row["owner"] is None:
+        return Text(f"no driver holds it ({LAPSED})", style="bold yellow")
+    if short:
+        return Text(f"⚠ {row['owner']}'s lease lapsed at {when}: recover can take it")
+    return Text(f"⚠ {row['owner']}'s lease expired at {when} ({LAPSED})", style="bold yellow")
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
@@ -80,10 +129,6 @@ def compensation_outcome(status: StepStatus, compensating_action: str | None) ->
         StepStatus.COMPENSATION_FAILED: "failed",
         StepStatus.COMPENSATING: "in progress",
     }.get(status)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 def transaction_row(tx: Transaction, output: Output) -> dict[str, Any]:

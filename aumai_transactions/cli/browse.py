@@ -12,6 +12,8 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from .. import Transaction, TransactionState
+from ..models import LeaseInfo
+from ..stores import OperatorStore, Store
 from ._groups import group_summary
 from ._options import HiddenTxIdOption, JsonOption, RevealOption, StoreOption, TxIdArgument
 from ._options import transaction_id as chosen_id
@@ -21,8 +23,11 @@ from ._store import cli_store, find_transaction, run_async
 from ._timeline import timeline_events, timeline_table
 from ._views import (
     ATTENTION_STATES,
+    IN_FLIGHT,
     data_table,
     details_panel,
+    lease_row,
+    lease_text,
     marked_steps,
     seconds_between,
     step_rows,
@@ -65,7 +70,9 @@ def _short_id(value: Any) -> str:
     return str(value)[:8]
 
 
-def _first_words(value: Any, limit: int = 80) -> str:
+def _first_words(value: Any, limit: int = 80) -> str | Text:
+    if isinstance(value, Text):  # a lease, styled: short already
+        return value
     text = str(value or "")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -110,9 +117,21 @@ def _attention_lines(counts: dict[TransactionState, int]) -> list[Text]:
     ]
 
 
-def _problem(row: dict[str, Any]) -> str | None:
-    """The list's last column: why it is stuck or failed, or, resolved by hand, the
-    operator's note (``resolved: refunded by hand``)."""
+async def _leases(store: Store, found: Sequence[Transaction]) -> dict[str, LeaseInfo]:
+    """The leases of the in-flight transactions among ``found``, when the store shows
+    them."""
+    ids = [tx.transaction_id for tx in found if tx.state in IN_FLIGHT]
+    if not ids or not isinstance(store, OperatorStore):
+        return {}
+    return await store.leases(ids)
+
+
+def _problem(row: dict[str, Any]) -> str | Text | None:
+    """The list's last column: why it is stuck or failed; for an in-flight one, who
+    holds it until when (a lapsed lease marked); resolved by hand, the operator's note
+    (``resolved: refunded by hand``)."""
+    if row["lease"] is not None:
+        return lease_text(row["lease"], short=True)
     if row["resolution"] is not None:
         return f"resolved: {row['resolution']['note']}"
     problem: str | None = row["blocked_reason"] or row["error"]
@@ -153,13 +172,16 @@ def list_transactions(
     output = Output(json_mode=as_json, reveal=reveal)
     moment = parse_since(since)
 
-    async def body() -> tuple[list[Transaction], dict[TransactionState, int]]:
+    async def body() -> tuple[list[Transaction], dict[TransactionState, int], dict[str, LeaseInfo]]:
         async with cli_store(store, output) as opened:
             found = await opened.list(state=state, agent_id=agent, since=moment, limit=limit)
-            return found, await opened.count_by_state()
+            return found, await opened.count_by_state(), await _leases(opened, found)
 
-    found, counts = run_async(body)
-    rows = [transaction_row(tx, output) for tx in found]
+    found, counts, leases = run_async(body)
+    rows = [
+        {**transaction_row(tx, output), "lease": lease_row(leases.get(tx.transaction_id))}
+        for tx in found
+    ]
     total = sum(counts.values())
     if as_json:
         output.emit(rows)
@@ -206,12 +228,13 @@ def show(
     output = Output(json_mode=as_json, reveal=reveal)
     tx_id = chosen_id(transaction_id, tx_id_option, "show")
 
-    async def body() -> Transaction:
+    async def body() -> tuple[Transaction, LeaseInfo | None]:
         async with cli_store(store, output) as opened:
-            return await find_transaction(opened, tx_id)
+            found = await find_transaction(opened, tx_id)
+            return found, (await _leases(opened, [found])).get(found.transaction_id)
 
-    tx = run_async(body)
-    summary = transaction_row(tx, output)
+    tx, lease = run_async(body)
+    summary = {**transaction_row(tx, output), "lease": lease_row(lease)}
     rows = step_rows(tx, output)
     events = timeline_events(tx, output)
     payload = {"transaction": summary, "steps": rows, "timeline": events}
@@ -227,6 +250,7 @@ def show(
             ("finished", format_time(tx.finished_at) if tx.finished_at else None),
             ("took", format_duration(summary["duration_seconds"]) if tx.finished_at else None),
             ("timeout", "none" if tx.timeout_seconds is None else f"{tx.timeout_seconds:g} s"),
+            ("lease", lease_text(summary["lease"]) if summary["lease"] else None),
             ("recoveries", tx.recovery_attempts or None),
             ("resolution", _resolution_line(tx, output)),
             ("error", Text(summary["error"], style="red") if tx.error else None),
