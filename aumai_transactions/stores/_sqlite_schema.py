@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -343,6 +344,22 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def _enter_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Put the file in WAL mode, waiting (up to the busy timeout) for a connection that
+    is creating it at the same moment: SQLite answers "locked" to a journal-mode change
+    at once, without its busy handler."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)  # on the store's own thread, never the event loop's
+        delay = min(delay * 2, 0.1)
+
+
 def connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
     """Open (creating if needed) the journal at ``path``, in WAL mode, migrated.
 
@@ -364,7 +381,7 @@ def connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Con
         )
         # Read-only checks first: a refused file must be left exactly as it was.
         version = _schema_version(conn, path)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _enter_wal(conn, busy_timeout)
         if str(mode).lower() != "wal":
             raise StoreUnavailableError(
                 f"The journal {path} cannot use write-ahead logging (journal_mode is "

@@ -969,3 +969,43 @@ def test_steps_are_written_without_none_fields_only_when_that_round_trips() -> N
     assert _none_means_default(Safe)
     assert not _none_means_default(Unsafe)
     assert _none_means_default(TransactionStep)
+
+
+async def test_a_store_opens_while_another_connection_writes_to_the_same_file(
+    tmp_path: Path,
+) -> None:
+    # Entering WAL mode answers "locked" at once, without SQLite's busy handler, while
+    # another connection writes: opening must wait for it like any other write does.
+    from aumai_transactions import TransactionManager
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    async def noop(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    manager = TransactionManager({"a": noop}, store=f"sqlite:///{tmp_path / 'j.db'}")
+    await manager.open()
+    done = anyio.Event()
+
+    async def write() -> None:
+        while not done.is_set():
+            tx = manager.begin()
+            for _ in range(3):
+                manager.add_step(tx, "x", "a")
+            await manager.commit(tx)
+
+    async def open_many() -> None:
+        try:
+            for _ in range(30):
+                store = SqliteStore(tmp_path / "j.db")
+                await store.open()
+                await store.close()
+        finally:
+            done.set()
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(6):
+                tasks.start_soon(write)
+            tasks.start_soon(open_many)
+    finally:
+        await manager.close()
