@@ -240,3 +240,55 @@ def test_list_shows_owner_and_expiry_of_in_flight_rows(cli: Cli) -> None:
     assert rows["busy-1"]["lease"]["live"] is True
     assert rows["dead-1"]["lease"]["lapsed"] is True
     assert rows[done]["lease"] is None
+
+
+# ---------------------------------------------------------------- recover and leases
+
+
+def test_recover_says_who_waits_on_a_live_lease(cli: Cli) -> None:
+    left_in_flight(cli, "busy-1", "worker-7", 600)
+    result = cli.ok("recover", "--handlers", cli.spec("ALL_OK"))
+    print(result.stderr)
+    assert "Nothing to recover" in result.stderr
+    assert "1 transaction(s) wait on a live lease; the first expires at " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 2
+    assert cli.json("show", "busy-1")["transaction"]["state"] == "active"
+
+
+def test_recover_some_and_report_the_rest(cli: Cli) -> None:
+    left_in_flight(cli, "busy-1", "worker-7", 600)
+    left_in_flight(cli, "busy-2", "worker-8", 900)
+    left_in_flight(cli, "dead-1", "worker-9", -5)
+    result = cli.ok("recover", "--handlers", cli.spec("ALL_OK"))
+    print(result.stdout, result.stderr)
+    assert "dead-1" in result.stdout and "busy-1" not in result.stdout
+    assert "2 transaction(s) wait on a live lease; the first expires at " in result.stderr
+    first = cli.json("show", "busy-1")["transaction"]["lease"]["expires_at"]
+    assert first is not None
+    stamp = first[:19].replace("T", " ")
+    assert f"the first expires at {stamp}Z" in result.stderr
+    assert cli.json("show", "dead-1")["transaction"]["state"] != "active"
+
+
+def test_recover_with_nothing_waiting_says_nothing_of_leases(cli: Cli) -> None:
+    left_in_flight(cli, "dead-1", "worker-9", -5)
+    result = cli.ok("recover", "--handlers", cli.spec("ALL_OK"))
+    assert "live lease" not in result.stderr
+
+
+def test_recover_as_the_owner_takes_its_transactions_at_once(cli: Cli) -> None:
+    left_in_flight(cli, "mine-1", "billing-worker-1", 600)
+    left_in_flight(cli, "other-1", "worker-8", 600)
+    result = cli.ok("recover", "--handlers", cli.spec("ALL_OK"), "--owner", "billing-worker-1")
+    print(result.stdout, result.stderr)
+    assert "mine-1" in result.stdout and "other-1" not in result.stdout
+    assert cli.json("show", "mine-1")["transaction"]["state"] not in ("active", "compensating")
+    assert cli.json("show", "other-1")["transaction"]["state"] == "active"
+    assert "1 transaction(s) wait on a live lease" in result.stderr
+
+
+def test_recover_help_warns_about_owner(cli: Cli) -> None:
+    text = " ".join(cli.ok("recover", "--help", store=None).stdout.replace("│", " ").split())
+    assert "--owner" in text
+    assert "takes over at once, without waiting for their leases" in text
+    assert "two drivers" in text

@@ -14,11 +14,12 @@ import typer
 from rich.prompt import Confirm
 
 from .. import Transaction, TransactionManager, TransactionResult, TransactionState
-from ..models import utcnow
+from ..models import LeaseSummary, utcnow
+from ..stores import OperatorStore
 from ._errors import EXIT_NOT_REACHED, CliError
 from ._handlers import load_handlers
 from ._options import HandlersOption, JsonOption, RevealOption, StoreOption
-from ._output import Column, Output, state_cell
+from ._output import Column, Output, format_time, state_cell
 from ._parse import parse_duration, read_text
 from ._store import cli_store, run_async
 from ._transfer import dump_transactions, parse_transactions, write_private_file
@@ -95,6 +96,18 @@ def _print_round(output: Output, rows: list[dict[str, Any]], *, lines: bool) -> 
         output.console.print(output.table(view, _RECOVERY_COLUMNS, title="Recovered"))
 
 
+def waiting_line(summary: LeaseSummary) -> str | None:
+    """How many in-flight transactions recovery left to a live lease, and when the
+    first of those leases expires (None: none waits)."""
+    if not summary.waiting:
+        return None
+    return (
+        f"{summary.waiting} transaction(s) wait on a live lease; the first expires at "
+        f"{format_time(summary.first_expiry)} (recover can take it then, if its driver "
+        "has not finished it)."
+    )
+
+
 @app.command("recover", rich_help_panel=_PANEL)
 def recover(
     handlers: HandlersOption,
@@ -111,6 +124,15 @@ def recover(
     interval: Annotated[
         float, typer.Option("--interval", min=0.1, help="Seconds between rounds with --watch.")
     ] = 2.0,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            "--owner",
+            help="Recover as this worker (its stable name): takes over at once, without "
+            "waiting for their leases, the transactions a worker of that name holds. Only "
+            "for a worker that is down, or its transactions get two drivers.",
+        ),
+    ] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
     reveal: RevealOption = False,
@@ -118,15 +140,17 @@ def recover(
     """Finish transactions whose driver died, once or with --watch.
 
     Claims active and compensating transactions whose lease expired and drives each
-    to an end; exits 1 when one is left needing an operator.
+    to an end; says how many wait on a live lease and when the first expires; exits 1
+    when one is left needing an operator.
     """
     output = Output(json_mode=as_json, reveal=reveal)
     mapping = load_handlers(handlers)
+    waiting: list[str | None] = [None]
 
     async def body() -> list[dict[str, Any]]:
         everything: list[dict[str, Any]] = []
         async with cli_store(store, output, creates=True) as opened:
-            manager = TransactionManager(mapping, store=opened)
+            manager = TransactionManager(mapping, store=opened, owner=owner)
             async with manager:
                 if watch:
                     output.note(f"Recovering every {interval:g}s from {opened.url}; Ctrl-C stops.")
@@ -138,6 +162,8 @@ def recover(
                     ]
                     everything += rows
                     if not watch:
+                        if isinstance(opened, OperatorStore):
+                            waiting[0] = waiting_line(await manager.waiting_on_leases())
                         return everything
                     if rows:
                         _print_round(output, rows, lines=True)
@@ -154,6 +180,9 @@ def recover(
         output.note(
             "Nothing to recover: no active or compensating transaction has an expired lease."
         )
+    if waiting[0] is not None:
+        output.note(waiting[0])
+    if not rows and not as_json:
         return
     _print_round(output, rows, lines=False)
     if any(row["state"] not in {s.value for s in _RECOVERY_GOALS} for row in rows):
