@@ -33,6 +33,8 @@ COMMANDS = (
     "export",
     "import",
     "purge",
+    "retry-compensation",
+    "resolve",
 )
 
 
