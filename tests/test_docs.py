@@ -80,7 +80,7 @@ def test_as_many_snippets_are_checked_against_their_output_as_the_readme_had() -
 def test_the_pages_of_the_site_have_snippets_that_run() -> None:
     pages = {block.path.name for block in SNIPPETS if output_after(block) is not None}
     assert {
-        "README.md",
+        "migrating.md",
         "patterns.md",
         "agents.md",
         "durability.md",
