@@ -150,7 +150,7 @@ def test_yaml_without_pyyaml_says_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "yaml", None)
     result = cli("run", str(saga_file(tmp_path, ".yaml")), "--handlers", cli.spec())
-    assert_usage_error(result, "needs PyYAML", "aumai-transactions[yaml]")
+    assert_usage_error(result, "needs PyYAML", 'pip install -e ".[yaml]"')
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,10 @@ the one-time import of the original tool's transactions.json, and unusable store
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,27 @@ def test_sqlite_url_with_a_tilde_means_home(cli: Cli) -> None:
     assert (
         cli.json("status", "--tx-id", tx_id, store="sqlite:///~/elsewhere.db")["state"] == "pending"
     )
+
+
+def test_a_postgres_url_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    # psycopg made unimportable in a child process: the CLI's own entry point answers.
+    code = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None\n"
+        "from aumai_transactions.cli import main\n"
+        "sys.argv = ['aumai-transactions', 'list', '--store', 'postgresql://u@127.0.0.1/db']\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert "cannot be opened" in line and "psycopg" in line, line
+    assert line.count('pip install -e ".[postgres]"') == 1, line

@@ -103,7 +103,8 @@ def _parse_document(path: Path, text: str) -> Any:
         except ImportError:
             raise CliError(
                 f"Reading the YAML saga {path} needs PyYAML, which is not installed: "
-                "pip install 'aumai-transactions[yaml]' (or write the saga as JSON or TOML)."
+                'pip install -e ".[yaml]" in the checkout of aumai-transactions '
+                "(or write the saga as JSON or TOML)."
             ) from None
         try:
             return yaml.safe_load(text)

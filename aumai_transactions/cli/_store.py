@@ -128,9 +128,17 @@ def _make_store(url: str) -> Store:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     except ImportError as exc:
+        hint = (
+            ""
+            if "pip install" in str(exc)
+            else (
+                '; for PostgreSQL install the postgres extra: pip install -e ".[postgres]" '
+                "in the checkout of aumai-transactions"
+            )
+        )
         raise CliError(
-            f"The store {url.split('://', 1)[0]}:// needs a package that is not installed "
-            f"({exc}); for PostgreSQL: pip install 'aumai-transactions[postgres]'."
+            f"The store {url.split('://', 1)[0]}:// cannot be opened, a package is missing: "
+            f"{exc}{hint}."
         ) from None
 
 

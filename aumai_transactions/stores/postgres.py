@@ -3,7 +3,7 @@
 ``PostgresStore("postgresql://user@host/db")`` (or ``open_store`` with that URL) keeps
 the journal in its own schema (default ``aumai_transactions``), which it creates and
 migrates itself under an advisory lock, so any number of workers may start at once.
-It needs the ``postgres`` extra: ``pip install 'aumai-transactions[postgres]'``.
+It needs the ``postgres`` extra: ``pip install -e ".[postgres]"`` from a checkout.
 
 How it keeps the Store contract across processes:
 
@@ -40,7 +40,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "PostgresStore needs psycopg 3 and psycopg_pool, which are not installed: "
-        "pip install 'aumai-transactions[postgres]'"
+        'install the postgres extra: pip install -e ".[postgres]" in the checkout of '
+        "aumai-transactions"
     ) from exc
 
 import anyio

@@ -176,7 +176,7 @@ def test_import_without_psycopg_names_the_extra() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    assert "aumai-transactions[postgres]" in out
+    assert 'pip install -e ".[postgres]"' in out
 
 
 async def test_unreachable_server_is_store_unavailable_with_the_password_masked() -> None:
