@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import anyio
 import typer
 
+from ..errors import StoreUnavailableError
 from ..models import Transaction
 from ..stores import Store, open_store
 from ..stores.sqlite import SqliteStore
@@ -122,8 +123,10 @@ def _refuse_missing(path: Path, url: str | None) -> None:
     )
 
 
-def _make_store(url: str) -> Store:
+def _make_store(url: str, *, creates: bool) -> Store:
     try:
+        if not creates and url.split("://", 1)[0].lower() == "sqlite":
+            return open_store(url, create=False)
         return open_store(url)
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -185,12 +188,16 @@ async def cli_store(
         url = _sqlite_url(database)
     else:
         url = given
-    store = _make_store(_expand_user(url.strip()))
-    if not creates and given is not None and isinstance(store, SqliteStore):
-        # Checked here until the store can open an existing file only: SqliteStore
-        # creates a missing file (and directory) on open.
-        _refuse_missing(store.path.absolute(), given)
-    await store.open()
+    creating = creates or bool(legacy)
+    store = _make_store(_expand_user(url.strip()), creates=creating)
+    try:
+        await store.open()
+    except StoreUnavailableError:
+        # Opened with create=False: a missing file is refused by the store, race-free,
+        # and said here in the CLI's words (which --store, which command).
+        if not creating and isinstance(store, SqliteStore) and not store.path.exists():
+            _refuse_missing(store.path.absolute(), given)
+        raise
     try:
         if legacy:
             for tx in legacy:

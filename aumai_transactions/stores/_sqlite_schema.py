@@ -360,14 +360,24 @@ def _enter_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
         delay = min(delay * 2, 0.1)
 
 
-def connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open (creating if needed) the journal at ``path``, in WAL mode, migrated.
+def connect(
+    path: Path, *, synchronous: str, busy_timeout: float, create: bool = True
+) -> sqlite3.Connection:
+    """Open the journal at ``path`` (creating it if missing, unless ``create`` is false),
+    in WAL mode, migrated.
 
     Raises a ``StoreError`` naming the file for every way this can fail: cannot
     create or open, not a database, corrupt, newer schema, locked past the busy
     timeout. The connection belongs to the calling thread.
     """
-    _create_file(path)
+    if create:
+        _create_file(path)
+    elif not path.is_file():
+        what = "a directory, not a file" if path.is_dir() else "missing"
+        raise StoreUnavailableError(
+            f"The journal {path} is {what}; this store opens an existing journal only "
+            "(create=False), so it created nothing."
+        )
     conn: sqlite3.Connection | None = None
     try:
         # mode=rw: the file exists (made above with the right mode); SQLite must never

@@ -80,6 +80,7 @@ class Writer:
         busy_timeout: float,
         hold: float,
         loop: asyncio.AbstractEventLoop,
+        create: bool = True,
     ) -> None:
         self.path = path
         self.loop = loop
@@ -88,6 +89,7 @@ class Writer:
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._hold = hold
+        self._create = create
         self._ops: deque[Op] = deque()
         self._wake = threading.Event()
         self._kick_soon = False
@@ -172,7 +174,10 @@ class Writer:
         assert started is not None
         try:
             conn = connect(
-                self.path, synchronous=self._synchronous, busy_timeout=self._busy_timeout
+                self.path,
+                synchronous=self._synchronous,
+                busy_timeout=self._busy_timeout,
+                create=self._create,
             )
         except BaseException as exc:
             self.closing = True

@@ -112,6 +112,9 @@ class SqliteStore:
     for another process holding the file. ``group_commit_delay`` bounds how long a
     write nobody waits for (a step completion, a lease release) may be held back to
     share a commit, and how long an open batch waits for a durable write to join it.
+    ``create=False`` opens an existing journal only: a missing file is a
+    ``StoreUnavailableError`` on open, and no file or directory is created (what a
+    command that only reads wants).
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class SqliteStore:
         synchronous: str = "FULL",
         busy_timeout: float = 10.0,
         group_commit_delay: float = 0.005,
+        create: bool = True,
     ) -> None:
         if isinstance(path, str) and (not path or path == ":memory:" or path.startswith("file:")):
             raise ValueError(
@@ -142,6 +146,7 @@ class SqliteStore:
         self._synchronous = mode
         self._busy_timeout = float(busy_timeout)
         self._delay = float(group_commit_delay)
+        self._create = bool(create)
         self._writer: Writer | None = None
         self._open_lock: asyncio.Lock | None = None
         # Position of each step (by id) of the transactions this store leased out, so
@@ -230,6 +235,7 @@ class SqliteStore:
                 busy_timeout=self._busy_timeout,
                 hold=self._delay,
                 loop=loop,
+                create=self._create,
             )
             started: asyncio.Future[None] = loop.create_future()
             writer.start(started)

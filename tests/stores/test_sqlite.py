@@ -396,6 +396,24 @@ async def test_a_directory_is_refused(tmp_path: Path) -> None:
         await SqliteStore(tmp_path).open()
 
 
+async def test_create_false_opens_an_existing_journal_only(tmp_path: Path) -> None:
+    missing = tmp_path / "nodir" / "journal.db"
+    store = SqliteStore(missing, create=False)
+    with pytest.raises(StoreUnavailableError, match=r"nodir/journal\.db is missing"):
+        await store.open()
+    assert not missing.parent.exists()  # no file, no directory
+    async with SqliteStore(missing) as writer:
+        tx = Transaction()
+        await writer.save(tx)
+    async with SqliteStore(missing, create=False) as reader:
+        assert (await reader.load(tx.transaction_id)) is not None
+
+
+async def test_create_false_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailableError, match="a directory, not a file"):
+        await SqliteStore(tmp_path, create=False).open()
+
+
 async def test_a_lock_held_past_the_busy_timeout_is_a_clear_error(db_path: Path, raw: Any) -> None:
     made = await make_journal(db_path)
     holder = raw()
