@@ -228,3 +228,14 @@ class OperatorStore(Store, Protocol):
         ``recovery_attempts`` is left as it is (this is not a recovery).
         """
         ...
+
+
+def driven_elsewhere(transaction_id: str, owner: object, expires_at: object) -> str:
+    """The ``LeaseConflictError`` text for a transaction another worker holds: what
+    will happen to it, rather than an invitation to try again (its holder finishes it;
+    recovery takes it over only if that worker dies and the lease lapses)."""
+    return (
+        f"Transaction {transaction_id} is being driven by {owner}, whose lease runs until "
+        f"{expires_at}: that worker finishes it; should it die, recovery takes the "
+        "transaction over once the lease has expired."
+    )

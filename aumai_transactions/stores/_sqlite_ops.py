@@ -26,7 +26,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 from ..models import LeaseInfo, LeaseSummary, Transaction, TransactionState
-from ._base import Lease
+from ._base import Lease, driven_elsewhere
 from ._sqlite_schema import HEADER_COLUMNS, decode_transaction, from_us
 
 __all__ = ["Journal", "Op", "now_us"]
@@ -172,8 +172,7 @@ class Journal:
                 rid, state, holder, held_until, stored_epoch = row
                 if holder is not None and held_until is not None and held_until > now:
                     op.error = LeaseConflictError(
-                        f"Transaction {tid} is being driven by {holder}; try again after "
-                        f"its lease expires at {from_us(held_until)}."
+                        driven_elsewhere(tid, holder, from_us(held_until))
                     )
                     continue
                 if state not in expected:

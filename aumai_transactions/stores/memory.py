@@ -22,7 +22,7 @@ from ..models import (
     TransactionStep,
     utcnow,
 )
-from ._base import Lease
+from ._base import Lease, driven_elsewhere
 
 __all__ = ["MemoryStore"]
 
@@ -119,10 +119,7 @@ class MemoryStore:
         if lease is None:
             lease = self._leases[tid] = _LeaseRecord()
         elif lease.owner is not None and lease.live(now):
-            raise LeaseConflictError(
-                f"Transaction {tid} is being driven by {lease.owner}; try again after "
-                f"its lease expires at {lease.expires_at}."
-            )
+            raise LeaseConflictError(driven_elsewhere(tid, lease.owner, lease.expires_at))
         if stored is not None and stored is not tx:
             _check_expected(tid, stored.state, expected)
         lease.owner = owner

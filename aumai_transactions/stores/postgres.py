@@ -61,7 +61,7 @@ from ..models import (
     TransactionState,
     TransactionStep,
 )
-from ._base import Lease
+from ._base import Lease, driven_elsewhere
 from ._positions import StepPositions
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
 from ._postgres_writer import Op, Writer
@@ -368,10 +368,7 @@ class PostgresStore:
             return lease
         rows = await self._fetch(self._statements.lease_of, (tid,), "read")
         if rows and rows[0][4]:
-            raise LeaseConflictError(
-                f"Transaction {tid} is being driven by {rows[0][2]}; try again after "
-                f"its lease expires at {rows[0][3]}."
-            )
+            raise LeaseConflictError(driven_elsewhere(tid, rows[0][2], rows[0][3]))
         state = rows[0][1] if rows else "absent"
         raise LeaseConflictError(
             f"Transaction {tid} is stored in state '{state}'; expected "

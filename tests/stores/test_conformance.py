@@ -211,8 +211,12 @@ async def test_acquire_refuses_a_live_lease_and_writes_nothing(store: Store) -> 
     before = dump(await store.load(tx.transaction_id))
     rival = copy(tx)
     rival.error = "the rival's copy"
-    with pytest.raises(LeaseConflictError):
+    with pytest.raises(LeaseConflictError) as refused:
         await store.acquire(rival, "driver-b", LIVE, [PENDING, ACTIVE])
+    # It says who holds it and what will happen, not "try again".
+    assert "being driven by driver-a" in str(refused.value)
+    assert "that worker finishes it" in str(refused.value)
+    assert "try again" not in str(refused.value)
     assert dump(await store.load(tx.transaction_id)) == before
     await store.release(first)
     second = await store.acquire(rival, "driver-b", LIVE, [ACTIVE])
