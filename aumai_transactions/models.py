@@ -367,7 +367,9 @@ class LeaseSummary(BaseModel):
     ``waiting``: in flight under a live lease, so recovery cannot take them before it
     expires (being driven, or left by a driver that died less than a lease ago);
     ``first_expiry``: the earliest expiry among those (None when ``waiting`` is 0);
-    ``claimable``: in flight with an expired lease or none, which recovery takes now.
+    ``claimable``: in flight with an expired lease or none, which recovery takes now;
+    ``blocked``: in flight with their recovery blocked (``blocked_reason`` set: no
+    worker that claimed them had a handler they need), counted among the others too.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -375,6 +377,7 @@ class LeaseSummary(BaseModel):
     waiting: int = 0
     first_expiry: datetime | None = None
     claimable: int = 0
+    blocked: int = 0
 
 
 _STEP_SET = frozenset({"step_id", "agent_id", "action", "data", "compensating_action"})

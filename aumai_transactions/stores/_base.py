@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..models import LeaseInfo, LeaseSummary, Transaction, TransactionState, TransactionStep
 
-__all__ = ["Lease", "OperatorStore", "Store"]
+__all__ = ["Lease", "ListPosition", "OperatorStore", "Store"]
 
 
 class Lease(NamedTuple):
@@ -40,6 +40,25 @@ class Lease(NamedTuple):
     owner: str
     epoch: int
     expires_at: datetime
+
+
+class ListPosition(NamedTuple):
+    """Where a page of ``Store.list`` ended: the last transaction's creation time and id.
+
+    Listings are ordered newest ``created_at`` first, ties by ``transaction_id``
+    (descending), the same on every backend; ``list(before=position)`` continues just
+    after this transaction. A page boundary given by a position, not by an offset,
+    stays put while new transactions arrive at the top, and costs one index seek
+    however deep the page is.
+    """
+
+    created_at: datetime
+    transaction_id: str
+
+    @classmethod
+    def of(cls, tx: Transaction) -> ListPosition:
+        """The position just after ``tx`` (the last transaction of a page)."""
+        return cls(tx.created_at, tx.transaction_id)
 
 
 @runtime_checkable
@@ -165,8 +184,16 @@ class Store(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        action: str | None = None,
+        before: ListPosition | None = None,
     ) -> list[Transaction]:
-        """Transactions matching every filter given, newest ``created_at`` first."""
+        """Transactions matching every filter given, newest ``created_at`` first (ties:
+        greater ``transaction_id`` first).
+
+        ``agent_id`` and ``action``: with at least one step by that agent, of that
+        action. ``since`` is inclusive, ``until`` exclusive. ``before``: only those
+        after that position in this order (the next page; see ``ListPosition``).
+        """
         ...
 
     async def count_by_state(self) -> dict[TransactionState, int]:

@@ -427,7 +427,8 @@ SELECT count(*) FILTER (WHERE lease_expires_at > now()
                           AND lease_owner IS DISTINCT FROM %(exclude)s::text),
        min(lease_expires_at) FILTER (WHERE lease_expires_at > now()
                                        AND lease_owner IS DISTINCT FROM %(exclude)s::text),
-       count(*) FILTER (WHERE lease_expires_at <= now())
+       count(*) FILTER (WHERE lease_expires_at <= now()),
+       count(*) FILTER (WHERE header->>'blocked_reason' IS NOT NULL)
 FROM {s}.transactions WHERE state IN ('active', 'compensating')
 """
 
@@ -517,6 +518,8 @@ class Statements:
         agent: bool,
         since: bool,
         until: bool,
+        action: bool = False,
+        before: bool = False,
     ) -> bytes:
         """The ``list()`` query with only the filters given (so indexes apply)."""
         where = []
@@ -530,6 +533,17 @@ class Statements:
             where.append(
                 "EXISTS (SELECT 1 FROM {s}.steps AS g "
                 "WHERE g.transaction_id = t.transaction_id AND g.agent_id = %(agent)s)"
+            )
+        if action:
+            where.append(
+                "EXISTS (SELECT 1 FROM {s}.steps AS g "
+                "WHERE g.transaction_id = t.transaction_id AND g.doc->>'action' = %(action)s)"
+            )
+        if before:
+            # The first condition alone is what the created_at index can seek on.
+            where.append(
+                "t.created_at <= %(before_at)s "
+                "AND (t.created_at, t.transaction_id) < (%(before_at)s, %(before_id)s::text)"
             )
         text = (
             "SELECT "

@@ -82,7 +82,8 @@ _LIVE = "lease_owner IS NOT NULL AND lease_expires IS NOT NULL AND lease_expires
 _LEASE_SUMMARY = (
     f"SELECT COUNT(*) FILTER (WHERE {_LIVE} AND lease_owner IS NOT :exclude), "
     f"MIN(lease_expires) FILTER (WHERE {_LIVE} AND lease_owner IS NOT :exclude), "
-    f"COUNT(*) FILTER (WHERE NOT ({_LIVE})) "
+    f"COUNT(*) FILTER (WHERE NOT ({_LIVE})), "
+    "COUNT(*) FILTER (WHERE blocked_reason IS NOT NULL) "
     "FROM transactions WHERE state IN ('active', 'compensating')"
 )
 
@@ -548,10 +549,12 @@ class Journal:
 
     @staticmethod
     def lease_summary(conn: sqlite3.Connection, exclude: str | None) -> LeaseSummary:
-        waiting, first, claimable = conn.execute(
+        waiting, first, claimable, blocked = conn.execute(
             _LEASE_SUMMARY, {"now": now_us(), "exclude": exclude}
         ).fetchone()
-        return LeaseSummary(waiting=waiting, first_expiry=from_us(first), claimable=claimable)
+        return LeaseSummary(
+            waiting=waiting, first_expiry=from_us(first), claimable=claimable, blocked=blocked
+        )
 
     def list(
         self,
@@ -561,6 +564,8 @@ class Journal:
         since: int | None,
         until: int | None,
         limit: int | None,
+        action: str | None = None,
+        before: tuple[int, str] | None = None,
     ) -> list[Transaction]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -576,10 +581,18 @@ class Journal:
         if until is not None:
             clauses.append("created_at < ?")
             params.append(until)
+        if action is not None:
+            # No index: a scan of the step bodies (an operator's occasional search).
+            clauses.append("id IN (SELECT tx FROM steps WHERE json_extract(body, '$.action') = ?)")
+            params.append(action)
+        if before is not None:
+            # ``created_at <= ?`` on its own lets the index seek; the rest breaks ties.
+            clauses.append("created_at <= ? AND (created_at < ? OR transaction_id < ?)")
+            params.extend((before[0], before[0], before[1]))
         sql = f"SELECT {_TX_COLUMNS} FROM transactions"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY created_at DESC, id DESC"
+        sql += " ORDER BY created_at DESC, transaction_id DESC"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)

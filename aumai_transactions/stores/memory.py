@@ -22,7 +22,7 @@ from ..models import (
     TransactionStep,
     utcnow,
 )
-from ._base import Lease, driven_elsewhere
+from ._base import Lease, ListPosition, driven_elsewhere
 
 __all__ = ["MemoryStore"]
 
@@ -243,17 +243,21 @@ class MemoryStore:
     async def lease_summary(self, *, exclude_owner: str | None = None) -> LeaseSummary:
         now = utcnow()
         waiting: list[datetime] = []
-        claimable = 0
+        claimable = blocked = 0
         for tid, tx in self._transactions.items():
             if tx.state not in IN_FLIGHT_STATES:
                 continue
+            blocked += tx.blocked_reason is not None
             lease = self._leases.get(tid)
             if lease is None or not lease.live(now):
                 claimable += 1
             elif lease.owner != exclude_owner and lease.expires_at is not None:
                 waiting.append(lease.expires_at)
         return LeaseSummary(
-            waiting=len(waiting), first_expiry=min(waiting, default=None), claimable=claimable
+            waiting=len(waiting),
+            first_expiry=min(waiting, default=None),
+            claimable=claimable,
+            blocked=blocked,
         )
 
     async def load(self, transaction_id: str) -> Transaction | None:
@@ -267,6 +271,8 @@ class MemoryStore:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        action: str | None = None,
+        before: ListPosition | None = None,
     ) -> list[Transaction]:
         found = [
             tx
@@ -275,8 +281,10 @@ class MemoryStore:
             and (since is None or tx.created_at >= since)
             and (until is None or tx.created_at < until)
             and (agent_id is None or any(s.agent_id == agent_id for s in tx.steps))
+            and (action is None or any(s.action == action for s in tx.steps))
+            and (before is None or (tx.created_at, tx.transaction_id) < before)
         ]
-        found.sort(key=lambda tx: tx.created_at, reverse=True)
+        found.sort(key=lambda tx: (tx.created_at, tx.transaction_id), reverse=True)
         return found if limit is None else found[:limit]
 
     async def count_by_state(self) -> dict[TransactionState, int]:

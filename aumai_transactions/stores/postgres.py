@@ -61,7 +61,7 @@ from ..models import (
     TransactionState,
     TransactionStep,
 )
-from ._base import Lease, driven_elsewhere
+from ._base import Lease, ListPosition, driven_elsewhere
 from ._positions import StepPositions
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
 from ._postgres_writer import Op, Writer
@@ -149,7 +149,7 @@ class PostgresStore:
             kwargs["application_name"] = application_name
         self._connect_kwargs = kwargs
         self._statements = Statements.for_schema(self._schema)
-        self._listings: dict[tuple[bool, bool, bool, bool], bytes] = {}
+        self._listings: dict[tuple[bool, ...], bytes] = {}
         self._pool: AsyncConnectionPool[Any] | None = None
         self._writer: Writer | None = None
         self._opening: anyio.Event | None = None
@@ -502,12 +502,21 @@ class PostgresStore:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        action: str | None = None,
+        before: ListPosition | None = None,
     ) -> list[Transaction]:
-        key = (state is not None, agent_id is not None, since is not None, until is not None)
+        key = (
+            state is not None,
+            agent_id is not None,
+            since is not None,
+            until is not None,
+            action is not None,
+            before is not None,
+        )
         query = self._listings.get(key)
         if query is None:
             query = self._listings[key] = self._statements.listing(
-                state=key[0], agent=key[1], since=key[2], until=key[3]
+                state=key[0], agent=key[1], since=key[2], until=key[3], action=key[4], before=key[5]
             )
         params = {
             "state": None if state is None else TransactionState(state).value,
@@ -515,6 +524,9 @@ class PostgresStore:
             "since": _utc(since),
             "until": _utc(until),
             "limit": limit,
+            "action": action,
+            "before_at": None if before is None else _utc(before.created_at),
+            "before_id": None if before is None else before.transaction_id,
         }
         rows = await self._fetch(query, params, "list transactions in")
         return [decode_transaction(row) for row in rows]
@@ -540,11 +552,12 @@ class PostgresStore:
         rows = await self._fetch(
             self._statements.lease_summary, {"exclude": exclude_owner}, "read leases in"
         )
-        waiting, first, claimable = rows[0]
+        waiting, first, claimable, blocked = rows[0]
         return LeaseSummary(
             waiting=int(waiting),
             first_expiry=None if first is None else first.astimezone(UTC),
             claimable=int(claimable),
+            blocked=int(blocked),
         )
 
     async def count_by_state(self) -> dict[TransactionState, int]:

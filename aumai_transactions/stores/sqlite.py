@@ -46,7 +46,7 @@ from ..models import (
     TransactionState,
     TransactionStep,
 )
-from ._base import Lease
+from ._base import Lease, ListPosition
 from ._codec import step_json
 from ._positions import StepPositions
 from ._sqlite_ops import Op
@@ -425,6 +425,8 @@ class SqliteStore:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        action: str | None = None,
+        before: ListPosition | None = None,
     ) -> list[Transaction]:
         found: list[Transaction] = await self._call(
             LIST,
@@ -433,6 +435,8 @@ class SqliteStore:
             to_us(since),
             to_us(until),
             limit,
+            action,
+            None if before is None else (to_us(before.created_at), before.transaction_id),
         )
         return found
 

@@ -33,7 +33,7 @@ from aumai_transactions.models import (
     TransactionStep,
     utcnow,
 )
-from aumai_transactions.stores import Lease, OperatorStore, Store
+from aumai_transactions.stores import Lease, ListPosition, OperatorStore, Store
 
 PENDING = TransactionState.PENDING
 ACTIVE = TransactionState.ACTIVE
@@ -500,6 +500,8 @@ async def test_renew_leaves_a_blocked_transaction_to_lapse(store: Store) -> None
     blocked.blocked_reason = "recovery blocked: no handler for 'refund'"
     await store.record(lease, blocked)
     assert await store.renew("driver-a", LIVE) == 0
+    summary = await as_operator_store(store).lease_summary()
+    assert (summary.blocked, summary.claimable) == (1, 1)
     claimed = await store.claim_expired("worker-with-handler", LIVE, 10)
     assert [tx.transaction_id for tx, _ in claimed] == [blocked.transaction_id]
 
@@ -629,6 +631,43 @@ async def test_list_is_newest_first_and_filters_combine(store: Store) -> None:
     )
     listed = await store.list(agent_id="mail")
     assert [dump(tx) for tx in listed] == [dump(made[5])]
+
+
+async def test_list_filters_by_action(store: Store) -> None:
+    _, made = await populate(store)
+    made[1].steps[0].action = "refund"  # what the store holds is what the filter sees
+    await store.save(copy(made[1]))
+    assert ids(await store.list(action="refund")) == ids([made[1]])
+    assert ids(await store.list(action="act1", state=COMMITTED)) == ids([made[5], made[2], made[0]])
+    assert await store.list(action="undo0") == []  # a compensating action is not an action
+
+
+async def test_list_pages_by_position_with_ties_broken_by_id(store: Store) -> None:
+    moment = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    made = [
+        make_tx(steps=1, created_at=moment + timedelta(seconds=second % 3)) for second in range(7)
+    ]
+    for tx in made:
+        await store.save(copy(tx))
+    order = ids(sorted(made, key=lambda tx: (tx.created_at, tx.transaction_id), reverse=True))
+    assert ids(await store.list()) == order
+    pages: list[str] = []
+    before = None
+    while page := await store.list(limit=3, before=before):
+        pages += ids(page)
+        before = ListPosition.of(page[-1])
+    assert pages == order  # every transaction once, in order, across pages of three
+    late = make_tx(steps=1, created_at=moment + timedelta(minutes=1))
+    await store.save(copy(late))  # a newer one arriving moves no page boundary
+    assert ids(await store.list(limit=3, before=ListPosition.of(made[0]))) == [
+        tid for tid in order[order.index(made[0].transaction_id) + 1 :][:3]
+    ]
+    position = ListPosition(order_tx(made, order[3]).created_at, order[3])
+    assert ids(await store.list(before=position, state=PENDING, limit=10)) == order[4:]
+
+
+def order_tx(made: list[Transaction], tid: str) -> Transaction:
+    return next(tx for tx in made if tx.transaction_id == tid)
 
 
 async def test_count_by_state(store: Store) -> None:
@@ -916,6 +955,7 @@ async def test_lease_summary_counts_who_waits_on_a_live_lease(store: Store) -> N
     assert summary == LeaseSummary(waiting=3, first_expiry=soon.expires_at, claimable=2)
     others = await ops.lease_summary(exclude_owner="driver-a")
     assert others == LeaseSummary(waiting=1, first_expiry=later.expires_at, claimable=2)
+    assert summary.blocked == 0
     await store.claim_expired("recoverer", LIVE, 10)
     assert await ops.lease_summary(exclude_owner="recoverer") == summary.model_copy(
         update={"claimable": 0}
