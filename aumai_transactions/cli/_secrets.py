@@ -30,9 +30,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["MASK", "SECRET_PAIRS", "SECRET_WORDS", "looks_secret", "mask_secrets", "mask_text"]
+__all__ = [
+    "MASK",
+    "SECRET_PAIRS",
+    "SECRET_WORDS",
+    "Masker",
+    "Masking",
+    "looks_secret",
+    "mask_secrets",
+    "mask_text",
+]
 
 MASK = "***"
 """What a masked value is replaced by."""
@@ -242,3 +251,31 @@ def mask_text(text: str) -> str:
     text = _BEARER.sub(rf"\1{MASK}", text)
     text = _BASIC.sub(_mask_basic, text)
     return _mask_pairs(text)
+
+
+# ---------------------------------------------------------------------- maskers
+
+
+class Masking(Protocol):
+    """What builds rows for output needs: masking of values and of free text. The CLI's
+    ``Output`` is one (it reveals with ``--reveal``); :class:`Masker` is the other."""
+
+    def mask(self, value: Any) -> Any:
+        """``value`` with the values under secret-looking keys masked."""
+        ...
+
+    def mask_text(self, text: str | None) -> str | None:
+        """``text`` with the secrets it quotes masked."""
+        ...
+
+
+class Masker:
+    """Masking by the rules above, always (the web view has no ``--reveal``)."""
+
+    def mask(self, value: Any) -> Any:
+        """``value`` through :func:`mask_secrets`."""
+        return mask_secrets(value)
+
+    def mask_text(self, text: str | None) -> str | None:
+        """``text`` through :func:`mask_text` (None stays None)."""
+        return None if text is None else mask_text(text)

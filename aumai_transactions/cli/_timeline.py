@@ -24,9 +24,10 @@ from rich.text import Text
 from ..models import StepStatus, Transaction, TransactionStep, utcnow
 from ._groups import group_marks
 from ._output import Output, format_duration, state_style
+from ._secrets import Masking
 from ._views import seconds_between
 
-__all__ = ["progress_display", "timeline_events", "timeline_table"]
+__all__ = ["progress_display", "timeline_events", "timeline_rows", "timeline_table"]
 
 _WIDTH = 40
 _MAY_BE_UNDONE = (
@@ -141,7 +142,7 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def timeline_events(tx: Transaction, output: Output) -> list[dict[str, Any]]:
+def timeline_events(tx: Transaction, output: Masking) -> list[dict[str, Any]]:
     """The forward runs and compensations of ``tx`` in time order.
 
     Steps record when they started and finished; a compensation records only when it
@@ -223,7 +224,7 @@ def _bar(start: float | None, end: float | None, status: str, cut: float | None 
     return Text(" " * first + "━" * max(1, last - first + 1), style=style)
 
 
-def _in_rows(events: list[dict[str, Any]], origin: datetime) -> list[dict[str, Any]]:
+def timeline_rows(events: list[dict[str, Any]], origin: datetime) -> list[dict[str, Any]]:
     """The events in the order of the timeline's rows: by start, a parallel group's
     steps together in declaration order (one lane each) from the group's first start."""
     group_start: dict[str, datetime] = {}
@@ -264,7 +265,7 @@ def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | Non
         moment = _moment(value)
         return None if moment is None else (moment - origin).total_seconds() / span
 
-    ordered = _in_rows(events, origin)
+    ordered = timeline_rows(events, origin)
     # When the compensation pass began (or the transaction ended, with nothing to undo):
     # an interrupted step was stopped by then.
     undo = [event for event in events if event["kind"] == "compensation"]

@@ -30,6 +30,7 @@ from ..models import (
 )
 from ._groups import group_marks, group_runs
 from ._output import Column, Output, format_duration, format_time, format_value, state_cell
+from ._secrets import Masking
 
 __all__ = [
     "ATTENTION_STATES",
@@ -131,7 +132,7 @@ def compensation_outcome(status: StepStatus, compensating_action: str | None) ->
     }.get(status)
 
 
-def transaction_row(tx: Transaction, output: Output) -> dict[str, Any]:
+def transaction_row(tx: Transaction, output: Masking) -> dict[str, Any]:
     """The summary of one transaction (no step data; its error texts masked)."""
     return {
         "transaction_id": tx.transaction_id,
@@ -151,7 +152,7 @@ def transaction_row(tx: Transaction, output: Output) -> dict[str, Any]:
     }
 
 
-def resolution_row(tx: Transaction, output: Output) -> dict[str, Any]:
+def resolution_row(tx: Transaction, output: Masking) -> dict[str, Any]:
     """How an operator closed a transaction by hand: note, by, at, previous state."""
     assert tx.resolution is not None
     return {
@@ -162,7 +163,7 @@ def resolution_row(tx: Transaction, output: Output) -> dict[str, Any]:
     }
 
 
-def step_rows(tx: Transaction, output: Output) -> list[dict[str, Any]]:
+def step_rows(tx: Transaction, output: Masking) -> list[dict[str, Any]]:
     """One row per step, in order, with data and results masked unless ``--reveal``."""
     return [
         {

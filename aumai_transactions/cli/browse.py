@@ -13,27 +13,23 @@ from rich.text import Text
 
 from .. import Transaction, TransactionState
 from ..models import LeaseInfo
-from ..stores import OperatorStore, Store
 from ._groups import group_summary
 from ._options import HiddenTxIdOption, JsonOption, RevealOption, StoreOption, TxIdArgument
 from ._options import transaction_id as chosen_id
 from ._output import Column, Output, format_duration, format_time, state_cell
 from ._parse import parse_since
+from ._payloads import list_rows, read_leases, show_payload
 from ._store import cli_store, find_transaction, run_async
-from ._timeline import timeline_events, timeline_table
+from ._timeline import timeline_table
 from ._views import (
     ATTENTION_STATES,
-    IN_FLIGHT,
     data_table,
     details_panel,
-    lease_row,
     lease_text,
     marked_steps,
     seconds_between,
-    step_rows,
     steps_table,
     transaction_duration,
-    transaction_row,
 )
 from .operator import OPERATOR_HINT
 
@@ -117,15 +113,6 @@ def _attention_lines(counts: dict[TransactionState, int]) -> list[Text]:
     ]
 
 
-async def _leases(store: Store, found: Sequence[Transaction]) -> dict[str, LeaseInfo]:
-    """The leases of the in-flight transactions among ``found``, when the store shows
-    them."""
-    ids = [tx.transaction_id for tx in found if tx.state in IN_FLIGHT]
-    if not ids or not isinstance(store, OperatorStore):
-        return {}
-    return await store.leases(ids)
-
-
 def _problem(row: dict[str, Any]) -> str | Text | None:
     """The list's last column: why it is stuck or failed; for an in-flight one, who
     holds it until when (a lapsed lease marked); resolved by hand, the operator's note
@@ -175,13 +162,10 @@ def list_transactions(
     async def body() -> tuple[list[Transaction], dict[TransactionState, int], dict[str, LeaseInfo]]:
         async with cli_store(store, output) as opened:
             found = await opened.list(state=state, agent_id=agent, since=moment, limit=limit)
-            return found, await opened.count_by_state(), await _leases(opened, found)
+            return found, await opened.count_by_state(), await read_leases(opened, found)
 
     found, counts, leases = run_async(body)
-    rows = [
-        {**transaction_row(tx, output), "lease": lease_row(leases.get(tx.transaction_id))}
-        for tx in found
-    ]
+    rows = list_rows(found, leases, output)
     total = sum(counts.values())
     if as_json:
         output.emit(rows)
@@ -231,13 +215,11 @@ def show(
     async def body() -> tuple[Transaction, LeaseInfo | None]:
         async with cli_store(store, output) as opened:
             found = await find_transaction(opened, tx_id)
-            return found, (await _leases(opened, [found])).get(found.transaction_id)
+            return found, (await read_leases(opened, [found])).get(found.transaction_id)
 
     tx, lease = run_async(body)
-    summary = {**transaction_row(tx, output), "lease": lease_row(lease)}
-    rows = step_rows(tx, output)
-    events = timeline_events(tx, output)
-    payload = {"transaction": summary, "steps": rows, "timeline": events}
+    payload = show_payload(tx, lease, output)
+    summary, rows, events = payload["transaction"], payload["steps"], payload["timeline"]
     attention = tx.state in ATTENTION_STATES
     panel = details_panel(
         [

@@ -1,0 +1,49 @@
+"""The JSON documents of ``list`` and ``show``, built once for every front end.
+
+``list --json`` and ``show --json`` print them; the web view serves the very same
+documents under ``/api/`` and renders its pages from them, so a field means the same
+thing wherever it is read, and secrets are masked by one set of rules
+(``_secrets``). Rows hold plain JSON values only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..models import LeaseInfo, Transaction
+from ..stores import OperatorStore, Store
+from ._secrets import Masking
+from ._timeline import timeline_events
+from ._views import IN_FLIGHT, lease_row, step_rows, transaction_row
+
+__all__ = ["list_rows", "read_leases", "show_payload"]
+
+
+async def read_leases(store: Store, found: Sequence[Transaction]) -> dict[str, LeaseInfo]:
+    """The leases of the in-flight transactions among ``found``, when the store shows
+    them (an ``OperatorStore``; every built-in backend is one)."""
+    ids = [tx.transaction_id for tx in found if tx.state in IN_FLIGHT]
+    if not ids or not isinstance(store, OperatorStore):
+        return {}
+    return await store.leases(ids)
+
+
+def list_rows(
+    found: Sequence[Transaction], leases: dict[str, LeaseInfo], masking: Masking
+) -> list[dict[str, Any]]:
+    """``list --json``: one summary row per transaction, with its lease when in flight."""
+    return [
+        {**transaction_row(tx, masking), "lease": lease_row(leases.get(tx.transaction_id))}
+        for tx in found
+    ]
+
+
+def show_payload(tx: Transaction, lease: LeaseInfo | None, masking: Masking) -> dict[str, Any]:
+    """``show --json``: the summary, every step (data and results masked) and the
+    timeline's events."""
+    return {
+        "transaction": {**transaction_row(tx, masking), "lease": lease_row(lease)},
+        "steps": step_rows(tx, masking),
+        "timeline": timeline_events(tx, masking),
+    }
