@@ -29,6 +29,7 @@ READ_ONLY = (
     ("stats",),
     ("export",),
     ("purge", "--state", "committed", "--older-than", "1d", "--yes"),
+    ("serve", "--port", "0"),
 )
 
 

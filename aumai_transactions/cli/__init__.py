@@ -24,7 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import StoreError, __version__
-from . import browse, lifecycle, maintenance, operator, run
+from . import browse, lifecycle, maintenance, operator, run, serve
 from ._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_REACHED, CliError
 from ._output import Output
 
@@ -180,6 +180,7 @@ app.add_typer(run.app)
 app.add_typer(browse.app)
 app.add_typer(maintenance.app)
 app.add_typer(operator.app)
+app.add_typer(serve.app)
 
 
 def main() -> None:

@@ -27,7 +27,13 @@ from ._output import Output, format_duration, state_style
 from ._secrets import Masking
 from ._views import seconds_between
 
-__all__ = ["progress_display", "timeline_events", "timeline_rows", "timeline_table"]
+__all__ = [
+    "progress_display",
+    "timeline_events",
+    "timeline_rows",
+    "timeline_span",
+    "timeline_table",
+]
 
 _WIDTH = 40
 _MAY_BE_UNDONE = (
@@ -242,12 +248,9 @@ def timeline_rows(events: list[dict[str, Any]], origin: datetime) -> list[dict[s
     return sorted(events, key=start_of)  # stable: siblings keep declaration order
 
 
-def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | None:
-    """The events drawn as bars on one time axis, or None when nothing ran yet.
-
-    The steps of a parallel group are on lanes of their own, one row each, bracketed
-    together in a ``group`` column: their bars start together and overlap.
-    """
+def timeline_span(tx: Transaction, events: list[dict[str, Any]]) -> tuple[datetime, float] | None:
+    """Where the timeline starts and how many seconds it spans (from the first known
+    moment to the last, the transaction's end included); None when nothing ran yet."""
     moments = [
         moment
         for event in events
@@ -259,7 +262,19 @@ def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | Non
     if not moments:
         return None
     origin, last = min(moments), max(moments)
-    span = max((last - origin).total_seconds(), 1e-9)
+    return origin, max((last - origin).total_seconds(), 1e-9)
+
+
+def timeline_table(tx: Transaction, events: list[dict[str, Any]]) -> Table | None:
+    """The events drawn as bars on one time axis, or None when nothing ran yet.
+
+    The steps of a parallel group are on lanes of their own, one row each, bracketed
+    together in a ``group`` column: their bars start together and overlap.
+    """
+    extent = timeline_span(tx, events)
+    if extent is None:
+        return None
+    origin, span = extent
 
     def fraction(value: str | None) -> float | None:
         moment = _moment(value)

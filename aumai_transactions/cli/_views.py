@@ -52,6 +52,7 @@ __all__ = [
     "transaction_duration",
     "transaction_row",
     "transaction_start",
+    "with_step_names",
 ]
 
 ATTENTION_STATES = (TransactionState.COMPENSATION_FAILED, TransactionState.DEAD_LETTER)
@@ -279,7 +280,7 @@ def _compensation_cell(row: dict[str, Any]) -> Text:
     return text
 
 
-def _with_step_names(text: str | None, names: dict[str, str]) -> str | None:
+def with_step_names(text: str | None, names: dict[str, str]) -> str | None:
     """``text`` with the step ids it quotes given as ``#3 rent_car`` (a sibling's
     failure names the step by id: the table names steps by number)."""
     if text is None:
@@ -315,7 +316,7 @@ def steps_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
         {
             **row,
             "group_view": mark,
-            "error_view": _with_step_names(row["error"], names),
+            "error_view": with_step_names(row["error"], names),
             "status_view": _status_cell(row),
             "compensation_view": _compensation_cell(row),
         }
