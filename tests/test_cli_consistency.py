@@ -29,7 +29,6 @@ READ_ONLY = (
     ("stats",),
     ("export",),
     ("purge", "--state", "committed", "--older-than", "1d", "--yes"),
-    ("serve", "--port", "0"),
 )
 
 

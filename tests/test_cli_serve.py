@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,13 @@ from tests.test_cli import assert_usage_error  # noqa: E402
 def test_the_memory_store_is_refused_in_one_line(cli: Cli) -> None:
     line = assert_usage_error(cli("serve", store="memory://"), "memory:// lives inside one")
     assert "sqlite:///path.db or postgresql://" in line
+
+
+def test_a_missing_store_is_refused_and_not_created(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "nodir" / "typo.db"
+    line = assert_usage_error(cli("serve", "--port", "0", store=f"sqlite:///{missing}"))
+    assert f"There is no store at {missing}" in line and "`serve` only reads" in line
+    assert not missing.exists() and not missing.parent.exists()
 
 
 def test_a_short_token_is_refused(cli: Cli) -> None:
