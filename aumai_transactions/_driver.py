@@ -104,9 +104,21 @@ def timed_out_error(tx: Transaction, detail: str) -> str:
     return f"Transaction {tx.transaction_id} timed out after {tx.timeout_seconds}s {detail}"
 
 
-def interrupted_error(tx: Transaction, reason: str) -> str:
-    """``tx.error`` for a transaction cut short by a cancellation (or Ctrl-C)."""
-    return f"Transaction {tx.transaction_id} was interrupted: {reason}"
+def interrupted_error(tx: Transaction, cause: BaseException) -> str:
+    """``tx.error`` for a transaction cut short by a cancellation (or Ctrl-C), in words:
+    what stopped it, and that it did not finish. (Recovery and ``ends_failed`` read its
+    first words, "Transaction <id> was interrupted".)"""
+    why = what_stopped(cause)
+    return f"Transaction {tx.transaction_id} was interrupted by {why} before it finished."
+
+
+def what_stopped(cause: BaseException) -> str:
+    """What interrupted a run, in words: Ctrl-C, a cancellation, or the exception."""
+    if isinstance(cause, KeyboardInterrupt):
+        return "Ctrl-C (KeyboardInterrupt)"
+    if isinstance(cause, asyncio.CancelledError | anyio.get_cancelled_exc_class()):
+        return "a cancellation"
+    return type(cause).__name__ + (f": {cause}" if str(cause) else "")
 
 
 def ends_failed(tx: Transaction) -> bool:

@@ -27,8 +27,8 @@ from ._driver import (
     StepFailed,
     clock,
     interrupted_error,
-    message_of,
     timed_out_error,
+    what_stopped,
 )
 from ._forward import ForwardPass
 from .errors import StoreError
@@ -104,9 +104,9 @@ class TransactionDriver(ForwardPass, CompensationPass):
             await self._compensate_shielded(self._completed(), TransactionState.FAILED, stopped)
             return self.result(stopped[0] if stopped else None)
         except BaseException as exc:
-            tx.error = interrupted_error(tx, message_of(exc))
+            tx.error = interrupted_error(tx, exc)
             stopped = self._interrupted(
-                f"interrupted ({type(exc).__name__}) while this step ran; it may have had "
+                f"interrupted by {what_stopped(exc)} while this step ran; it may have had "
                 "its effect, so it is compensated"
             )
             await self._compensate_shielded(self._completed(), TransactionState.FAILED, stopped)

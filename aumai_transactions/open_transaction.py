@@ -172,7 +172,8 @@ class OpenTransaction:
             tx.error = f"the code in the transaction raised {type(error).__name__}: {error}"
             goal = TransactionState.ROLLED_BACK
         else:  # a cancellation, KeyboardInterrupt, SystemExit
-            tx.error = interrupted_error(tx, type(error).__name__)
+            assert error is not None  # no error and not timed out: committed above
+            tx.error = interrupted_error(tx, error)
             goal = TransactionState.FAILED
         await driver.abort(goal)
         if failed is None:  # timed out or cancelled: the step cut short, if any

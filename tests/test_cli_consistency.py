@@ -225,7 +225,7 @@ def test_recover_ending_a_transaction_failed_is_not_an_operator_problem(
     stuck = {
         "transaction_id": tid,
         "state": "compensating",
-        "error": f"Transaction {tid} was interrupted: CancelledError",
+        "error": f"Transaction {tid} was interrupted by a cancellation before it finished.",
         "steps": [
             {
                 "agent_id": "a",

@@ -18,9 +18,11 @@ import os
 import queue
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -28,10 +30,11 @@ from typing import IO, Any
 import anyio
 import pytest
 
-from aumai_transactions import Transaction, TransactionManager
+from aumai_transactions import RetryPolicy, Transaction, TransactionManager
 from aumai_transactions.models import utcnow
 from aumai_transactions.stores.sqlite import SqliteStore
 from tests.test_cli_e2e import command
+from tests.test_cli_maintenance import in_flight
 
 HANDLERS = """
 import os, sys
@@ -247,7 +250,9 @@ def test_one_ctrl_c_during_commit_prints_the_result_as_json(setup: Setup) -> Non
     assert result["state"] == "failed" and result["interrupted"] is True
     assert result["completed_steps"] == [second, first]  # the order they were undone
     assert result["interrupted_steps"] == [second]
-    assert result["error"] == f"Transaction {tx.transaction_id} was interrupted: CancelledError"
+    assert result["error"] == (
+        f"Transaction {tx.transaction_id} was interrupted by a cancellation before it finished."
+    )
     assert [s["status"] for s in result["steps"]] == ["compensated", "compensated"]
     assert [s["compensation"] for s in result["steps"]] == ["compensated", "compensated"]
     # One duration for one transaction: the same as `show` reports.
@@ -358,3 +363,70 @@ def test_a_second_commit_of_a_transaction_being_driven_says_who_drives_it(
 
 if sys.platform == "win32":  # pragma: no cover
     pytestmark = pytest.mark.skip("SIGINT to a child process is POSIX")
+
+
+def compensation_failed(setup: Setup) -> Transaction:
+    """A compensation_failed transaction in the store: its second step failed, and the
+    first one's compensation (release_gated) failed too."""
+
+    def done(action: str, data: Any) -> None:
+        return None
+
+    def down(action: str, data: Any) -> None:
+        raise RuntimeError(f"{action} is down")
+
+    async def commit() -> Transaction:
+        async with SqliteStore(setup.db) as store:
+            handlers = {"reserve": done, "charge": down, "release_gated": down}
+            once = RetryPolicy(max_attempts=1)
+            manager = TransactionManager(handlers, store=store, compensation_retry=once)
+            tx = manager.begin(timeout_seconds=600)
+            manager.add_step(tx, "agent", "reserve", {}, "release_gated")
+            manager.add_step(tx, "agent", "charge", {}, None)
+            result = await manager.commit(tx)
+            assert result.state.value == "compensation_failed", result
+            return tx
+
+    return anyio.run(commit)
+
+
+def test_ctrl_c_during_retry_compensation_finishes_it_and_prints_the_end(setup: Setup) -> None:
+    tx = compensation_failed(setup)
+    run = setup.start("retry-compensation", tx.transaction_id, "--handlers", setup.spec)
+    run.wait_for("MARK release_gated")  # the retried compensation, running
+    run.interrupt()
+    run.wait_for("Ctrl-C: transaction")  # said at once ...
+    code, stdout, stderr = run.finish(stdin="go\n")  # ... then the compensation returns
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert "state        rolled_back" in stdout  # the final state, not just "interrupted"
+    assert setup.side_effects() == ["release_gated"]
+    assert setup.shown(tx.transaction_id)["transaction"]["state"] == "rolled_back"
+
+
+def test_recover_watch_says_when_the_wait_on_a_live_lease_begins_and_ends(
+    setup: Setup,
+) -> None:
+    tid = "busy-1"
+    (setup.tmp_path / "busy.json").write_text(json.dumps([in_flight(tid)]))
+    setup.cli("import", str(setup.tmp_path / "busy.json"))
+
+    def lease_expires_in(seconds: float) -> None:  # rewritten in the database, no sleep
+        with sqlite3.connect(setup.db) as db:
+            db.execute(
+                "UPDATE transactions SET lease_owner='worker-7', lease_expires=?, epoch=1 "
+                "WHERE transaction_id=?",
+                (round((time.time() + seconds) * 1_000_000), tid),
+            )
+
+    lease_expires_in(600)
+    run = setup.start("recover", "--watch", "--interval", "0.1", "--handlers", setup.spec)
+    run.wait_for("1 transaction(s) wait on a live lease; the first expires at ")
+    lease_expires_in(-1)  # the worker died long ago: the next round takes it over
+    run.wait_for("No transaction waits on a live lease any more.")
+    run.interrupt()
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
+    assert stderr.count("wait on a live lease") == 1  # said when it changed, not each round
+    assert setup.shown(tid)["transaction"]["state"] == "rolled_back"
+    assert setup.side_effects() == ["cancel", "release"]

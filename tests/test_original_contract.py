@@ -651,7 +651,9 @@ def test_the_readme_tells_users_of_0_1_what_changed() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "\n## Coming from aumai-transactions 0.1\n" in readme
     section = readme.split("\n## Coming from aumai-transactions 0.1\n")[1].split("\n## ")[0]
+    assert "aumai_transactions.core" in section and "(docs/migrating.md)" in section
+    page = (ROOT / "docs" / "migrating.md").read_text(encoding="utf-8")
     for phrase in ("aumai_transactions.sync", "aumai_transactions.core", "TransactionState"):
-        assert phrase in section, phrase
+        assert phrase in page, phrase
     # After the tutorial, before the patterns.
     assert readme.index("## Tutorial: onboarding a user") < readme.index("## Coming from")

@@ -252,7 +252,9 @@ def test_ctrl_c_during_a_step_compensates_then_raises_keyboard_interrupt() -> No
             pytest.fail("the interrupt raised")  # pragma: no cover
     assert undone == ["undo_a"]
     assert tx.transaction.state is TransactionState.FAILED
-    assert tx.result is not None and "interrupted: KeyboardInterrupt" in (tx.result.error or "")
+    assert tx.result is not None and "interrupted by Ctrl-C (KeyboardInterrupt)" in (
+        tx.result.error or ""
+    )
     # The interrupted step had no compensation: it ends failed, marked interrupted.
     assert [s.status for s in tx.transaction.steps] == [StepStatus.COMPENSATED, StepStatus.FAILED]
     assert tx.result.interrupted_steps == [tx.transaction.steps[1].step_id]

@@ -108,6 +108,17 @@ def waiting_line(summary: LeaseSummary) -> str | None:
     )
 
 
+def _note_waiting_change(output: Output, last: list[str | None], summary: LeaseSummary) -> None:
+    """In ``--watch``: say when what waits on a live lease changes (not every round)."""
+    line = waiting_line(summary)
+    if line != last[0]:
+        if line is not None:
+            output.note(line)
+        elif last[0] is not None:
+            output.note("No transaction waits on a live lease any more.")
+        last[0] = line
+
+
 @app.command("recover", rich_help_panel=_PANEL)
 def recover(
     handlers: HandlersOption,
@@ -167,6 +178,8 @@ def recover(
                         return everything
                     if rows:
                         _print_round(output, rows, lines=True)
+                    if isinstance(opened, OperatorStore):
+                        _note_waiting_change(output, waiting, await manager.waiting_on_leases())
                     await anyio.sleep(interval)
 
     if watch:

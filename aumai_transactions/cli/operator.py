@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import Transaction, TransactionManager, TransactionResult, TransactionState
-from ._driving import LEASE_TTL, report_result
+from ._driving import LEASE_TTL, Driving, report_result, run_driving
 from ._handlers import load_handlers
 from ._options import HandlersOption, JsonOption, RevealOption, StoreOption, TxIdArgument
 from ._options import transaction_id as chosen_id
@@ -53,16 +53,22 @@ def retry_compensation(
     ident = chosen_id(tx_id, None, "retry-compensation")
     mapping = load_handlers(handlers)  # before the store is touched
 
+    driving = Driving(store, handlers)
+
     async def body() -> tuple[TransactionResult, Transaction]:
         async with cli_store(store, output, creates=True) as opened:
             tx = await find_transaction(opened, ident)
             manager = TransactionManager(mapping, store=opened, lease_ttl=LEASE_TTL)
             async with manager:
+                # Ctrl-C as during rollback: the compensations finish first; a second
+                # one leaves the rest to recover, and the command says how.
+                driving.started(opened, tx, rollback=True)
                 result = await manager.retry_compensations(tx)
             return result, tx
 
-    result, tx = run_async(body)
-    report_result(result, tx, output, TransactionState.ROLLED_BACK)
+    goal = TransactionState.ROLLED_BACK
+    result, tx = run_driving(body, driving, output, goal)
+    report_result(result, tx, output, goal)
 
 
 @app.command("resolve", rich_help_panel=_PANEL)
