@@ -5,6 +5,7 @@ compensating actions, in reverse order, exactly once, with a durable journal and
 crash recovery when a durable store is used.
 """
 
+from ._actions import Action, Actions
 from ._version import __version__
 from .errors import (
     CorruptRecordError,
@@ -26,12 +27,14 @@ from .models import (
     TransactionState,
     TransactionStep,
 )
-from .open_transaction import OpenTransaction, ParallelGroup
+from .open_transaction import OpenTransaction, ParallelGroup, current_transaction
 from .saga import SagaOrchestrator
 from .stores import Lease, MemoryStore, Store, open_store
 
 __all__ = [
+    "Action",
     "ActionHandler",
+    "Actions",
     "CorruptRecordError",
     "Lease",
     "LeaseConflictError",
@@ -55,5 +58,6 @@ __all__ = [
     "TransactionState",
     "TransactionStep",
     "__version__",
+    "current_transaction",
     "open_store",
 ]

@@ -12,6 +12,7 @@ from typing import Any, Self, TypeVar
 import anyio
 
 from . import _operator
+from ._actions import Actions
 from .engine import EngineOptions, LeaseRenewal, TransactionDriver
 from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
@@ -77,7 +78,11 @@ class TransactionManager:
     """Begins, records and drives transactions.
 
     ``action_handlers`` maps action names to handlers (``handler(action, data)`` or
-    ``handler(action, data, ctx)``, sync or async). With no handlers at all the
+    ``handler(action, data, ctx)``, sync or async), or is an :class:`Actions`
+    registry, whose compensations, retry policies and effects its steps then get by
+    default (checked here: a compensation naming an unregistered action is refused,
+    and in strict mode, so is a compensable step after an irreversible one). With no
+    handlers at all the
     manager is a dry run: steps are sequenced and recorded, no code runs. An action
     with no handler is recorded only (logged at WARNING) unless ``strict=True``, which
     makes ``add_step`` refuse it.
@@ -116,6 +121,9 @@ class TransactionManager:
         owner: str | None = None,
     ) -> None:
         self._handlers = HandlerRegistry(action_handlers, sync_handlers=sync_handlers)
+        self._actions = action_handlers if isinstance(action_handlers, Actions) else None
+        if self._actions is not None:
+            self._actions.check()
         self._retain_finished = retain_finished
         self.strict = strict
         if store is None:
@@ -284,8 +292,17 @@ class TransactionManager:
         )
         if group is not None:
             _check_group_is_consecutive(transaction, group)
+        self._check_order(transaction.steps, step)
         transaction.steps.append(step)
         return step
+
+    def _check_order(self, earlier: list[TransactionStep], step: TransactionStep) -> None:
+        """Warn (strict: refuse) when a compensable step follows an irreversible one."""
+        problem = None if self._actions is None else self._actions.ordering_problem(earlier, step)
+        if problem is not None:
+            if self.strict:
+                raise ValueError(f"Refused (strict mode): {problem}")
+            logger.warning("%s", problem)
 
     def new_step(
         self,
@@ -332,6 +349,10 @@ class TransactionManager:
             raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}.")
         if recovery is not None and recovery not in _POLICIES:
             raise ValueError(f"recovery must be 'compensate', 'resume' or None, not {recovery!r}.")
+        if self._actions is not None:  # the registry's defaults; what the step names wins
+            compensating_action, retry, recovery = self._actions.step_defaults(
+                action, data, compensating_action, retry, recovery
+            )
         if group is not None and (type(group) is not str or not group or group.isspace()):
             raise ValueError(f"group must be a non-empty string or None, not {group!r}.")
         if max_concurrency is not None:

@@ -206,6 +206,9 @@ class TransactionStep(BaseModel):
     live: bool = False
     """Run by an open transaction, chosen by code at run time: a crash takes that code
     with it, so recovery never resumes such a transaction; it compensates it."""
+    key: str | None = None
+    """The idempotency key its caller gave (an agent framework's tool call id); None:
+    derived from the transaction and step ids (see :meth:`idempotency_key`)."""
 
     @classmethod
     def new(
@@ -249,13 +252,15 @@ class TransactionStep(BaseModel):
                 "group": group,
                 "group_concurrency": group_concurrency,
                 "live": live,
+                "key": None,
             },
             _STEP_SET,
         )
 
     def idempotency_key(self, transaction_id: str) -> str:
-        """A key stable across retries and recoveries of this step."""
-        return f"{transaction_id}:{self.step_id}"
+        """A key stable across retries and recoveries of this step: the one its caller
+        gave (``key``), else one derived from the transaction and step ids."""
+        return self.key if self.key is not None else f"{transaction_id}:{self.step_id}"
 
 
 class Resolution(BaseModel):

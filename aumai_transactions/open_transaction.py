@@ -12,6 +12,7 @@ it (the code that chose the next step is gone, so it is never resumed).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -35,11 +36,31 @@ from .models import (
 if TYPE_CHECKING:
     from .manager import TransactionManager
 
-__all__ = ["OpenTransaction", "ParallelGroup"]
+__all__ = ["OpenTransaction", "ParallelGroup", "current_transaction"]
 
 logger = logging.getLogger("aumai_transactions")
 
 _ACTIVE = TransactionState.ACTIVE
+
+_current: contextvars.ContextVar[OpenTransaction | None] = contextvars.ContextVar(
+    "aumai_transactions_open_transaction", default=None
+)
+
+
+def current_transaction() -> OpenTransaction | None:
+    """The open transaction whose ``async with`` block the caller runs in, or None.
+
+    Tasks started inside the block see it too (they inherit the context), which is how
+    an agent framework's tool calls find the transaction they are steps of.
+    """
+    tx = _current.get()
+    return tx if tx is not None and tx.result is None else None
+
+
+def _checked_key(key: object) -> str | None:
+    if key is not None and (type(key) is not str or not key or key.isspace()):
+        raise ValueError(f"idempotency_key must be a non-empty string or None, not {key!r}.")
+    return key
 
 
 def _current_task() -> object:
@@ -70,6 +91,7 @@ class OpenTransaction:
         self._renewal: anyio.abc.TaskGroup | None = None
         self._block_task: object = None  # the task running the async block
         self._groups = 0
+        self._context_token: contextvars.Token[OpenTransaction | None] | None = None
 
     @property
     def transaction_id(self) -> str:
@@ -83,6 +105,7 @@ class OpenTransaction:
         self._scope = anyio.CancelScope(deadline=self._deadline or float("inf"))
         self._scope.__enter__()
         self._block_task = _current_task()
+        self._context_token = _current.set(self)
         return self
 
     async def __aexit__(
@@ -93,6 +116,12 @@ class OpenTransaction:
     ) -> bool:
         scope = self._scope
         assert scope is not None
+        token, self._context_token = self._context_token, None
+        if token is not None:
+            try:
+                _current.reset(token)
+            except ValueError:  # entered in another context (the blocking facade's tasks)
+                pass
         swallowed = bool(scope.__exit__(exc_type, exc, tb))
         # Past the deadline, the block's end, a cancellation by its scope and a step's
         # TimeoutError all mean the transaction timed out; a TimeoutError of the code's
@@ -210,6 +239,7 @@ class OpenTransaction:
         *,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Run one step now and return its handler's result.
 
@@ -219,15 +249,49 @@ class OpenTransaction:
         the steps that ran (catching it lets the code try something else: the failed
         step is not compensated, as it is the failing one). ``recovery`` is kept on the
         step, but recovery always compensates an open transaction.
+
+        ``idempotency_key`` (an agent framework's tool call id, say) becomes the step's
+        ``ctx.idempotency_key`` instead of the derived one, and is journaled with it. A
+        key that a completed step of this transaction has already is not run again: the
+        call returns that step's result (its effect happens once, and is compensated
+        once). A key whose step failed runs again, as a new step.
         """
         driver = self._live_driver()
+        done = self._step_with_key(_checked_key(idempotency_key), action)
+        if done is not None:
+            return done.result
         step = self._manager.new_step(
             agent_id, action, data, compensating_action, retry=retry, recovery=recovery, live=True
         )
+        step.key = idempotency_key
         self._check_deadline()
+        self._manager._check_order(self.transaction.steps, step)
         self.transaction.steps.append(step)
         await self._run(driver.run_step, step)
         return step.result
+
+    def _step_with_key(self, key: str | None, action: str) -> TransactionStep | None:
+        """The completed step that has ``key`` already (None if none); refuses a key in
+        use by a step still running or pending, or by another action."""
+        if key is None:
+            return None
+        for step in reversed(self.transaction.steps):
+            if step.key != key:
+                continue
+            if step.action != action:
+                raise ValueError(
+                    f"idempotency_key {key!r} is the key of a step of action {step.action!r} "
+                    f"already; a step of {action!r} needs a key of its own."
+                )
+            if step.status is StepStatus.FAILED:
+                return None  # run again, as a new step
+            if step.status is not StepStatus.COMPLETED:
+                raise ValueError(
+                    f"idempotency_key {key!r}: its step ({action!r}) is {step.status.value}; "
+                    "a key is run again only once its step has completed or failed."
+                )
+            return step
+        return None
 
     async def _run(self, run: Callable[[Any], Any], argument: Any) -> None:
         if self._deadline is None or _current_task() is self._block_task:
@@ -291,6 +355,7 @@ class ParallelGroup:
         self._max_concurrency = max_concurrency
         self.steps: list[TransactionStep] = []
         """The group's steps, in the order they were added."""
+        self._entries: list[TransactionStep] = []  # with the completed ones a key named
 
     def run(
         self,
@@ -301,9 +366,22 @@ class ParallelGroup:
         *,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> TransactionStep:
-        """Add a step to the group; it runs when the group's block ends."""
+        """Add a step to the group; it runs when the group's block ends.
+
+        ``idempotency_key`` as in :meth:`OpenTransaction.run`: a key a completed step of
+        the transaction has already returns that step, which does not run again (its
+        result is in :attr:`results` all the same).
+        """
         self._tx._live_driver()
+        key = _checked_key(idempotency_key)
+        if key is not None and any(s.key == key for s in self.steps):
+            raise ValueError(f"idempotency_key {key!r} is given twice in group {self.name!r}.")
+        done = self._tx._step_with_key(key, action)
+        if done is not None:
+            self._entries.append(done)
+            return done
         step = self._tx._manager.new_step(
             agent_id,
             action,
@@ -315,13 +393,16 @@ class ParallelGroup:
             max_concurrency=self._max_concurrency,
             live=True,
         )
+        step.key = key
+        self._tx._manager._check_order(self._tx.transaction.steps + self.steps, step)
         self.steps.append(step)
+        self._entries.append(step)
         return step
 
     @property
     def results(self) -> list[Any]:
         """Each step's result, in the order the steps were added."""
-        return [step.result for step in self.steps]
+        return [step.result for step in self._entries]
 
     async def __aenter__(self) -> ParallelGroup:
         return self

@@ -39,6 +39,7 @@ import anyio.from_thread
 from . import manager as _manager
 from . import open_transaction as _open
 from . import saga as _saga
+from ._actions import Actions
 from .handlers import ActionHandler, SyncHandlerMode
 from .models import (
     LeaseSummary,
@@ -50,7 +51,7 @@ from .models import (
 )
 from .stores import Store
 
-__all__ = ["OpenTransaction", "ParallelGroup", "SagaOrchestrator", "TransactionManager"]
+__all__ = ["Actions", "OpenTransaction", "ParallelGroup", "SagaOrchestrator", "TransactionManager"]
 
 _T = TypeVar("_T")
 
@@ -557,6 +558,7 @@ class OpenTransaction:
         *,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """See :meth:`aumai_transactions.OpenTransaction.run`."""
         return _run(
@@ -568,6 +570,7 @@ class OpenTransaction:
                 compensating_action,
                 retry=retry,
                 recovery=recovery,
+                idempotency_key=idempotency_key,
             )
         )
 
@@ -613,10 +616,17 @@ class ParallelGroup:
         *,
         retry: RetryPolicy | None = None,
         recovery: RecoveryPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> TransactionStep:
         """See :meth:`aumai_transactions.ParallelGroup.run`."""
         return self._group.run(
-            agent_id, action, data, compensating_action, retry=retry, recovery=recovery
+            agent_id,
+            action,
+            data,
+            compensating_action,
+            retry=retry,
+            recovery=recovery,
+            idempotency_key=idempotency_key,
         )
 
     def __enter__(self) -> Self:

@@ -9,7 +9,9 @@ import aumai_transactions
 from aumai_transactions import stores, sync
 
 EXPORTED = [
+    "Action",
     "ActionHandler",
+    "Actions",
     "CorruptRecordError",
     "Lease",
     "LeaseConflictError",
@@ -33,6 +35,7 @@ EXPORTED = [
     "TransactionState",
     "TransactionStep",
     "__version__",
+    "current_transaction",
     "open_store",
 ]
 
@@ -61,12 +64,14 @@ def test_version() -> None:
 
 def test_the_facade_and_stores_modules_export_their_names() -> None:
     assert sync.__all__ == [
+        "Actions",
         "OpenTransaction",
         "ParallelGroup",
         "SagaOrchestrator",
         "TransactionManager",
     ]
     assert sync.TransactionManager is not aumai_transactions.TransactionManager
+    assert sync.Actions is aumai_transactions.Actions  # one registry for both front doors
     assert {"Lease", "MemoryStore", "Store", "open_store"} <= set(stores.__all__)
     for name in stores.__all__:
         assert getattr(aumai_transactions, name, getattr(stores, name)) is getattr(stores, name)

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .._actions import Actions
 from ._errors import CliError
 
 __all__ = ["Handlers", "absolute_spec", "check_handlers", "load_handlers"]
@@ -121,11 +122,13 @@ def _mapping_names(module: ModuleType) -> list[str]:
     )
 
 
-def load_handlers(spec: str) -> Handlers:
-    """The mapping of action name to callable that ``spec`` names.
+def load_handlers(spec: str) -> Handlers | Actions:
+    """The mapping of action name to callable that ``spec`` names: a dict, or an
+    :class:`Actions` registry (kept as it is, so its compensations are the defaults).
 
-    Raises CliError when the module does not import, the attribute is missing, or the
-    value is not a mapping of non-empty strings to callables.
+    Raises CliError when the module does not import, the attribute is missing, the
+    value is not a mapping of non-empty strings to callables, or a registry's
+    compensation names an action it does not have.
     """
     target, sep, attribute = spec.strip().rpartition(":")
     if not sep or not target or not attribute:
@@ -140,6 +143,12 @@ def load_handlers(spec: str) -> Handlers:
             hint = f" Mappings it defines: {', '.join(names)}." if names else ""
             raise CliError(f"--handlers {spec!r}: {target!r} has no attribute {attribute!r}.{hint}")
         value = getattr(value, part)
+    if isinstance(value, Actions):
+        try:
+            value.check()
+        except ValueError as exc:
+            raise CliError(f"--handlers {spec!r}: {exc}") from None
+        return value
     if not isinstance(value, Mapping):
         raise CliError(
             f"--handlers {spec!r} is a {type(value).__name__}, not a mapping of action "
@@ -158,7 +167,7 @@ def load_handlers(spec: str) -> Handlers:
     return handlers
 
 
-def check_handlers(handlers: Handlers, spec: str, needed: Iterable[str | None]) -> None:
+def check_handlers(handlers: Handlers | Actions, spec: str, needed: Iterable[str | None]) -> None:
     """Refuse to go on when ``handlers`` lacks an action in ``needed``.
 
     The library records an action with no handler without running anything; from a
