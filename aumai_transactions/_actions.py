@@ -144,11 +144,13 @@ class Action(Generic[_P, _R]):
         """Register the decorated function as the action that undoes this one.
 
         ``@book_flight.compensation`` or ``@book_flight.compensation(name="...")``; the
-        name defaults to the function's. It is registered as an action of its own too.
+        name defaults to the function's. It is registered as an action of its own too
+        (and may be the one ``compensate=`` named already).
         """
 
         def register(undo: Callable[..., Any]) -> Action[..., Any]:
-            if self.compensate is not None:
+            undo_name = name if name is not None else getattr(undo, "__name__", None)
+            if self.compensate is not None and undo_name != self.compensate:
                 raise ValueError(
                     f"Action {self.name!r} has a compensation already ({self.compensate!r})."
                 )
