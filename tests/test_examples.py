@@ -10,7 +10,14 @@ import pytest
 from ._support import ROOT, readme_blocks, readme_output_after, run_python_files
 
 EXAMPLES = ROOT / "examples"
-NAMES = ["onboarding", "onboarding_sync", "travel_booking", "timeout", "agent_booking"]
+NAMES = [
+    "onboarding",
+    "onboarding_sync",
+    "travel_booking",
+    "timeout",
+    "agent_booking",
+    "travel_agent",
+]
 
 
 @pytest.fixture(scope="module")
@@ -173,5 +180,30 @@ def test_the_agent_books_from_the_search_result_and_undoes_everything_on_a_decli
         "  release_flight: FR8342",
         "state: rolled_back",
         "error: card declined",
+        "undone, newest first: ['rent_car', 'book_hotel', 'hold_flight', 'search_flights']",
+    ]
+
+
+def test_the_pydantic_ai_travel_agent_is_undone_newest_first_when_the_charge_is_declined(
+    runs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    assert runs["travel_agent"].stdout.splitlines() == [
+        "Booking a trip to Lisbon",
+        "  search_flights: BER -> LIS",
+        "  hold_flight: FR8342 (tool call c2)",  # the cheapest of what the search returned
+        "  book_hotel: Casa Azul, 3 nights",
+        "  rent_car: at LIS",
+        "  charge_card: EUR 276 on 4000-0000-0000-0002",
+        "  return_car: at LIS",
+        "  cancel_hotel: Casa Azul",
+        "  release_flight: FR8342, hold H-FR8342",
+        "the agent run failed: charge_card: card declined",
+        "state: rolled_back",
+        "ledger (tool call, action, status):",
+        "  c1  search_flights  completed",
+        "  c2  hold_flight     compensated",
+        "  c3  book_hotel      compensated (parallel)",
+        "  c4  rent_car        compensated (parallel)",
+        "  c5  charge_card     failed",
         "undone, newest first: ['rent_car', 'book_hotel', 'hold_flight', 'search_flights']",
     ]
