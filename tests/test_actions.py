@@ -398,3 +398,13 @@ def test_cli_run_of_a_saga_file_uses_the_registry_compensations(tmp_path: Path) 
     assert document["steps"][0]["compensating_action"] == "release"
     assert document["steps"][0]["status"] == "compensated"
     assert document["state"] == "rolled_back"
+    refused = CliRunner().invoke(
+        app,
+        ["run", str(saga), "--handlers", f"{module}:broken"]
+        + ["--store", f"sqlite:///{tmp_path / 'j.db'}"],
+    )
+    assert refused.exit_code == 2
+    assert refused.stderr.splitlines() == [
+        f"error: --handlers '{module}:broken': Action 'lost' is compensated by 'nowhere', "
+        "which is not a registered action (registered: lost)."
+    ]
