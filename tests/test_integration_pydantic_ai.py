@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import anyio
 import pytest
 from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.messages import (
@@ -267,8 +269,6 @@ def test_the_tools_are_the_actions_that_are_not_compensations() -> None:
         async with manager.transaction():
             await Agent(FunctionModel(respond), toolsets=[toolset]).run("hi")
 
-    import anyio
-
     anyio.run(run, TransactionToolset(actions))
     tools = {tool.name: tool for tool in seen[-1].function_tools}
     assert sorted(tools) == ["book_hotel", "charge_card", "hold_flight", "search_flights"]
@@ -283,3 +283,36 @@ def test_the_tools_are_the_actions_that_are_not_compensations() -> None:
         TransactionToolset(actions, names=["fly"])
     with pytest.raises(TypeError, match="must be an Actions registry"):
         TransactionToolset({"a": print})  # type: ignore[arg-type]
+
+
+async def test_the_deadline_during_a_group_compensates_what_ran_and_what_was_cut_short() -> None:
+    log: list[Any] = []
+    actions = trip(log)
+
+    @actions.action(compensate="cancel_transfer")
+    async def book_transfer(at: str) -> str:
+        log.append(("book_transfer", at))
+        await anyio.sleep(30)  # never returns: the deadline comes first
+        return "TR-1"
+
+    @actions.action()
+    def cancel_transfer(at: str, result: str | None) -> None:
+        log.append(("cancel_transfer", at, result))
+
+    turns = [
+        [call("hold_flight", "c1", flight="FR8342")],
+        [call("book_transfer", "c2", at="LIS"), call("book_hotel", "c3", hotel="Casa Azul")],
+    ]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out after 0.3s"):
+        async with TransactionManager(actions).transaction(timeout_seconds=0.3) as tx:
+            await agent_for(actions, scripted(turns)).run("Book")
+    assert time.monotonic() - started < 5
+    assert log[-3:] == [
+        ("cancel_hotel", "Casa Azul"),
+        ("cancel_transfer", "LIS", None),  # cut short: in doubt, so undone
+        ("release_flight", {"hold": "H-FR8342"}),
+    ]
+    steps = {s.key: s for s in tx.transaction.steps}
+    assert steps["c2"].interrupted and steps["c2"].status is StepStatus.COMPENSATED
+    assert tx.result is not None and tx.result.state is TransactionState.FAILED
