@@ -236,6 +236,10 @@ def test_one_ctrl_c_during_commit_prints_the_final_state_and_exits_130(setup: Se
     # The interrupted step may have had its effect: compensated too, newest first.
     assert setup.side_effects() == ["reserve", "wait", "cancel", "release"]
     assert setup.shown(tx.transaction_id)["transaction"]["state"] == "failed"
+    # In list, the row names the transaction: its error is not prefixed by its id again.
+    listed = setup.cli("list").stdout
+    assert "was interrupted by a cancellation" in listed
+    assert tx.transaction_id not in listed
 
 
 def test_one_ctrl_c_during_commit_prints_the_result_as_json(setup: Setup) -> None:

@@ -122,6 +122,9 @@ def _problem(row: dict[str, Any]) -> str | Text | None:
     if row["resolution"] is not None:
         return f"resolved: {row['resolution']['note']}"
     problem: str | None = row["blocked_reason"] or row["error"]
+    if problem is not None:
+        # The row already names the transaction: "was interrupted by ...", not its id again.
+        problem = problem.removeprefix(f"Transaction {row['transaction_id']} ")
     return problem
 
 
