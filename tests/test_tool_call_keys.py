@@ -17,7 +17,7 @@ from aumai_transactions import (
     current_transaction,
 )
 from aumai_transactions import sync as blocking
-from aumai_transactions.stores.sqlite import SqliteStore
+from tests.stores.conftest import BACKENDS, make_store
 
 
 class Counter:
@@ -38,9 +38,12 @@ class Counter:
         return {"book": self.book, "cancel": self.book, "other": self.book}
 
 
-async def test_a_given_key_is_the_steps_idempotency_key_and_is_journaled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_given_key_is_the_steps_idempotency_key_and_is_journaled(
+    kind: str, tmp_path: Path
+) -> None:
     counter = Counter()
-    store = SqliteStore(tmp_path / "j.db")
+    store = make_store(kind, tmp_path)
     manager = TransactionManager(counter.handlers(), store=store)
     async with manager.transaction() as tx:
         await tx.run("agent", "book", {"n": 1}, "cancel", idempotency_key="call_A")
