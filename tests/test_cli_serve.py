@@ -126,3 +126,15 @@ def test_serve_elsewhere_makes_a_token_and_requires_it(serving: tuple[str, str])
     assert httpx.get(base + "api/counts", timeout=10).status_code == 401
     auth = {"authorization": f"Bearer {token[1]}"}
     assert httpx.get(base + "api/counts", headers=auth, timeout=10).status_code == 200
+
+
+def test_the_listening_socket_says_it_is_tcp() -> None:
+    # Regression: a socket made with proto 0 got no TCP_NODELAY from asyncio on its
+    # connections, and every answer on a kept-alive connection waited ~40 ms for a
+    # delayed ACK.
+    import socket
+
+    from aumai_transactions.cli.serve import _bind
+
+    with _bind("127.0.0.1", 0) as listening:
+        assert listening.proto == socket.IPPROTO_TCP

@@ -84,8 +84,12 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve a read-only web view of the store: the list, each transaction's steps and
-    timeline, and a JSON API under /api/ (Ctrl-C stops it)."""
+    """Serve a read-only web view of the store in a browser.
+
+    The list with its problems counted first, each transaction's steps and timeline,
+    and a JSON API under /api/. Binds 127.0.0.1; any other --host needs a token.
+    Ctrl-C stops it.
+    """
     output = Output()
     _refuse_memory(store)
     build_app, uvicorn = _web()
@@ -122,7 +126,10 @@ def _bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (bound here, so that a port in use is one
     line, and port 0 prints the port it got)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY on the connections only
+    # when the socket says it is TCP, and without it every answer on a kept-alive
+    # connection waits ~40 ms for a delayed ACK (headers and body are two writes).
+    listening = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listening.bind((host.strip("[]"), port))
