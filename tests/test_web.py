@@ -277,6 +277,12 @@ async def test_every_answer_carries_the_security_headers(view: View) -> None:
         assert answer.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_head_is_answered_like_get(view: View) -> None:
+    for url in ("/", "/api/counts", f"/transactions/{view.ids['rolled_back']}"):
+        answer = await view.client.head(url)
+        assert answer.status_code == 200 and answer.content == b""
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 async def test_nothing_writes(view: View, method: str) -> None:
     before = await view.store.count_by_state()
@@ -309,6 +315,8 @@ async def test_a_token_is_required_on_every_request(view: View) -> None:
         assert signed.headers["location"] == "/?state=active"
         assert "HttpOnly" in signed.headers["set-cookie"]
         assert "SameSite=Strict" in signed.headers["set-cookie"]
+        elsewhere = await client.get(f"{BASE}//evil.example/x?token={token}")
+        assert elsewhere.headers["location"] == "/evil.example/x"  # never off this site
         page = await client.get("/?state=active", headers={"cookie": f"aumai_token={token}"})
         assert page.status_code == 200 and token not in page.text
         other_host = await client.get(

@@ -15,9 +15,9 @@ from ..models import LeaseInfo, Transaction
 from ..stores import OperatorStore, Store
 from ._secrets import Masking
 from ._timeline import timeline_events
-from ._views import IN_FLIGHT, lease_row, step_rows, transaction_row
+from ._views import IN_FLIGHT, lease_row, lease_text, step_rows, transaction_row
 
-__all__ = ["list_rows", "read_leases", "show_payload"]
+__all__ = ["list_rows", "problem_text", "read_leases", "show_payload"]
 
 
 async def read_leases(store: Store, found: Sequence[Transaction]) -> dict[str, LeaseInfo]:
@@ -47,3 +47,18 @@ def show_payload(tx: Transaction, lease: LeaseInfo | None, masking: Masking) -> 
         "steps": step_rows(tx, masking),
         "timeline": timeline_events(tx, masking),
     }
+
+
+def problem_text(row: dict[str, Any]) -> str | None:
+    """The last column of a list row, in words: who holds an in-flight transaction until
+    when (a lapsed lease marked), an operator's note (``resolved: refunded by hand``),
+    or why it is stuck or failed."""
+    if row["lease"] is not None:
+        return lease_text(row["lease"], short=True).plain
+    if row["resolution"] is not None:
+        return f"resolved: {row['resolution']['note']}"
+    problem: str | None = row["blocked_reason"] or row["error"]
+    if problem is not None:
+        # The row already names the transaction: "was interrupted by ...", not its id again.
+        problem = problem.removeprefix(f"Transaction {row['transaction_id']} ")
+    return problem

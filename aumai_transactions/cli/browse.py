@@ -18,7 +18,7 @@ from ._options import HiddenTxIdOption, JsonOption, RevealOption, StoreOption, T
 from ._options import transaction_id as chosen_id
 from ._output import Column, Output, format_duration, format_time, state_cell
 from ._parse import parse_since
-from ._payloads import list_rows, read_leases, show_payload
+from ._payloads import list_rows, problem_text, read_leases, show_payload
 from ._store import cli_store, find_transaction, run_async
 from ._timeline import timeline_table
 from ._views import (
@@ -118,14 +118,8 @@ def _problem(row: dict[str, Any]) -> str | Text | None:
     holds it until when (a lapsed lease marked); resolved by hand, the operator's note
     (``resolved: refunded by hand``)."""
     if row["lease"] is not None:
-        return lease_text(row["lease"], short=True)
-    if row["resolution"] is not None:
-        return f"resolved: {row['resolution']['note']}"
-    problem: str | None = row["blocked_reason"] or row["error"]
-    if problem is not None:
-        # The row already names the transaction: "was interrupted by ...", not its id again.
-        problem = problem.removeprefix(f"Transaction {row['transaction_id']} ")
-    return problem
+        return lease_text(row["lease"], short=True)  # styled: blue, or a lapse in yellow
+    return problem_text(row)
 
 
 def _resolution_line(tx: Transaction, output: Output) -> Text | None:

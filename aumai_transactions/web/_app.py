@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._version import __version__
 from ..cli._output import format_duration, format_time
+from ..cli._payloads import problem_text
 from ..cli._secrets import mask_text
 from ..cli._views import ATTENTION_STATES, with_step_names
 from ..errors import StoreError
@@ -42,7 +43,6 @@ from ._pages import (
     counts_document,
     in_flight,
     list_document,
-    problem_text,
     show_document,
 )
 from ._query import LIST_PARAMETERS, BadRequest, parse_list_query

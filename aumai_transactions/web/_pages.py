@@ -13,12 +13,12 @@ from ..cli._errors import CliError
 from ..cli._payloads import list_rows, read_leases, show_payload
 from ..cli._secrets import Masker
 from ..cli._store import find_transaction
-from ..cli._views import ATTENTION_STATES, IN_FLIGHT, lease_text
+from ..cli._views import ATTENTION_STATES, IN_FLIGHT
 from ..models import Transaction, TransactionState
 from ..stores import ListPosition, OperatorStore, Store
 from ._query import ListQuery, cursor_of
 
-__all__ = ["NotFound", "counts_document", "list_document", "problem_text", "show_document"]
+__all__ = ["NotFound", "counts_document", "in_flight", "list_document", "show_document"]
 
 MASKER = Masker()
 
@@ -79,17 +79,6 @@ async def show_document(store: Store, ident: str) -> tuple[Transaction, dict[str
             raise NotFound(exc.message) from None
     lease = (await read_leases(store, [tx])).get(tx.transaction_id)
     return tx, show_payload(tx, lease, MASKER)
-
-
-def problem_text(row: dict[str, Any]) -> str | None:
-    """The list's last column, as the CLI words it: who holds an in-flight one until
-    when (a lapsed lease marked), an operator's note, or why it is stuck or failed."""
-    if row["lease"] is not None:
-        return lease_text(row["lease"], short=True).plain
-    if row["resolution"] is not None:
-        return f"resolved: {row['resolution']['note']}"
-    text: str | None = row["blocked_reason"] or row["error"]
-    return text
 
 
 def in_flight(state: str) -> bool:

@@ -105,7 +105,8 @@ class Guard:
                 return None  # a script's request: answered as it is
             rest = urlencode([(name, value) for name, value in query if name != "token"])
             cookie = f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
-            location = scope["path"] + (f"?{rest}" if rest else "")
+            # One leading slash: "//elsewhere" would send the browser to another site.
+            location = "/" + scope["path"].lstrip("/") + (f"?{rest}" if rest else "")
             return (
                 303,
                 "Signed in; the page is at its address without the token.",
