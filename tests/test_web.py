@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -323,3 +324,39 @@ async def test_a_token_is_required_on_every_request(view: View) -> None:
             "/api/counts", headers={"host": "box.example", "authorization": f"Bearer {token}"}
         )
         assert other_host.status_code == 200  # with a token, any name the box has
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+async def test_the_same_view_over_postgresql(tmp_path: Path) -> None:
+    from tests.stores.conftest import make_store
+
+    store = make_store("postgres", tmp_path)  # skips locally without a server
+    async with store:
+        ids = await populate(store)
+        app = build_app(store)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as web:
+            counts = (await web.get("/api/counts")).json()
+            assert counts["problems"] == {
+                "compensation_failed": 1,
+                "dead_letter": 0,
+                "blocked": 1,
+                "lease_lapsed": 2,
+            }
+            seen: list[str] = []
+            query = "?limit=4"
+            while True:
+                answer = await web.get("/api/transactions" + query)
+                seen += [row["transaction_id"] for row in answer.json()]
+                if "link" not in answer.headers:
+                    break
+                query = answer.headers["link"].split("/api/transactions", 1)[1].split(">")[0]
+            assert sorted(seen) == sorted(ids.values()) and len(seen) == len(set(seen))
+            rows = (await web.get("/api/transactions?action=charge_card&agent=payments")).json()
+            assert {row["transaction_id"] for row in rows} == {
+                ids["rolled_back"],
+                ids["compensation_failed"],
+            }
+            page = await web.get(f"/transactions/{ids['rolled_back']}")
+            assert page.status_code == 200 and page.text.count('class="undo-link"') == 3
