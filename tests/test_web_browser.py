@@ -145,6 +145,7 @@ def test_the_list_follows_new_transactions_without_a_reload(
     expect = sync_api.expect
     expect(rows).to_have_count(3)
     page.evaluate("window.marker = 'same page'")
+    page.fill("[name=agent]", "half-typed")  # a filter being typed when the update comes
 
     async def commit_one() -> None:
         async with SqliteStore(path) as store:  # another process would do the same
@@ -158,4 +159,5 @@ def test_the_list_follows_new_transactions_without_a_reload(
         pool.submit(anyio.run, commit_one).result(30)
     expect(rows).to_have_count(4, timeout=10_000)
     assert page.evaluate("window.marker") == "same page"  # updated in place
+    expect(page.locator("[name=agent]")).to_have_value("half-typed")  # the filters stay
     expect(page.locator('[data-count="committed"] .n')).to_have_text("4")

@@ -1,7 +1,8 @@
 // The web view's only script: bar tooltips, and live pages that refresh themselves.
 // Live: a page marked data-live (the first page of the list, an in-flight
 // transaction) fetches itself again every few seconds and swaps its content in
-// place; it stops once the page is no longer live (the transaction ended).
+// place (the parts marked live-part: never the filters); it stops once the page is
+// no longer live (the transaction ended), and waits while the tab is hidden.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -31,7 +32,12 @@ async function refresh() {
         const page = new DOMParser().parseFromString(await answer.text(), "text/html");
         const fresh = page.getElementById("content");
         if (fresh) {
-          content.replaceChildren(...fresh.childNodes);
+          // Only the parts that change are swapped: a filter being typed stays as it is.
+          for (const part of fresh.querySelectorAll(".live-part[id]")) {
+            const old = document.getElementById(part.id);
+            if (old) old.replaceWith(part);
+          }
+          document.getElementById("tip").hidden = true;
           if (fresh.dataset.live) content.dataset.live = "1";
           else delete content.dataset.live;
           content.dataset.refreshed = String(Number(content.dataset.refreshed || 0) + 1);
