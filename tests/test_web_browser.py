@@ -39,13 +39,6 @@ def _chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], Path]]:
-    path = tmp_path_factory.mktemp("browser") / "journal.db"
-    with served_store(path) as (base, ids):
-        yield base, ids, path
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = _chromium()
     with sync_api.sync_playwright() as playwright:
@@ -54,6 +47,16 @@ def browser() -> Iterator[Any]:
         )
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def server(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict[str, str], Path]]:
+    # After the browser: without one, the test is skipped before a server starts.
+    path = tmp_path_factory.mktemp("browser") / "journal.db"
+    with served_store(path) as (base, ids):
+        yield base, ids, path
 
 
 @pytest.fixture
