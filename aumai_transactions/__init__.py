@@ -17,6 +17,7 @@ from .errors import (
     StoreUnavailableError,
     TransactionError,
 )
+from .events import Event
 from .handlers import ActionHandler, StepContext
 from .manager import TransactionManager
 from .models import (
@@ -36,6 +37,7 @@ __all__ = [
     "ActionHandler",
     "Actions",
     "CorruptRecordError",
+    "Event",
     "Lease",
     "LeaseConflictError",
     "LeaseLostError",

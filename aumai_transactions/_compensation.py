@@ -10,12 +10,20 @@ from typing import Any
 import anyio
 
 from ._driver import DriverCore, message_of
-from ._forward import spoiled_data, storable_result
+from ._forward import seconds_since, spoiled_data, step_log_fields, storable_result
+from .events import (
+    CompensationCompleted,
+    CompensationFailed,
+    CompensationStarted,
+    StepFailed,
+    StepInterrupted,
+    TransactionCompensating,
+)
 from .models import StepStatus, TransactionState, TransactionStep, utcnow
 
 __all__ = ["CompensationPass", "finalize"]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.engine")
 
 _RUNNING = StepStatus.RUNNING
 _COMPLETED = StepStatus.COMPLETED
@@ -78,6 +86,14 @@ class CompensationPass(DriverCore):
             step.error = f"{step.error}; its handler then raised: {message_of(call.error)}"
             step.finished_at = utcnow()
             await self._journal(step, durable=False)
+            if self._emit is not None:
+                self._step_event(
+                    StepFailed,
+                    step,
+                    error=step.error,
+                    error_type=type(call.error).__name__,
+                    duration_seconds=seconds_since(step.started_at),
+                )
             return False
         if call.result is not None and step.result is None:
             step.result = storable_result(step, call.result)
@@ -96,12 +112,17 @@ class CompensationPass(DriverCore):
                 step,
                 f"no handler for compensating action {action!r}; nothing was undone "
                 f"(known actions: {', '.join(self._handlers.actions)})",
+                "MissingHandler",
             )
             return
+        emit = self._emit
+        began = utcnow() if emit is not None else None
         while True:
             attempt = step.compensation_attempts = step.compensation_attempts + 1
             step.status = StepStatus.COMPENSATING
             await self._journal(step)
+            if emit is not None:
+                self._step_event(CompensationStarted, step, compensating_action=action)
             if handler is None:  # a dry run (no handlers at all): recorded only
                 break
             try:
@@ -114,20 +135,45 @@ class CompensationPass(DriverCore):
             except Exception as exc:
                 step.compensation_error = message_of(exc)
                 if policy.should_retry(exc, attempt):
-                    await anyio.sleep(policy.delay_before(attempt + 1))
+                    delay = policy.delay_before(attempt + 1)
+                    logger.info(
+                        "compensation %r of step %s attempt %d failed, retrying in %.3gs: %s",
+                        action,
+                        step.step_id,
+                        attempt,
+                        delay,
+                        step.compensation_error,
+                        extra=self._compensation_log_fields(step),
+                    )
+                    await anyio.sleep(delay)
                     continue
-                await self._compensation_failed(step, step.compensation_error)
+                await self._compensation_failed(step, step.compensation_error, type(exc).__name__)
                 return
             break
         if self._durable and (spoiled := spoiled_data(step)) is not None:
-            await self._compensation_failed(step, spoiled)
+            await self._compensation_failed(step, spoiled, "UnstorableData")
             return
         step.status = StepStatus.COMPENSATED
         step.compensation_error = None
         step.compensated_at = utcnow()
         await self._journal(step, durable=False)
+        if emit is not None:
+            self._step_event(
+                CompensationCompleted,
+                step,
+                compensating_action=action,
+                duration_seconds=seconds_since(began) or 0.0,
+            )
 
-    async def _compensation_failed(self, step: TransactionStep, message: str) -> None:
+    def _compensation_log_fields(self, step: TransactionStep) -> dict[str, object]:
+        fields = step_log_fields(step, self.tx.transaction_id)
+        fields["action"] = step.compensating_action
+        fields["attempt"] = step.compensation_attempts
+        return fields
+
+    async def _compensation_failed(
+        self, step: TransactionStep, message: str, error_type: str
+    ) -> None:
         """Record that ``step``'s compensation failed for good (an operator must look)."""
         step.status = StepStatus.COMPENSATION_FAILED
         step.compensation_error = message
@@ -138,8 +184,18 @@ class CompensationPass(DriverCore):
             step.step_id,
             step.compensation_attempts,
             message,
+            extra=self._compensation_log_fields(step),
         )
         await self._journal(step)
+        if self._emit is not None:
+            assert step.compensating_action is not None
+            self._step_event(
+                CompensationFailed,
+                step,
+                compensating_action=step.compensating_action,
+                error=message,
+                error_type=error_type,
+            )
 
     async def _compensate(self, steps: Sequence[TransactionStep]) -> None:
         """Undo ``steps`` in the order given; every one is tried whatever the others do."""
@@ -185,8 +241,7 @@ class CompensationPass(DriverCore):
         interrupted: Sequence[TransactionStep],
     ) -> None:
         tx = self.tx
-        for step in interrupted:
-            await self._journal(step, durable=False)
+        await self._record_interrupted(interrupted)
         if tx.state is not TransactionState.COMPENSATING:
             tx.state = TransactionState.COMPENSATING
             tx.updated_at = utcnow()
@@ -194,10 +249,20 @@ class CompensationPass(DriverCore):
             # compensate (a failed step, or the recovery's own decision): the state
             # change may ride with the first compensation's intent.
             await self._journal(durable=bool(interrupted))
+            if self._emit is not None:
+                self._tx_event(TransactionCompensating, error=tx.error)
         await self._compensate_within_bound(steps)
         await self._finish(
             TransactionState.COMPENSATION_FAILED if self._compensation_errors else goal
         )
+
+    async def _record_interrupted(self, steps: Sequence[TransactionStep]) -> None:
+        """Journal ``steps`` as cut short (in doubt) before anything undoes them."""
+        emit = self._emit
+        for step in steps:
+            await self._journal(step, durable=False)
+            if emit is not None:
+                self._step_event(StepInterrupted, step, error=step.error or "interrupted")
 
     async def _compensate_within_bound(self, steps: Sequence[TransactionStep]) -> None:
         """Compensate ``steps`` under the compensation time bound; what it cuts short
@@ -217,11 +282,13 @@ class CompensationPass(DriverCore):
                     )
                     errors[step.step_id] = step.compensation_error
                     await self._journal(step)
+                    self._compensation_timed_out(step)
                 elif step.status is StepStatus.COMPENSATING:
                     step.status = StepStatus.COMPENSATION_FAILED
                     step.compensation_error = f"compensation timed out after {bound_seconds}s"
                     errors[step.step_id] = step.compensation_error
                     await self._journal(step)
+                    self._compensation_timed_out(step)
                 elif (
                     step.compensating_action is not None
                     and step.status is not StepStatus.COMPENSATED
@@ -231,6 +298,24 @@ class CompensationPass(DriverCore):
                         "not compensated: the compensation time bound "
                         f"({bound_seconds}s) ran out first"
                     )
+
+    def _compensation_timed_out(self, step: TransactionStep) -> None:
+        """``step``'s compensation was cut short by its time bound (journaled)."""
+        logger.error(
+            "compensation %r of step %s: %s",
+            step.compensating_action,
+            step.step_id,
+            step.compensation_error,
+            extra=self._compensation_log_fields(step),
+        )
+        if self._emit is not None and step.compensating_action is not None:
+            self._step_event(
+                CompensationFailed,
+                step,
+                compensating_action=step.compensating_action,
+                error=step.compensation_error or "timed out",
+                error_type="TimeoutError",
+            )
 
     def _in_doubt(self) -> list[TransactionStep]:
         """The steps left running (a parallel group's siblings a failure cancelled)."""

@@ -12,11 +12,26 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
-from .errors import StoreError
+from ._listeners import Listeners
+from .errors import LeaseLostError, StoreError
+from .events import (
+    LeaseLost,
+    RunKind,
+    RunStopped,
+    StepEvent,
+    TransactionBegan,
+    TransactionCommitted,
+    TransactionCompensationFailed,
+    TransactionDeadLettered,
+    TransactionEnded,
+    TransactionEvent,
+    TransactionFailed,
+    TransactionRolledBack,
+)
 from .handlers import HandlerRegistry, StepContext, WorkerCall
 from .models import (
     RetryPolicy,
@@ -41,7 +56,15 @@ __all__ = [
     "timed_out_error",
 ]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.engine")
+
+_ENDED: dict[TransactionState, type[TransactionEnded]] = {
+    TransactionState.COMMITTED: TransactionCommitted,
+    TransactionState.ROLLED_BACK: TransactionRolledBack,
+    TransactionState.FAILED: TransactionFailed,
+    TransactionState.COMPENSATION_FAILED: TransactionCompensationFailed,
+    TransactionState.DEAD_LETTER: TransactionDeadLettered,
+}
 
 _COMPLETED = StepStatus.COMPLETED
 
@@ -81,6 +104,8 @@ class EngineOptions:
     )
     compensation_timeout: float = 60.0
     max_recovery_attempts: int = 3
+    listeners: Listeners | None = None
+    """The manager's listeners (see ``_listeners``); None: events are never built."""
 
 
 class StepFailed(Exception):
@@ -147,6 +172,8 @@ class DriverCore:
         "_lease",
         "_options",
         "_durable",
+        "_emit",
+        "_run",
         "_started_at",
         "_store",
         "_undone",
@@ -171,42 +198,116 @@ class DriverCore:
         self._compensation_errors: dict[str, str] = {}
         self._worker_calls: dict[str, WorkerCall] = {}
         self._started_at = utcnow()
+        listeners = options.listeners
+        # Fixed for this run: a listener subscribed meanwhile sees the next run.
+        self._emit = None if listeners is None else listeners.emitter()
+        self._run: RunKind = "commit"
+
+    # ------------------------------------------------------------------ events
+    # Each call site tests ``self._emit is not None`` first: nothing is built unheard.
+
+    def _tx_event(self, kind: type[TransactionEvent], **fields: Any) -> None:
+        emit = self._emit
+        assert emit is not None
+        emit(kind(at=utcnow(), transaction_id=self.tx.transaction_id, run=self._run, **fields))
+
+    def _step_event(self, kind: type[StepEvent], step: TransactionStep, **fields: Any) -> None:
+        emit = self._emit
+        assert emit is not None
+        tx_id = self.tx.transaction_id
+        compensation = "compensating_action" in fields  # the Compensation* events
+        emit(
+            kind(
+                at=utcnow(),
+                transaction_id=tx_id,
+                run=self._run,
+                step_id=step.step_id,
+                agent_id=step.agent_id,
+                action=step.action,
+                attempt=step.compensation_attempts if compensation else step.attempts,
+                group=step.group,
+                idempotency_key=step.idempotency_key(tx_id),
+                **fields,
+            )
+        )
+
+    def _began(self, run: RunKind) -> None:
+        """This run starts (its lease is taken): say so, when someone listens."""
+        self._run = run
+        if self._emit is not None:
+            tx = self.tx
+            self._tx_event(
+                TransactionBegan,
+                steps=len(tx.steps),
+                timeout_seconds=tx.timeout_seconds,
+                recovery_attempt=tx.recovery_attempts if run == "recovery" else 0,
+            )
+
+    def _stopped(self, exc: StoreError) -> None:
+        """A journal write failed: this run ends here, its transaction left in flight."""
+        # INFO: the caller gets the error itself; this says which run it ended.
+        logger.info(
+            "transaction %s: this process stops driving it, a journal write failed: %s",
+            self.tx.transaction_id,
+            exc,
+            extra={"transaction_id": self.tx.transaction_id},
+        )
+        if self._emit is not None:
+            kind = LeaseLost if isinstance(exc, LeaseLostError) else RunStopped
+            self._tx_event(kind, error=message_of(exc), error_type=type(exc).__name__)
 
     # ------------------------------------------------------------------ journal
 
     async def _journal(self, step: TransactionStep | None = None, durable: bool = True) -> None:
         lease = self._lease
         assert lease is not None
-        if self._durable and self._options.renewal.claim():
-            await self._store.renew(lease.owner, self._options.lease_ttl)
-        await self._store.record(lease, self.tx, step, durable=durable)
+        try:
+            if self._durable and self._options.renewal.claim():
+                await self._store.renew(lease.owner, self._options.lease_ttl)
+            await self._store.record(lease, self.tx, step, durable=durable)
+        except StoreError as exc:
+            self._stopped(exc)
+            raise
 
     @property
     def started_at(self) -> datetime:
         """When this driver started."""
         return self._started_at
 
-    async def take_lease(self, expected: Iterable[TransactionState]) -> None:
-        """Write the transaction in full and take its lease (it must be in ``expected``)."""
+    async def take_lease(
+        self, expected: Iterable[TransactionState], run: RunKind = "commit"
+    ) -> None:
+        """Write the transaction in full and take its lease (it must be in ``expected``);
+        ``run`` is what this driver does with it (what its events say)."""
         store = self._store
         self._lease = await store.acquire(
             self.tx, self._options.owner, self._options.lease_ttl, expected
         )
+        self._began(run)
 
     @property
     def lease(self) -> Lease | None:
         """The lease this driver holds, or None until it took (or adopted) one."""
         return self._lease
 
-    def adopt_lease(self, lease: Lease) -> None:
-        """Drive under a lease claimed elsewhere (recovery)."""
+    def adopt_lease(self, lease: Lease, run: RunKind = "recovery") -> None:
+        """Drive under a lease claimed elsewhere (recovery, an operator's retry)."""
         self._lease = lease
+        self._began(run)
 
     async def _finish(self, state: TransactionState) -> None:
         fields = self.tx.__dict__
         fields["state"] = state
         fields["finished_at"] = fields["updated_at"] = utcnow()
         await self._journal()
+        if self._emit is not None:
+            self._tx_event(
+                _ENDED[state],
+                state=state,
+                error=self.tx.error,
+                duration_seconds=(fields["finished_at"] - self._started_at).total_seconds(),
+                compensation_errors=len(self._compensation_errors),
+            )
         assert self._lease is not None
         try:
             await self._store.release(self._lease)
@@ -219,6 +320,7 @@ class DriverCore:
                 self.tx.transaction_id,
                 state.value,
                 exc,
+                extra={"transaction_id": self.tx.transaction_id},
             )
 
     def _context(

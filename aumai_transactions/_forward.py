@@ -7,16 +7,19 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import anyio
 
 from ._driver import DriverCore, StepFailed, message_of
+from .events import GroupEnded, GroupStarted, StepCompleted, StepRetrying, StepStarted
+from .events import StepFailed as StepFailedEvent
 from .models import StepStatus, TransactionStep, json_problem, storable, utcnow
 
-__all__ = ["ForwardPass", "spoiled_data", "storable_result"]
+__all__ = ["ForwardPass", "seconds_since", "spoiled_data", "step_log_fields", "storable_result"]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.engine")
 
 _RUNNING = StepStatus.RUNNING
 _COMPLETED = StepStatus.COMPLETED
@@ -40,6 +43,21 @@ def spoiled_data(step: TransactionStep) -> str | None:
     )
 
 
+def step_log_fields(step: TransactionStep, transaction_id: str | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about ``step`` (never its data or result)."""
+    return {
+        "transaction_id": transaction_id,
+        "step_id": step.step_id,
+        "action": step.action,
+        "attempt": step.attempts,
+    }
+
+
+def seconds_since(moment: datetime | None) -> float | None:
+    """Seconds from ``moment`` to now, or None without one."""
+    return None if moment is None else (utcnow() - moment).total_seconds()
+
+
 def storable_result(step: TransactionStep, result: Any) -> Any:
     """What to record as ``step``'s result: JSON as it is, or converted as pydantic
     converts; only what still cannot be stored becomes its repr, with a warning."""
@@ -53,6 +71,7 @@ def storable_result(step: TransactionStep, result: Any) -> Any:
             step.action,
             type(result).__name__,
             exc,
+            extra=step_log_fields(step),
         )
         return repr(result)
 
@@ -113,10 +132,26 @@ class ForwardPass(DriverCore):
                 failures.append(exc)
                 tasks.cancel_scope.cancel()
 
+        emit = self._emit
+        group = steps[0].group
+        if emit is not None:
+            ids = tuple(s.step_id for s in steps if s.status is not _COMPLETED)
+            self._tx_event(GroupStarted, group=group, step_ids=ids)
         async with anyio.create_task_group() as tasks:
             for step in steps:
                 if step.status is not _COMPLETED:
                     tasks.start_soon(run, step)
+        if emit is not None:
+            failing = getattr(failures[0], "step", None) if failures else None
+            self._tx_event(
+                GroupEnded,
+                group=group,
+                failed_step=None if failing is None else failing.step_id,
+                error=message_of(failures[0]) if failures else None,
+                error_type=type(failures[0].__cause__ or failures[0]).__name__
+                if failures
+                else None,
+            )
         if failures:
             first = failures[0]
             for step in steps:
@@ -137,11 +172,14 @@ class ForwardPass(DriverCore):
         # Plain dictionary writes: the fields are simple values and the models are not
         # validated on assignment, so this skips pydantic's __setattr__ on the hot path.
         fields = step.__dict__
+        emit = self._emit
         while True:
             attempt = fields["attempts"] = fields["attempts"] + 1
             fields["status"] = _RUNNING
             fields["started_at"] = utcnow()
             await self._journal(step)  # intent first: nothing runs unrecorded
+            if emit is not None:
+                self._step_event(StepStarted, step)
             if handler is None:
                 result = None
                 fields["recorded_only"] = True
@@ -163,24 +201,38 @@ class ForwardPass(DriverCore):
                 except Exception as exc:
                     fields["error"] = message_of(exc)
                     if policy is not None and policy.should_retry(exc, attempt):
+                        delay = policy.delay_before(attempt + 1)
                         logger.info(
-                            "step %s (%s) attempt %d failed, retrying: %s",
+                            "step %s (%s) attempt %d failed, retrying in %.3gs: %s",
                             step.step_id,
                             step.action,
                             attempt,
+                            delay,
                             step.error,
+                            extra=step_log_fields(step, self.tx.transaction_id),
                         )
-                        await anyio.sleep(policy.delay_before(attempt + 1))
+                        if emit is not None:
+                            self._step_event(
+                                StepRetrying,
+                                step,
+                                error=step.error,
+                                error_type=type(exc).__name__,
+                                delay_seconds=delay,
+                                duration_seconds=seconds_since(step.started_at),
+                            )
+                        await anyio.sleep(delay)
                         continue
                     fields["status"] = _FAILED
                     fields["finished_at"] = utcnow()
                     await self._journal(step)
+                    self._step_failed(step, type(exc).__name__)
                     raise StepFailed(step) from exc
             if self._durable and (spoiled := spoiled_data(step)) is not None:
                 fields["error"] = spoiled
                 fields["status"] = _FAILED
                 fields["finished_at"] = utcnow()
                 await self._journal(step)
+                self._step_failed(step, "UnstorableData")
                 raise StepFailed(step)
             fields["status"] = _COMPLETED
             if fields["error"] is not None:
@@ -190,7 +242,37 @@ class ForwardPass(DriverCore):
             fields["finished_at"] = utcnow()
             # The completion rides with the next durable write: nothing happens in between.
             await self._journal(step, durable=False)
+            if emit is not None:
+                self._step_event(
+                    StepCompleted,
+                    step,
+                    duration_seconds=(fields["finished_at"] - fields["started_at"]).total_seconds(),
+                    recorded_only=step.recorded_only,
+                )
             break
+
+    def _step_failed(self, step: TransactionStep, error_type: str) -> None:
+        """``step`` failed for good (journaled): log it and tell the listeners."""
+        # INFO, not WARNING: undoing what ran is the engine doing its job, and the result
+        # says so (in an open transaction the code may even catch it and carry on); a
+        # WARNING would print on the stderr of every script without logging set up.
+        # The message is the handler's, never the step's data.
+        logger.info(
+            "step %s (%s) failed after %d attempt(s): %s",
+            step.step_id,
+            step.action,
+            step.attempts,
+            step.error,
+            extra=step_log_fields(step, self.tx.transaction_id),
+        )
+        if self._emit is not None:
+            self._step_event(
+                StepFailedEvent,
+                step,
+                error=step.error or error_type,
+                error_type=error_type,
+                duration_seconds=seconds_since(step.started_at),
+            )
 
     def _cannot_suspend(self, steps: Sequence[TransactionStep]) -> bool:
         """True when running ``steps`` never yields to the event loop: a store that

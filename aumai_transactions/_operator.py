@@ -55,7 +55,7 @@ __all__ = [
     "retry_plan",
 ]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.engine")
 
 _COMPENSATION_STATUSES = frozenset(
     {StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING}
@@ -120,7 +120,7 @@ class OperatorDriver(TransactionDriver):
         code committed (a crash then compensates it, as for any open transaction whose
         driver died), and ends ``committed`` or ``compensation_failed``.
         """
-        self.adopt_lease(lease)
+        self.adopt_lease(lease, "retry_compensations")
         tx = self.tx
         steps, keeps_commit = retry_plan(tx)
         if not keeps_commit:
@@ -265,7 +265,9 @@ async def retry_compensations(
         raise
     target = _operated_on(manager, transaction, tx)
     driver = OperatorDriver(target, handlers, store, manager._options)
-    logger.info("transaction %s: retrying its failed compensations", tid)
+    logger.info(
+        "transaction %s: retrying its failed compensations", tid, extra={"transaction_id": tid}
+    )
     result = await manager._with_leases_renewed(
         functools.partial(driver.retry_compensations, lease)
     )
@@ -293,7 +295,13 @@ async def resolve(
     tx.updated_at = now
     await store.record(lease, tx)
     await store.release(lease)
-    logger.info("transaction %s resolved by %s: %s", tid, by or "an operator", note)
+    logger.info(
+        "transaction %s resolved by %s: %s",
+        tid,
+        by or "an operator",
+        note,
+        extra={"transaction_id": tid},
+    )
     target = _operated_on(manager, transaction, tx)
     if not manager._retain_finished:
         manager._transactions.pop(tid, None)

@@ -32,7 +32,7 @@ from ._driver import (
 )
 from ._forward import ForwardPass
 from .errors import StoreError
-from .models import TransactionResult, TransactionState, TransactionStep
+from .models import StepStatus, TransactionResult, TransactionState, TransactionStep
 
 __all__ = ["EngineOptions", "LeaseRenewal", "StepFailed", "TransactionDriver", "clock"]
 
@@ -129,9 +129,15 @@ class TransactionDriver(ForwardPass, CompensationPass):
         """Undo steps left in doubt by a group whose failure the code caught, shielded,
         before the open transaction commits."""
         with anyio.CancelScope(shield=True):
-            held = await finalize(self._compensate_within_bound(steps))
+            held = await finalize(self._record_and_compensate(steps))
         if held is not None:
             raise held
+
+    async def _record_and_compensate(self, steps: Sequence[TransactionStep]) -> None:
+        await self._record_interrupted(
+            [s for s in steps if s.interrupted and s.status is StepStatus.RUNNING]
+        )
+        await self._compensate_within_bound(steps)
 
     async def abort(self, goal: TransactionState) -> None:
         """End an open transaction by compensating every step that ran or may have run
@@ -144,6 +150,6 @@ class TransactionDriver(ForwardPass, CompensationPass):
 
     async def rollback(self, expected: Iterable[TransactionState]) -> TransactionResult:
         """Compensate every step in reverse order (the caller set ``compensating``)."""
-        await self.take_lease(expected)
+        await self.take_lease(expected, "rollback")
         await self._compensate_shielded(self.tx.steps[::-1], TransactionState.ROLLED_BACK)
         return self.result()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar
 
@@ -13,6 +13,7 @@ import anyio
 
 from . import _operator
 from ._actions import Actions
+from ._listeners import EventListener, Listeners
 from .engine import EngineOptions, LeaseRenewal, TransactionDriver
 from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
@@ -104,6 +105,14 @@ class TransactionManager:
     ``recover()`` (of this or any manager) instead of after its leases expire. The
     claim raises each lease's epoch, which fences off the old incarnation should it
     still be running: one owner name belongs to one live manager.
+
+    ``listeners`` are called with the typed events of ``aumai_transactions.events``
+    (a transaction began, a step started, completed, failed, a compensation ran, ...);
+    ``subscribe`` adds one later. A sync listener is called right after the journal
+    write its event stands for; an ``async def`` one is fed through a queue of
+    ``event_queue_size`` events that never holds the engine up (a full queue drops
+    the event and counts it in ``events_dropped``). A listener that raises is logged
+    and changes nothing. With no listener, no event is even built.
     """
 
     def __init__(
@@ -119,7 +128,10 @@ class TransactionManager:
         max_recovery_attempts: int = 3,
         retain_finished: bool = True,
         owner: str | None = None,
+        listeners: Iterable[EventListener] = (),
+        event_queue_size: int = 10_000,
     ) -> None:
+        self._listeners = Listeners(listeners, event_queue_size)
         self._handlers = HandlerRegistry(action_handlers, sync_handlers=sync_handlers)
         self._actions = action_handlers if isinstance(action_handlers, Actions) else None
         if self._actions is not None:
@@ -152,6 +164,7 @@ class TransactionManager:
         if compensation_retry is not None:
             options["compensation_retry"] = compensation_retry
         options["renewal"] = LeaseRenewal(float(lease_ttl))
+        options["listeners"] = self._listeners
         self._options = EngineOptions(**options)
         self._transactions: dict[str, Transaction] = {}
         self._renewers = 0  # running keep_leases_renewed loops
@@ -194,7 +207,28 @@ class TransactionManager:
         await self._task_group.__aexit__(None, None, None)
         if self.store.durable:
             self._renewers -= 1
+        await self.drain_events()
         await self.close()
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener`` with every event of the runs that start from now on.
+
+        Returns a function that unsubscribes it. See the class docstring for how sync
+        and async listeners are called.
+        """
+        return self._listeners.subscribe(listener)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events an async listener never got because its queue was full."""
+        return self._listeners.dropped
+
+    async def drain_events(self) -> None:
+        """Wait until every async listener has been handed the events emitted so far
+        (leaving ``async with manager:`` does it)."""
+        await self._listeners.drain()
 
     async def keep_leases_renewed(self) -> None:
         """Renew this manager's leases every ``lease_ttl / 3`` seconds, until cancelled.
@@ -549,10 +583,18 @@ class TransactionManager:
             driver = RecoveryDriver(tx, self._handlers, self.store, self._options)
             batch[index] = await driver.recover(lease, policy)
         except LeaseLostError:
-            logger.warning("transaction %s was taken over mid-recovery", tx.transaction_id)
+            logger.warning(
+                "transaction %s was taken over mid-recovery",
+                tx.transaction_id,
+                extra={"transaction_id": tx.transaction_id},
+            )
         except StoreError:
             # The lease runs out and a later round tries again.
-            logger.exception("recovery of transaction %s failed", tx.transaction_id)
+            logger.exception(
+                "recovery of transaction %s failed",
+                tx.transaction_id,
+                extra={"transaction_id": tx.transaction_id},
+            )
 
     @asynccontextmanager
     async def recovery_worker(

@@ -156,7 +156,7 @@ class OpenTransaction:
                 self._renewal = anyio.create_task_group()
                 await self._renewal.__aenter__()
                 self._renewal.start_soon(manager.keep_leases_renewed)
-            await driver.take_lease((TransactionState.PENDING,))
+            await driver.take_lease((TransactionState.PENDING,), "open")
         except BaseException:
             tx.state = TransactionState.PENDING  # nothing ran: it may be entered again
             await self.stop()

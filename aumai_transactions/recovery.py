@@ -13,6 +13,7 @@ import logging
 
 from ._driver import ends_failed
 from .engine import StepFailed, TransactionDriver
+from .events import TransactionBlocked, TransactionRecovered
 from .models import (
     RecoveryPolicy,
     StepStatus,
@@ -23,7 +24,7 @@ from .stores import Lease
 
 __all__ = ["RecoveryDriver"]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.recovery")
 
 _RUNNING = StepStatus.RUNNING
 _FAILED = StepStatus.FAILED
@@ -83,16 +84,37 @@ class RecoveryDriver(TransactionDriver):
 
     async def recover(self, lease: Lease, policy: RecoveryPolicy) -> TransactionResult:
         """Drive a transaction whose driver died to a terminal state."""
-        tx = self.tx
         self.adopt_lease(lease)
+        logger.info(
+            "transaction %s: recovering it (attempt %d, policy %s)",
+            self.tx.transaction_id,
+            self.tx.recovery_attempts,
+            policy,
+            extra={"transaction_id": self.tx.transaction_id},
+        )
+        direction, result = await self._recover(policy)
+        if self._emit is not None and result.state.is_terminal:
+            self._tx_event(TransactionRecovered, state=result.state, direction=direction)
+        return result
+
+    async def _recover(
+        self, policy: RecoveryPolicy
+    ) -> tuple[RecoveryPolicy | None, TransactionResult]:
+        tx = self.tx
         if tx.recovery_attempts > self._options.max_recovery_attempts:
             tx.error = (
                 f"dead-lettered after {tx.recovery_attempts - 1} recovery attempts "
                 "that did not finish (a handler may be killing its process); "
                 f"last error: {tx.error or 'none recorded'}"
             )
+            logger.error(
+                "transaction %s: %s",
+                tx.transaction_id,
+                tx.error,
+                extra={"transaction_id": tx.transaction_id},
+            )
             await self._finish(TransactionState.DEAD_LETTER)
-            return self.result()
+            return None, self.result()
         direction, start = self._recovery_plan(policy)
         missing = self._missing_handlers(direction, start)
         if missing:
@@ -102,9 +124,18 @@ class RecoveryDriver(TransactionDriver):
                 + "; register them and recover again"
             )
             tx.recovery_attempts -= 1  # a missing handler is not a failed attempt
-            logger.error("transaction %s: %s", tx.transaction_id, tx.blocked_reason)
+            logger.error(
+                "transaction %s: %s",
+                tx.transaction_id,
+                tx.blocked_reason,
+                extra={"transaction_id": tx.transaction_id},
+            )
             await self._journal()  # the lease is kept until it expires: no busy retry
-            return self.result()
+            if self._emit is not None:
+                self._tx_event(
+                    TransactionBlocked, missing_actions=tuple(missing), reason=tx.blocked_reason
+                )
+            return direction, self.result()
         tx.blocked_reason = None
         if direction == "resume":
             try:
@@ -114,9 +145,9 @@ class RecoveryDriver(TransactionDriver):
                 await self._compensate_shielded(
                     self._completed(), TransactionState.ROLLED_BACK, self._in_doubt()
                 )
-                return self.result(failure.step)
+                return direction, self.result(failure.step)
             await self._finish(TransactionState.COMMITTED)
-            return self.result()
+            return direction, self.result()
         # A transaction that timed out or was interrupted ends failed, as it would have
         # had its compensation finished where it started; one whose process died ends
         # rolled back.
@@ -137,4 +168,4 @@ class RecoveryDriver(TransactionDriver):
                     "its effect, so recovery compensates it"
                 )
         await self._compensate_shielded(undo, goal)
-        return self.result()
+        return direction, self.result()

@@ -27,7 +27,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
 from types import FrameType, TracebackType
@@ -40,6 +40,7 @@ from . import manager as _manager
 from . import open_transaction as _open
 from . import saga as _saga
 from ._actions import Actions
+from ._listeners import EventListener
 from .handlers import ActionHandler, SyncHandlerMode
 from .models import (
     LeaseSummary,
@@ -242,6 +243,8 @@ class TransactionManager:
         max_recovery_attempts: int = 3,
         retain_finished: bool = True,
         owner: str | None = None,
+        listeners: Iterable[EventListener] = (),
+        event_queue_size: int = 10_000,
     ) -> None:
         self.manager = _manager.TransactionManager(
             action_handlers,
@@ -254,6 +257,8 @@ class TransactionManager:
             max_recovery_attempts=max_recovery_attempts,
             retain_finished=retain_finished,
             owner=owner,
+            listeners=listeners,
+            event_queue_size=event_queue_size,
         )
         self._renewing: Future[None] | None = None
 
@@ -390,6 +395,20 @@ class TransactionManager:
     def forget(self, transaction_id: str) -> None:
         """See :meth:`aumai_transactions.TransactionManager.forget`."""
         self.manager.forget(transaction_id)
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """See :meth:`aumai_transactions.TransactionManager.subscribe` (an async listener
+        runs on the facade's event loop thread)."""
+        return self.manager.subscribe(listener)
+
+    @property
+    def events_dropped(self) -> int:
+        """See :attr:`aumai_transactions.TransactionManager.events_dropped`."""
+        return self.manager.events_dropped
+
+    def drain_events(self) -> None:
+        """See :meth:`aumai_transactions.TransactionManager.drain_events`."""
+        _run(self.manager.drain_events)
 
     def __enter__(self) -> Self:
         self.open()

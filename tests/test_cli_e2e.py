@@ -190,7 +190,7 @@ def test_exit_codes_as_a_shell_sees_them(shell: Shell, tmp_path: Path) -> None:
     )
     undone = shell.run("run", str(saga), "--handlers", "handlers:HANDLERS", expect=1)
     assert "compensation_failed" in undone.stdout
-    assert "aumai_transactions ERROR: compensation 'charge'" in undone.stderr  # library log line
+    assert "aumai_transactions.engine ERROR: compensation 'charge'" in undone.stderr  # a log line
     assert shell.run("--version").stdout.startswith("aumai-transactions ")
 
 

@@ -13,6 +13,7 @@ EXPORTED = [
     "ActionHandler",
     "Actions",
     "CorruptRecordError",
+    "Event",
     "Lease",
     "LeaseConflictError",
     "LeaseLostError",

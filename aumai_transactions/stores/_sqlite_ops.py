@@ -31,7 +31,7 @@ from ._sqlite_schema import HEADER_COLUMNS, decode_transaction, from_us
 
 __all__ = ["Journal", "Op", "now_us"]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.stores.sqlite")
 
 _TX_COLUMNS = f"id, transaction_id, {HEADER_COLUMNS}"
 _INSERT_TX = (
@@ -414,7 +414,9 @@ class Journal:
                     tx = decode_transaction(self.path, row[1:-1], bodies.get(rid, ()))
                 except StoreError as exc:
                     skipped += 1
-                    logger.error("recovery skips transaction %s: %s", tid, exc)
+                    logger.error(
+                        "recovery skips transaction %s: %s", tid, exc, extra={"transaction_id": tid}
+                    )
                     continue
                 tx.recovery_attempts += 1
                 updates.append((owner, expires, rid))

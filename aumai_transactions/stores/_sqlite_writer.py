@@ -44,7 +44,7 @@ from ._sqlite_schema import connect, translate_error
 
 __all__ = ["Op", "Writer", "WriterStats"]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.stores.sqlite")
 
 # Operation kinds.
 RECORD, ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE, LOAD, LIST, COUNT, STOP = range(12)

@@ -68,7 +68,7 @@ from ._postgres_writer import Op, Writer
 
 __all__ = ["PostgresStore"]
 
-logger = logging.getLogger("aumai_transactions")
+logger = logging.getLogger("aumai_transactions.stores.postgres")
 
 _URL_OPTIONS = {"schema": str, "min_size": int, "max_size": int}
 
