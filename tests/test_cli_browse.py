@@ -326,8 +326,17 @@ def test_stats(cli: Cli) -> None:
     assert by_agent["inventory"]["steps"] == 3
     assert by_agent["billing"]["failed_steps"] == 1
     assert by_agent["shipping"]["steps"] == 2
+    by_action = {row["action"]: row for row in data["by_action"]}
+    assert {a: (r["steps"], r["failed_steps"], r["compensated"]) for a, r in by_action.items()} == {
+        "reserve": (3, 0, 1),
+        "ship": (2, 0, 0),
+        "charge": (1, 1, 0),
+    }
+    assert [row["action"] for row in data["by_action"]] == ["reserve", "ship", "charge"]
+    assert data["counts"]["compensations_failed"] == 0
     out = cli.ok("stats").stdout
     assert "By state (4 transactions)" in out and "By agent" in out and "p95" in out
+    assert "By action (step durations)" in out and "dead letters" in out
 
 
 def test_stats_since(cli: Cli, tmp_path: Path) -> None:
@@ -342,4 +351,54 @@ def test_stats_since(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_stats_of_an_empty_store(cli: Cli) -> None:
-    assert cli.json("stats") == {"total": 0, "by_state": [], "by_agent": []}
+    assert cli.json("stats") == {
+        "total": 0,
+        "by_state": [],
+        "by_agent": [],
+        "by_action": [],
+        "counts": {
+            "compensations_failed": 0,
+            "step_retries": 0,
+            "compensation_retries": 0,
+            "recoveries": 0,
+            "recovered_transactions": 0,
+            "dead_letters": 0,
+        },
+    }
+
+
+def test_stats_counts_what_the_metrics_count(cli: Cli, tmp_path: Path) -> None:
+    from aumai_transactions import StepStatus, Transaction, TransactionManager, TransactionState
+
+    dead = Transaction.new(60)
+    dead.state = TransactionState.DEAD_LETTER
+    dead.recovery_attempts = 4
+    undone = Transaction.new(60)
+    retried = TransactionManager().add_step(undone, "billing", "charge", {}, "refund")
+    undone.state = TransactionState.COMPENSATION_FAILED
+    undone.recovery_attempts = 1
+    retried.status, retried.attempts, retried.compensation_attempts = (
+        StepStatus.COMPENSATION_FAILED,
+        3,
+        2,
+    )
+    import_dumps(cli, tmp_path, [tx.model_dump(mode="json") for tx in (dead, undone)])
+    data = cli.json("stats")
+    assert data["counts"] == {
+        "compensations_failed": 1,
+        "step_retries": 2,
+        "compensation_retries": 1,
+        "recoveries": 5,
+        "recovered_transactions": 2,
+        "dead_letters": 1,
+    }
+    assert data["by_action"][0] | {"p50_seconds": None, "p95_seconds": None} == {
+        "action": "charge",
+        "steps": 1,
+        "failed_steps": 0,
+        "retries": 2,
+        "compensated": 0,
+        "compensations_failed": 1,
+        "p50_seconds": None,
+        "p95_seconds": None,
+    }

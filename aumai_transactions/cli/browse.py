@@ -261,7 +261,8 @@ def stats(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Counts by state and by agent, with p50/p95 durations."""
+    """Counts by state, agent and action, with p50/p95 durations; failures, retries,
+    recoveries and dead letters (what the OpenTelemetry metrics count, from the journal)."""
     output = Output(json_mode=as_json)
     moment = parse_since(since)
 
@@ -274,7 +275,15 @@ def stats(
         counts = dict(Counter(tx.state for tx in found))
     by_state = _state_rows(found, counts)
     by_agent = _agent_rows(found)
-    payload = {"total": sum(counts.values()), "by_state": by_state, "by_agent": by_agent}
+    by_action = _action_rows(found)
+    totals = _journal_counts(found, counts)
+    payload = {
+        "total": sum(counts.values()),
+        "by_state": by_state,
+        "by_agent": by_agent,
+        "by_action": by_action,
+        "counts": totals,
+    }
     duration = [
         Column("p50_seconds", "p50", format=format_duration, justify="right"),
         Column("p95_seconds", "p95", format=format_duration, justify="right"),
@@ -298,7 +307,71 @@ def stats(
             + duration,
             title="By agent (step durations)",
         ),
+        output.table(
+            by_action,
+            [
+                Column("action", "action"),
+                Column("steps", "steps", justify="right"),
+                Column("failed_steps", "failed", justify="right"),
+                Column("retries", "retries", justify="right"),
+                Column("compensated", "undone", justify="right"),
+                Column("compensations_failed", "undo failed", justify="right"),
+            ]
+            + duration,
+            title="By action (step durations)",
+        ),
+        output.table(
+            [{"count": name.replace("_", " "), "value": value} for name, value in totals.items()],
+            [Column("count", "count"), Column("value", "", justify="right")],
+            title="Counts",
+        ),
     )
+
+
+def _journal_counts(
+    found: list[Transaction], counts: dict[TransactionState, int]
+) -> dict[str, int]:
+    """What the metrics of ``aumai_transactions.otel`` count, as the journal has it now."""
+    steps = [step for tx in found for step in tx.steps]
+    return {
+        "compensations_failed": sum(s.status.value == "compensation_failed" for s in steps),
+        "step_retries": sum(max(0, s.attempts - 1) for s in steps),
+        "compensation_retries": sum(max(0, s.compensation_attempts - 1) for s in steps),
+        "recoveries": sum(tx.recovery_attempts for tx in found),
+        "recovered_transactions": sum(tx.recovery_attempts > 0 for tx in found),
+        "dead_letters": counts.get(TransactionState.DEAD_LETTER, 0),
+    }
+
+
+def _action_rows(found: list[Transaction]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    durations: dict[str, list[float]] = defaultdict(list)
+    for tx in found:
+        for step in tx.steps:
+            row = rows.setdefault(
+                step.action,
+                {
+                    "action": step.action,
+                    "steps": 0,
+                    "failed_steps": 0,
+                    "retries": 0,
+                    "compensated": 0,
+                    "compensations_failed": 0,
+                },
+            )
+            status = step.status.value
+            row["steps"] += 1
+            row["failed_steps"] += status == "failed"
+            row["retries"] += max(0, step.attempts - 1)
+            row["compensated"] += status == "compensated"
+            row["compensations_failed"] += status == "compensation_failed"
+            seconds = seconds_between(step.started_at, step.finished_at)
+            if seconds is not None:
+                durations[step.action].append(seconds)
+    for action, row in rows.items():
+        row["p50_seconds"] = percentile(durations[action], 50)
+        row["p95_seconds"] = percentile(durations[action], 95)
+    return sorted(rows.values(), key=lambda r: (-r["steps"], r["action"]))
 
 
 def _state_rows(
