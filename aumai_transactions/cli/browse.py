@@ -322,7 +322,7 @@ def stats(
         ),
         output.table(
             [{"count": name.replace("_", " "), "value": value} for name, value in totals.items()],
-            [Column("count", "count"), Column("value", "", justify="right")],
+            [Column("count", "what"), Column("value", "count", justify="right")],
             title="Counts",
         ),
     )
