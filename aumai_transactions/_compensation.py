@@ -96,7 +96,7 @@ class CompensationPass(DriverCore):
                 )
             return False
         if call.result is not None and step.result is None:
-            step.result = storable_result(step, call.result)
+            step.result = storable_result(step, call.result, self.tx.transaction_id)
         return True
 
     async def _compensate_step(self, step: TransactionStep) -> None:

@@ -58,7 +58,7 @@ def seconds_since(moment: datetime | None) -> float | None:
     return None if moment is None else (utcnow() - moment).total_seconds()
 
 
-def storable_result(step: TransactionStep, result: Any) -> Any:
+def storable_result(step: TransactionStep, result: Any, transaction_id: str | None = None) -> Any:
     """What to record as ``step``'s result: JSON as it is, or converted as pydantic
     converts; only what still cannot be stored becomes its repr, with a warning."""
     try:
@@ -71,7 +71,7 @@ def storable_result(step: TransactionStep, result: Any) -> Any:
             step.action,
             type(result).__name__,
             exc,
-            extra=step_log_fields(step),
+            extra=step_log_fields(step, transaction_id),
         )
         return repr(result)
 
@@ -238,7 +238,7 @@ class ForwardPass(DriverCore):
             if fields["error"] is not None:
                 fields["error"] = None
             if result is not None:
-                fields["result"] = storable_result(step, result)
+                fields["result"] = storable_result(step, result, self.tx.transaction_id)
             fields["finished_at"] = utcnow()
             # The completion rides with the next durable write: nothing happens in between.
             await self._journal(step, durable=False)

@@ -181,8 +181,11 @@ class Listeners:
 
     async def drain(self) -> None:
         """Wait until every async listener has been handed every event queued so far."""
-        while True:
+        try:
             loop = asyncio.get_running_loop()
+        except RuntimeError:  # another anyio backend: nothing was queued (see _AsyncDelivery)
+            return
+        while True:
             pending = [d.task for d in self._async if d.task is not None]
             pending = [t for t in pending if t.get_loop() is loop]
             if not pending:
