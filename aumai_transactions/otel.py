@@ -84,6 +84,8 @@ class _Run:
     """What is open of one transaction's run."""
 
     run: _Open
+    recording: bool
+    """False when the tracer records nothing (no SDK): then no child span is made."""
     attempts: dict[str, _Open] = field(default_factory=dict)
     compensations: dict[str, _Open] = field(default_factory=dict)
     groups: dict[str, _Open] = field(default_factory=dict)
@@ -243,7 +245,7 @@ class Instrumentation:
         opened = self._start(
             f"transaction {event.run}", otel_context.get_current(), attributes, event.at, links
         )
-        self._runs[tid] = _Run(opened)
+        self._runs[tid] = _Run(opened, opened.span.is_recording())
         self._in_flight.add(1, {"aumai.run": event.run})
 
     def _compensating(self, event: ev.TransactionCompensating) -> None:
@@ -294,7 +296,7 @@ class Instrumentation:
 
     def _group_started(self, event: ev.GroupStarted) -> None:
         run = self._runs.get(event.transaction_id)
-        if run is None:
+        if run is None or not run.recording:
             return
         attributes = {
             "aumai.transaction.id": event.transaction_id,
@@ -323,7 +325,7 @@ class Instrumentation:
 
     def _step_started(self, event: ev.StepStarted) -> None:
         run = self._runs.get(event.transaction_id)
-        if run is None:
+        if run is None or not run.recording:
             return
         run.attempts[event.step_id] = self._start(
             f"execute_tool {event.action}",
@@ -347,6 +349,11 @@ class Instrumentation:
             error_type, error = event.error_type, event.error
         if isinstance(event, ev.StepRetrying):
             self._retries.add(1, {**action, "aumai.phase": "forward"})
+        seconds = getattr(event, "duration_seconds", None)
+        if seconds is None and opened is not None:
+            seconds = _seconds(opened.started, event.at)
+        if seconds is not None:
+            self._step_duration.record(seconds, {**action, "aumai.outcome": outcome})
         if opened is None:
             return
         assert run is not None
@@ -358,15 +365,16 @@ class Instrumentation:
             span.set_attribute("aumai.retry.delay", event.delay_seconds)
         if error_type is not None:
             _failed(span, error_type, error)
-        self._step_duration.record(
-            _seconds(opened.started, event.at), {**action, "aumai.outcome": outcome}
-        )
         run.forward[event.step_id] = span.get_span_context()
         opened.end()
 
     def _compensation_started(self, event: ev.CompensationStarted) -> None:
         run = self._runs.get(event.transaction_id)
-        if run is None:
+        if event.attempt > 1:
+            self._retries.add(
+                1, {"gen_ai.tool.name": event.compensating_action, "aumai.phase": "compensate"}
+            )
+        if run is None or not run.recording:
             return
         attempt = run.attempts.pop(event.step_id, None)
         if attempt is not None:  # left in doubt without an event saying so: end it now
@@ -378,9 +386,6 @@ class Instrumentation:
         if opened is not None:  # a retry of the same compensation
             opened.span.set_attribute("aumai.attempt", event.attempt)
             opened.span.add_event("retry", {"aumai.attempt": event.attempt})
-            self._retries.add(
-                1, {"gen_ai.tool.name": event.compensating_action, "aumai.phase": "compensate"}
-            )
             return
         attributes = self._step_attributes(event)
         attributes.update(
@@ -408,10 +413,11 @@ class Instrumentation:
         outcome = "compensation_failed" if failed else "compensated"
         if failed:
             self._compensations_failed.add(1, action)
-        started = event.at if opened is None else opened.started
-        self._compensation_duration.record(
-            _seconds(started, event.at), {**action, "aumai.outcome": outcome}
-        )
+        seconds = getattr(event, "duration_seconds", None)
+        if seconds is None and opened is not None:
+            seconds = _seconds(opened.started, event.at)
+        if seconds is not None:
+            self._compensation_duration.record(seconds, {**action, "aumai.outcome": outcome})
         if opened is None:
             return
         span = opened.span

@@ -515,3 +515,27 @@ def test_the_library_never_imports_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+async def test_without_a_tracing_sdk_metrics_still_count(telemetry: Telemetry) -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    manager = TransactionManager(handlers("a", "b", "undo_a", fail=("b",)), sync_handlers="inline")
+    instrumentation = instrument(
+        manager, tracer_provider=NoOpTracerProvider(), meter_provider=telemetry.meter_provider
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", {}, "undo_a")
+    manager.add_step(tx, "agent", "b")
+    await manager.commit(tx)
+    assert telemetry.spans == [] and instrumentation._runs == {}
+    assert telemetry.points("aumai.transactions") == {
+        (("aumai.outcome", "rolled_back"), ("aumai.run", "commit")): 1
+    }
+    assert telemetry.points("aumai.step.duration") == {
+        (("aumai.outcome", "completed"), ("gen_ai.tool.name", "a")): 1,
+        (("aumai.outcome", "failed"), ("gen_ai.tool.name", "b")): 1,
+    }
+    assert telemetry.points("aumai.compensation.duration") == {
+        (("aumai.outcome", "compensated"), ("gen_ai.tool.name", "undo_a")): 1
+    }
