@@ -160,6 +160,12 @@ class Listeners:
 
         return unsubscribe
 
+    @property
+    def any_async(self) -> bool:
+        """True when an ``async def`` listener is subscribed (its queue is drained by a
+        task of the event loop the events were emitted in)."""
+        return bool(self._async)
+
     def emitter(self) -> Callable[[Event], None] | None:
         """What a driver calls with each event, or None while nobody listens."""
         return self.emit if self._sync or self._async else None

@@ -194,6 +194,11 @@ class HandlerRegistry:
     def __contains__(self, action: object) -> bool:
         return action in self._handlers
 
+    @property
+    def all_sync(self) -> bool:
+        """True when no registered handler is async."""
+        return not any(h.is_async for h in self._handlers.values())
+
     def __bool__(self) -> bool:
         return bool(self._handlers)
 

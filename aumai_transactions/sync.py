@@ -27,7 +27,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
 from types import FrameType, TracebackType
@@ -40,6 +40,8 @@ from . import manager as _manager
 from . import open_transaction as _open
 from . import saga as _saga
 from ._actions import Actions
+from ._here import close_loop, on_portal, run_here, runs_here
+from ._here import raw_signal as _raw_signal
 from ._listeners import EventListener
 from .handlers import ActionHandler, SyncHandlerMode
 from .models import (
@@ -80,10 +82,10 @@ def _close_portal() -> None:
             except RuntimeError:  # the loop has already stopped
                 pass
         _portal_stack.close()
+    close_loop()
 
 
-def _blocking_portal() -> anyio.from_thread.BlockingPortal:
-    """The portal of the facade's event loop, started on first use."""
+def _refuse_in_event_loop() -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -93,6 +95,11 @@ def _blocking_portal() -> anyio.from_thread.BlockingPortal:
             "aumai_transactions.sync blocks, and this code runs inside an event loop; "
             "use aumai_transactions.TransactionManager there and `await` its methods."
         )
+
+
+def _blocking_portal() -> anyio.from_thread.BlockingPortal:
+    """The portal of the facade's event loop, started on first use."""
+    _refuse_in_event_loop()
     global _portal
     with _portal_lock:
         if _portal is None:
@@ -125,15 +132,15 @@ class _SigintGuard:
     def __enter__(self) -> Self:
         self.installed = (
             threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            and _raw_signal.getsignal(signal.SIGINT) is signal.default_int_handler
         )
         if self.installed:
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = _raw_signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self.installed:
-            signal.signal(signal.SIGINT, self._previous)
+            _raw_signal.signal(signal.SIGINT, self._previous)
 
     def wait_out(
         self,
@@ -224,7 +231,29 @@ class _Call(Generic[_T]):
 
 
 def _run(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    return _Call(func, args).run(_blocking_portal())
+    portal = _blocking_portal()
+    with on_portal():
+        return _Call(func, args).run(portal)
+
+
+def _drive(
+    manager: _manager.TransactionManager,
+    tx: Transaction,
+    func: Callable[[Transaction], Coroutine[Any, Any, TransactionResult]],
+) -> TransactionResult:
+    """``func(tx)`` (a commit or rollback) as a blocking call: in this thread when it
+    cannot yield before its handlers ran (see ``_here``), else through the portal."""
+    if isinstance(tx, Transaction) and runs_here(manager, tx):
+        _refuse_in_event_loop()
+        with _SigintGuard() as guard:  # not armed: a Ctrl-C is held until the end
+            result = run_here(functools.partial(func, tx))
+        if result is not None:
+            if guard.interrupts:  # as through the portal: the call ends, then it stops
+                raise KeyboardInterrupt
+            return result
+    portal = _blocking_portal()  # as _run does, without its frame in a traceback
+    with on_portal():
+        return _Call(func, (tx,)).run(portal)
 
 
 class TransactionManager:
@@ -335,11 +364,11 @@ class TransactionManager:
 
     def commit(self, transaction: Transaction) -> TransactionResult:
         """See :meth:`aumai_transactions.TransactionManager.commit`."""
-        return _run(self.manager.commit, transaction)
+        return _drive(self.manager, transaction, self.manager.commit)
 
     def rollback(self, transaction: Transaction) -> TransactionResult:
         """See :meth:`aumai_transactions.TransactionManager.rollback`."""
-        return _run(self.manager.rollback, transaction)
+        return _drive(self.manager, transaction, self.manager.rollback)
 
     def recover(
         self, policy: RecoveryPolicy = "compensate", *, limit: int = 1000
@@ -468,6 +497,11 @@ class OpenTransaction:
     async def _hold(self) -> bool:
         """The whole async block, in this one task: enter, wait to be told to leave,
         leave with the exception that ended the ``with`` block (or none)."""
+        assert self._entering is not None and self._leave is not None
+        with on_portal():  # the block drives its transaction in this task
+            return await self._hold_block()
+
+    async def _hold_block(self) -> bool:
         assert self._entering is not None and self._leave is not None
         try:
             with self._entering:  # cancelled (by Ctrl-C) only while entering

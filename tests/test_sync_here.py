@@ -1,0 +1,133 @@
+"""The blocking facade runs a commit that cannot yield in the calling thread (no hop to
+the portal's loop), with the same outcome, Ctrl-C included; anything else still goes
+through the portal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import pytest
+
+from aumai_transactions import RetryPolicy, StepStatus, TransactionState
+from aumai_transactions import sync as blocking
+
+
+def _threads_seen(seen: list[threading.Thread]) -> Any:
+    def handler(action: str, data: dict[str, Any]) -> dict[str, str]:
+        seen.append(threading.current_thread())
+        return {"ran": action}
+
+    return handler
+
+
+def _manager(seen: list[threading.Thread], **options: Any) -> blocking.TransactionManager:
+    handler = _threads_seen(seen)
+    return blocking.TransactionManager(
+        {"a": handler, "b": handler, "undo": handler}, sync_handlers="inline", **options
+    )
+
+
+def _two_steps(manager: blocking.TransactionManager, **step: Any) -> Any:
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", {"n": 1}, "undo", **step)
+    manager.add_step(tx, "agent", "b", {"n": 2}, "undo", **step)
+    return tx
+
+
+def test_an_inline_commit_on_the_memory_store_runs_in_the_calling_thread() -> None:
+    seen: list[threading.Thread] = []
+    manager = _manager(seen)
+    result = manager.commit(_two_steps(manager))
+    assert result.state is TransactionState.COMMITTED
+    assert seen == [threading.current_thread()] * 2
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", {}, "undo")
+    assert manager.rollback(tx).state is TransactionState.ROLLED_BACK
+    assert seen[2:] == [threading.current_thread()]  # the compensation, here too
+
+
+def test_a_failing_inline_commit_compensates_in_the_calling_thread() -> None:
+    seen: list[threading.Thread] = []
+
+    def bad(action: str, data: dict[str, Any]) -> None:
+        seen.append(threading.current_thread())
+        raise RuntimeError("declined")
+
+    handler = _threads_seen(seen)
+    manager = blocking.TransactionManager(
+        {"a": handler, "b": bad, "undo": handler}, sync_handlers="inline"
+    )
+    result = manager.commit(_two_steps(manager))
+    assert result.state is TransactionState.ROLLED_BACK and result.error == "declined"
+    assert seen == [threading.current_thread()] * 3
+    assert [s.status for s in manager.get_all_transactions()[0].steps] == [
+        StepStatus.COMPENSATED,
+        StepStatus.FAILED,
+    ]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "thread handlers",
+        "async handler",
+        "async listener",
+        "retry",
+        "group",
+        "open block in flight",
+    ],
+)
+def test_anything_that_could_yield_still_runs_on_the_portal(shape: str) -> None:
+    seen: list[threading.Thread] = []
+    if shape == "thread handlers":
+        manager = blocking.TransactionManager({"a": _threads_seen(seen), "b": _threads_seen(seen)})
+    elif shape == "async listener":
+
+        async def listener(event: object) -> None:
+            return None
+
+        manager = _manager(seen, listeners=[listener])
+    else:
+        manager = _manager(seen)
+    if shape == "async handler":
+
+        async def other(action: str, data: dict[str, Any]) -> None:
+            return None
+
+        manager.manager._handlers.register("other", other)
+    step: dict[str, Any] = {}
+    if shape == "retry":
+        step["retry"] = RetryPolicy(max_attempts=2)
+    if shape == "group":
+        step["group"] = "g"
+    tx = _two_steps(manager, **step)
+    if shape == "open block in flight":
+        with manager.transaction():
+            assert manager.commit(tx).state is TransactionState.COMMITTED
+    else:
+        assert manager.commit(tx).state is TransactionState.COMMITTED
+    assert seen and threading.current_thread() not in seen
+
+
+def test_ctrl_c_during_an_inline_commit_in_the_calling_thread_ends_it_then_raises() -> None:
+    # Through the portal, the task of such a commit never yields, so a Ctrl-C takes
+    # effect once it is over; here it is held until then too, never raised mid-step.
+    seen: list[threading.Thread] = []
+
+    def presses_ctrl_c(action: str, data: dict[str, Any]) -> None:
+        seen.append(threading.current_thread())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    manager = blocking.TransactionManager(
+        {"a": presses_ctrl_c, "b": _threads_seen(seen), "undo": _threads_seen(seen)},
+        sync_handlers="inline",
+    )
+    tx = _two_steps(manager)
+    with pytest.raises(KeyboardInterrupt):
+        manager.commit(tx)
+    assert seen == [threading.current_thread()] * 2
+    assert tx.state is TransactionState.COMMITTED
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
