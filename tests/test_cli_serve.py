@@ -35,6 +35,14 @@ def test_a_missing_store_is_refused_and_not_created(cli: Cli, tmp_path: Path) ->
     assert not missing.exists() and not missing.parent.exists()
 
 
+def test_without_the_web_extra_it_says_how_to_install_it(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn: ImportError
+    line = assert_usage_error(cli("serve"), "serve needs the web extra (uvicorn is not installed)")
+    assert 'pip install -e ".[web]"' in line
+
+
 def test_a_short_token_is_refused(cli: Cli) -> None:
     assert_usage_error(cli("serve", "--token", "abc"), "at least 16 characters")
 
