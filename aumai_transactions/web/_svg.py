@@ -5,8 +5,9 @@ The events are the CLI's (``show --json``'s ``timeline``), in the rows the CLI's
 timeline uses (by start; a group's steps together, one lane each), so the terminal
 and the browser draw the same picture. The template draws what this module computes
 (positions in the SVG's user units, CSS classes, hover text); it computes no time
-itself. The journal keeps one start and one end per step, not per attempt, so a step
-that was retried is one bar covering its attempts, marked ``×N``.
+itself. The journal keeps the start and end of a step's last attempt and the number
+of attempts, not each attempt's times, so a step that was retried is one bar (its last
+attempt), marked ``×N``.
 
 A compensation records only when it ended: it is drawn from when the previous one
 ended (see ``timeline_events``); one that has not ended (it failed, or is running)
