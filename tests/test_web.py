@@ -247,6 +247,8 @@ async def test_pages_of_other_shapes(view: View) -> None:
     assert stuck.status_code == 200
     assert "Bearer ***" in stuck.text and TOKEN_SHAPED not in stuck.text
     assert 'data-status="compensation_failed"' in stuck.text
+    assert "↩ #1 refund_card ×3" in stuck.text  # a retried bar says how many attempts
+    assert "attempts: 3" in stuck.text
     live = await view.client.get(f"/transactions/{view.ids['active_live']}")
     assert 'data-live="1"' in live.text and "held by worker-1" in live.text
     blocked = await view.client.get(f"/transactions/{view.ids['blocked']}")
