@@ -27,9 +27,9 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from types import FrameType, TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -122,6 +122,8 @@ class _SigintGuard:
         self.armed = False
         self.installed = False
         self._previous: Any = None
+        self._own: Any = None  # a program's own handler, once a hand-over is over
+        self._held = 0  # SIGINTs held for it meanwhile
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
@@ -141,6 +143,34 @@ class _SigintGuard:
     def __exit__(self, *exc_info: object) -> None:
         if self.installed:
             _raw_signal.signal(signal.SIGINT, self._previous)
+
+    @contextmanager
+    def handing_over(self) -> Iterator[None]:
+        """While a task is handed to the portal, hold a SIGINT for a program's own
+        handler too (it would raise between the hand-over and the wait, leaving the
+        task running uncancelled); :meth:`deliver_held` calls it afterwards."""
+        own = None
+        if not self.installed and threading.current_thread() is threading.main_thread():
+            handler = _raw_signal.getsignal(signal.SIGINT)
+            if callable(handler):
+                own = handler
+                _raw_signal.signal(signal.SIGINT, self._hold)
+        try:
+            yield
+        finally:
+            if own is not None:
+                _raw_signal.signal(signal.SIGINT, own)
+                self._own = own
+
+    def _hold(self, signum: int, frame: FrameType | None) -> None:
+        self._held += 1
+
+    def deliver_held(self) -> None:
+        """Call the program's own handler with a SIGINT held while handing over."""
+        own, self._own = self._own, None
+        if own is not None and self._held:
+            self._held = 0
+            own(signal.SIGINT, None)
 
     def wait_out(
         self,
@@ -199,9 +229,11 @@ class _Call(Generic[_T]):
 
     def run(self, portal: anyio.from_thread.BlockingPortal) -> _T:
         with _SigintGuard() as guard:
-            future = portal.start_task_soon(self._task)  # a SIGINT meanwhile is held
+            with guard.handing_over():
+                future = portal.start_task_soon(self._task)  # a SIGINT meanwhile is held
             try:
                 guard.armed = guard.installed
+                guard.deliver_held()
                 if guard.interrupts:  # it came while the task was being handed over
                     guard.armed = False
                     raise KeyboardInterrupt
