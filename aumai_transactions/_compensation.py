@@ -28,6 +28,8 @@ logger = logging.getLogger("aumai_transactions.engine")
 _RUNNING = StepStatus.RUNNING
 _COMPLETED = StepStatus.COMPLETED
 _FAILED = StepStatus.FAILED
+_COMPENSATING = StepStatus.COMPENSATING
+_COMPENSATED = StepStatus.COMPENSATED
 
 
 async def finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
@@ -117,9 +119,12 @@ class CompensationPass(DriverCore):
             return
         emit = self._emit
         began = utcnow() if emit is not None else None
+        # Plain dictionary writes, as in the forward pass: no validation on assignment
+        # either way, and this skips pydantic's __setattr__ on the hot path.
+        fields = step.__dict__
         while True:
-            attempt = step.compensation_attempts = step.compensation_attempts + 1
-            step.status = StepStatus.COMPENSATING
+            attempt = fields["compensation_attempts"] = fields["compensation_attempts"] + 1
+            fields["status"] = _COMPENSATING
             await self._journal(step)
             if emit is not None:
                 self._step_event(CompensationStarted, step, compensating_action=action)
@@ -133,7 +138,7 @@ class CompensationPass(DriverCore):
                     self._context(step, "compensate") if handler.wants_context else None,
                 )
             except Exception as exc:
-                step.compensation_error = message_of(exc)
+                fields["compensation_error"] = error = message_of(exc)
                 if policy.should_retry(exc, attempt):
                     delay = policy.delay_before(attempt + 1)
                     logger.info(
@@ -142,20 +147,20 @@ class CompensationPass(DriverCore):
                         step.step_id,
                         attempt,
                         delay,
-                        step.compensation_error,
+                        error,
                         extra=self._compensation_log_fields(step),
                     )
                     await anyio.sleep(delay)
                     continue
-                await self._compensation_failed(step, step.compensation_error, type(exc).__name__)
+                await self._compensation_failed(step, error, type(exc).__name__)
                 return
             break
         if self._durable and (spoiled := spoiled_data(step)) is not None:
             await self._compensation_failed(step, spoiled, "UnstorableData")
             return
-        step.status = StepStatus.COMPENSATED
-        step.compensation_error = None
-        step.compensated_at = utcnow()
+        fields["status"] = _COMPENSATED
+        fields["compensation_error"] = None
+        fields["compensated_at"] = utcnow()
         await self._journal(step, durable=False)
         if emit is not None:
             self._step_event(
@@ -243,8 +248,9 @@ class CompensationPass(DriverCore):
         tx = self.tx
         await self._record_interrupted(interrupted)
         if tx.state is not TransactionState.COMPENSATING:
-            tx.state = TransactionState.COMPENSATING
-            tx.updated_at = utcnow()
+            fields = tx.__dict__
+            fields["state"] = TransactionState.COMPENSATING
+            fields["updated_at"] = utcnow()
             # Without an interrupted step, the journal already tells recovery to
             # compensate (a failed step, or the recovery's own decision): the state
             # change may ride with the first compensation's intent.

