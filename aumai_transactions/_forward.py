@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -186,8 +187,12 @@ class ForwardPass(DriverCore):
             else:
                 try:
                     if handler.is_async and not handler.wants_context:
-                        # The common case, without the extra frame of handlers.call.
+                        # The common cases, without the extra frame of handlers.call.
                         result = await handler.func(step.action, step.data)
+                    elif handlers.inline and not handler.wants_context:
+                        result = handler.func(step.action, step.data)
+                        if result is not None and inspect.isawaitable(result):
+                            result = await result
                     else:
                         result = await handlers.call(
                             handler,

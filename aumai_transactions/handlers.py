@@ -245,6 +245,6 @@ class HandlerRegistry:
                 if call.abandon() and not call.returned.is_set():
                     abandoned(call)
                 raise
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             result = await result
         return result
