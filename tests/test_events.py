@@ -497,3 +497,39 @@ async def test_log_records_carry_the_ids_and_never_the_data(
         assert record.action in {"charge", "release"}  # type: ignore[attr-defined]
         assert secret not in record.getMessage()
         assert secret not in repr(vars(record))
+
+
+async def test_an_operators_retry_is_its_own_run() -> None:
+    heard: list[events.Event] = []
+    refunds = 0
+
+    def refund(action: str, data: dict[str, Any]) -> None:
+        nonlocal refunds
+        refunds += 1
+        if refunds == 1:
+            raise RuntimeError("provider down")
+
+    manager = TransactionManager(
+        {**Recorder(fail=["ship"]).handlers("charge", "ship"), "refund": refund},
+        compensation_retry=RetryPolicy(max_attempts=1),
+        listeners=[heard.append],
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "charge", {}, "refund")
+    manager.add_step(tx, "agent", "ship")
+    assert (await manager.commit(tx)).state is TransactionState.COMPENSATION_FAILED
+    failed = next(e for e in heard if isinstance(e, events.CompensationFailed))
+    assert (failed.compensating_action, failed.error_type) == ("refund", "RuntimeError")
+    heard.clear()
+    result = await manager.retry_compensations(tx)
+    assert result.state is TransactionState.ROLLED_BACK
+    assert names(heard) == [
+        "TransactionBegan",
+        "TransactionCompensating",
+        "CompensationStarted",
+        "CompensationCompleted",
+        "TransactionRolledBack",
+    ]
+    assert {e.run for e in heard if isinstance(e, events.TransactionEvent)} == {
+        "retry_compensations"
+    }
