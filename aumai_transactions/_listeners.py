@@ -185,8 +185,14 @@ class Listeners:
         """Events dropped so far because an async listener's queue was full."""
         return sum(d.dropped for d in self._async)
 
+    @property
+    def queued(self) -> int:
+        """Events waiting in the async listeners' queues."""
+        return sum(len(d.queue) for d in self._async)
+
     async def drain(self) -> None:
-        """Wait until every async listener has been handed every event queued so far."""
+        """Wait until every async listener has been handed every event queued so far
+        (bound it with a cancel scope: a listener may never return)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend: nothing was queued (see _AsyncDelivery)

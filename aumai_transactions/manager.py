@@ -40,6 +40,7 @@ _T = TypeVar("_T")
 _PENDING = TransactionState.PENDING
 _ROLLBACK_FROM = (TransactionState.PENDING, TransactionState.COMMITTED)
 _POLICIES = ("compensate", "resume")
+_DRAIN_ON_EXIT = 5.0  # seconds ``async with manager:`` waits for async listeners at its end
 _IN_FLIGHT_STATES = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
 
 
@@ -207,7 +208,15 @@ class TransactionManager:
         await self._task_group.__aexit__(None, None, None)
         if self.store.durable:
             self._renewers -= 1
-        await self.drain_events()
+        with anyio.move_on_after(_DRAIN_ON_EXIT) as bound:  # a stuck listener must not hold it
+            await self.drain_events()
+        if bound.cancelled_caught:
+            logger.warning(
+                "%d event(s) not yet delivered to async listeners after %ss; they are "
+                "delivered for as long as the event loop runs",
+                self._listeners.queued,
+                _DRAIN_ON_EXIT,
+            )
         await self.close()
 
     # ------------------------------------------------------------------ events
@@ -226,8 +235,11 @@ class TransactionManager:
         return self._listeners.dropped
 
     async def drain_events(self) -> None:
-        """Wait until every async listener has been handed the events emitted so far
-        (leaving ``async with manager:`` does it)."""
+        """Wait until every async listener has been handed the events emitted so far.
+
+        Leaving ``async with manager:`` does it, for at most 5 seconds; bound other
+        calls with a cancel scope (``anyio.move_on_after``): a listener may never return.
+        """
         await self._listeners.drain()
 
     async def keep_leases_renewed(self) -> None:

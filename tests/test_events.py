@@ -20,6 +20,7 @@ from aumai_transactions import (
     events,
     sync,
 )
+from aumai_transactions import manager as manager_module
 from aumai_transactions.stores import Lease
 
 from ._support import Recorder
@@ -533,3 +534,31 @@ async def test_an_operators_retry_is_its_own_run() -> None:
     assert {e.run for e in heard if isinstance(e, events.TransactionEvent)} == {
         "retry_compensations"
     }
+
+
+async def test_a_stuck_async_listener_does_not_hold_the_managers_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    never = anyio.Event()
+
+    async def stuck(event: events.Event) -> None:
+        await never.wait()
+
+    manager = TransactionManager(listeners=[stuck])
+    await manager.commit(manager.begin())
+    with anyio.move_on_after(0.01) as bound:
+        await manager.drain_events()
+    assert bound.cancelled_caught
+    manager_module._DRAIN_ON_EXIT = 0.01  # type: ignore[attr-defined]
+    try:
+        with caplog.at_level(logging.WARNING, logger="aumai_transactions"):
+            with anyio.fail_after(10):
+                async with manager:
+                    pass
+    finally:
+        manager_module._DRAIN_ON_EXIT = 5.0  # type: ignore[attr-defined]
+    # The first event is being handled; the other one waits in the queue.
+    assert "1 event(s) not yet delivered to async listeners" in caplog.text
+    never.set()
+    with anyio.fail_after(10):
+        await manager.drain_events()
