@@ -148,6 +148,11 @@ async def _measure(path: Path, rolled_back: str, middle: Any) -> None:
                     "/?state=rolled_back",
                     lambda: list_baseline(state=TransactionState.ROLLED_BACK),
                 ),
+                (
+                    "list page action=refund_x (no such step: every body scanned)",
+                    "/?action=refund_x",
+                    lambda: list_baseline(action="refund_x"),
+                ),
                 ("transaction page", f"/transactions/{rolled_back}", load_baseline),
                 ("API list", "/api/transactions", rows_baseline),
                 ("API transaction", f"/api/transactions/{rolled_back}", load_baseline),
