@@ -105,10 +105,12 @@ async def main():
     except StepFailedError as failure:
         result = failure.result
         steps = manager.get_transaction(result.transaction_id).steps
-        by_id = {step.step_id: step.action for step in steps}
+        by_id = {step.step_id: step for step in steps}
+        # completed_steps is the order they were undone in; the search had nothing to undo.
+        undone = [by_id[step_id] for step_id in result.completed_steps]
         print(f"state: {result.state.value}")
         print(f"error: {result.error}")
-        print(f"undone, newest first: {[by_id[step_id] for step_id in result.completed_steps]}")
+        print(f"undone, newest first: {[s.action for s in undone if s.compensating_action]}")
 
 
 if __name__ == "__main__":

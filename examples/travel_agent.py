@@ -121,8 +121,11 @@ async def main():
     for step in tx.transaction.steps:
         together = " (parallel)" if step.group else ""
         print(f"  {step.key}  {step.action:<15} {step.status.value}{together}")
-    undone = {step.step_id: step.action for step in tx.transaction.steps}
-    print("undone, newest first:", [undone[step_id] for step_id in tx.result.completed_steps])
+    # completed_steps is the order they were undone in; the read-only search is among
+    # them, with nothing to undo.
+    steps = {step.step_id: step for step in tx.transaction.steps}
+    undone = [steps[step_id] for step_id in tx.result.completed_steps]
+    print("undone, newest first:", [s.action for s in undone if s.status.value == "compensated"])
 
 
 asyncio.run(main())
