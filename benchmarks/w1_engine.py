@@ -86,40 +86,62 @@ async def _engine(n: int, manager: TransactionManager) -> None:
         await commit(tx)
 
 
-def _time(n: int, make: Callable[[], Any]) -> float:
-    """Median seconds of ``await make()``, timed inside one event loop."""
+def measure_both(n: int, is_async: bool, fail: bool) -> dict[str, float]:
+    """Seconds for n transactions through the engine and through the baseline, timed in
+    interleaved rounds in one event loop (medians of 5 after a warm-up round), as wall
+    time and as this process's CPU time (which a loaded machine disturbs far less)."""
+    handlers = _async_handlers(fail) if is_async else _sync_handlers(fail)
 
-    async def timed() -> float:
+    async def timed(make: Callable[[], Any]) -> tuple[float, float]:
         gc.collect()
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         await make()
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
-    async def repeat() -> float:
-        await timed()  # warm-up
-        return statistics.median([await timed() for _ in range(REPEATS)])
+    def engine_run() -> Any:
+        return _engine(n, TransactionManager(handlers, sync_handlers="inline"))
 
-    return asyncio.run(repeat())
+    def baseline_run() -> Any:
+        return _baseline(n, handlers, is_async)
+
+    async def rounds() -> dict[str, float]:
+        engine: list[tuple[float, float]] = []
+        baseline: list[tuple[float, float]] = []
+        for _ in range(REPEATS + 1):  # the first round is the warm-up
+            engine.append(await timed(engine_run))
+            baseline.append(await timed(baseline_run))
+        engine, baseline = engine[1:], baseline[1:]
+        return {
+            "engine": statistics.median(t[0] for t in engine),
+            "baseline": statistics.median(t[0] for t in baseline),
+            "engine_cpu": statistics.median(t[1] for t in engine),
+            "baseline_cpu": statistics.median(t[1] for t in baseline),
+        }
+
+    return asyncio.run(rounds())
 
 
 def measure(n: int, is_async: bool, fail: bool) -> tuple[float, float]:
-    """Seconds for n transactions through the engine and through the baseline."""
-    handlers = _async_handlers(fail) if is_async else _sync_handlers(fail)
+    """Wall seconds for n transactions through the engine and through the baseline."""
+    both = measure_both(n, is_async, fail)
+    return both["engine"], both["baseline"]
 
-    def engine_run() -> Any:
-        manager = TransactionManager(handlers, sync_handlers="inline")
-        return _engine(n, manager)
 
-    engine = _time(n, engine_run)
-    baseline = _time(n, lambda: _baseline(n, handlers, is_async))
-    return engine, baseline
+def _cpu_fields(both: dict[str, float], per: int) -> dict[str, float]:
+    engine, baseline = both["engine_cpu"] / per * 1e6, both["baseline_cpu"] / per * 1e6
+    return {
+        "cpu": round(engine, 3),
+        "cpu_baseline": round(baseline, 3),
+        "cpu_ratio": round(engine / baseline, 2),
+    }
 
 
 def main() -> None:
     n = 2000
     for is_async in (False, True):
         kind = "async" if is_async else "sync-inline"
-        engine, baseline = measure(n, is_async, fail=False)
+        both = measure_both(n, is_async, fail=False)
+        engine, baseline = both["engine"], both["baseline"]
         per_step, base_step = engine / (3 * n) * 1e6, baseline / (3 * n) * 1e6
         emit(
             "W1",
@@ -132,10 +154,12 @@ def main() -> None:
             handlers=kind,
             baseline=round(base_step, 3),
             ratio=round(per_step / base_step, 2),
+            **_cpu_fields(both, 3 * n),
         )
     for is_async in (False, True):
         kind = "async" if is_async else "sync-inline"
-        engine, baseline = measure(n, is_async, fail=True)
+        both = measure_both(n, is_async, fail=True)
+        engine, baseline = both["engine"], both["baseline"]
         per_tx, base_tx = engine / n * 1e6, baseline / n * 1e6
         emit(
             "W2",
@@ -148,6 +172,7 @@ def main() -> None:
             handlers=kind,
             baseline=round(base_tx, 3),
             ratio=round(per_tx / base_tx, 2),
+            **_cpu_fields(both, n),
         )
     for size in (100, 1_000, 10_000, 100_000):
         engine, baseline = measure(size, True, fail=False)

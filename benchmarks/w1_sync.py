@@ -14,6 +14,7 @@ import asyncio
 import gc
 import statistics
 import time
+from collections.abc import Callable
 
 from aumai_transactions import TransactionManager
 from aumai_transactions import sync as blocking
@@ -33,34 +34,36 @@ def _facade(n: int, manager: blocking.TransactionManager) -> None:
         commit(tx)
 
 
-def measure(n: int, fail: bool) -> tuple[float, float]:
-    """Median seconds for n transactions: (async path, blocking facade)."""
+def measure(n: int, fail: bool) -> dict[str, float]:
+    """Median seconds for n transactions through the async path and the blocking
+    facade, as wall time and as this process's CPU time (both threads')."""
     handlers = _sync_handlers(fail)
 
-    def async_path() -> float:
-        manager = TransactionManager(handlers, sync_handlers="inline")
+    def timed(run: Callable[[], object]) -> tuple[float, float]:
         gc.collect()
-        start = time.perf_counter()
-        asyncio.run(_engine(n, manager))
-        return time.perf_counter() - start
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        return time.perf_counter() - wall, time.process_time() - cpu
 
-    def facade() -> float:
-        manager = blocking.TransactionManager(handlers, sync_handlers="inline")
-        gc.collect()
-        start = time.perf_counter()
-        _facade(n, manager)
-        return time.perf_counter() - start
+    def async_path() -> None:
+        asyncio.run(_engine(n, TransactionManager(handlers, sync_handlers="inline")))
 
-    rounds: list[tuple[float, float]] = []
-    for _ in range(REPEATS + 1):  # the first round is the warm-up
-        rounds.append((async_path(), facade()))
-    rounds = rounds[1:]
-    return statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
+    def facade() -> None:
+        _facade(n, blocking.TransactionManager(handlers, sync_handlers="inline"))
+
+    rounds = [(timed(async_path), timed(facade)) for _ in range(REPEATS + 1)][1:]  # warm-up
+    return {
+        "async": statistics.median(r[0][0] for r in rounds),
+        "facade": statistics.median(r[1][0] for r in rounds),
+        "async_cpu": statistics.median(r[0][1] for r in rounds),
+        "facade_cpu": statistics.median(r[1][1] for r in rounds),
+    }
 
 
 def _report(workload: str, n: int, fail: bool, per: int, unit: str) -> None:
-    async_s, facade_s = measure(n, fail)
-    facade_v, async_v = facade_s / per * 1e6, async_s / per * 1e6
+    times = measure(n, fail)
+    facade_v, async_v = times["facade"] / per * 1e6, times["async"] / per * 1e6
+    facade_cpu, async_cpu = times["facade_cpu"] / per * 1e6, times["async_cpu"] / per * 1e6
     what = "3rd step fails, 2 compensations" if fail else "no failure"
     emit(
         workload,
@@ -73,6 +76,9 @@ def _report(workload: str, n: int, fail: bool, per: int, unit: str) -> None:
         handlers="sync-facade",
         baseline=round(async_v, 3),
         ratio=round(facade_v / async_v, 2),
+        cpu=round(facade_cpu, 3),
+        cpu_baseline=round(async_cpu, 3),
+        cpu_ratio=round(facade_cpu / async_cpu, 2),
     )
 
 
