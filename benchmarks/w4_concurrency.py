@@ -2,8 +2,10 @@
 
 Each has three async steps awaiting ``anyio.sleep(0.01)``, so the ideal wall time is
 30 ms. Figure: wall time ÷ 30 ms, and peak RSS per in-flight transaction; baseline in
-the same run: ``asyncio.gather`` of the same bare coroutines. Each variant runs in a
-fresh child process so that peak RSS belongs to it alone.
+the same run: ``asyncio.gather`` of the same bare coroutines; and, as the floor the
+design sets, the same bare coroutines each inside an anyio cancel scope with a deadline
+(the transaction's timeout). Each variant runs in a fresh child process so that peak
+RSS belongs to it alone.
 """
 
 from __future__ import annotations
@@ -35,12 +37,18 @@ async def bare():
     for _ in range(3):
         await step("a", {})
 
+async def scoped():
+    # The bare coroutine inside the one thing the design requires per transaction:
+    # its timeout as an anyio cancel scope with a deadline.
+    with anyio.CancelScope(deadline=anyio.current_time() + 60):
+        await bare()
+
 async def main(kind):
     if kind == "idle":
         return 0.0
-    if kind == "baseline":
+    if kind in ("baseline", "scoped"):
         start = time.perf_counter()
-        await asyncio.gather(*(bare() for _ in range(N)))
+        await asyncio.gather(*((bare if kind == "baseline" else scoped)() for _ in range(N)))
         return time.perf_counter() - start
     manager = TransactionManager({"a": step, "b": step, "c": step, "undo": step})
     txs = []
@@ -78,8 +86,10 @@ def main() -> None:
     idle = _child("idle")["rss"]
     engine_runs = [_child("engine") for _ in range(REPEATS)]
     base_runs = [_child("baseline") for _ in range(REPEATS)]
+    scoped_runs = [_child("scoped") for _ in range(REPEATS)]
     engine = statistics.median(r["elapsed"] for r in engine_runs)
     base = statistics.median(r["elapsed"] for r in base_runs)
+    scoped = statistics.median(r["elapsed"] for r in scoped_runs)
     engine_rss = statistics.median(r["rss"] for r in engine_runs) - idle
     base_rss = statistics.median(r["rss"] for r in base_runs) - idle
     emit(
@@ -91,10 +101,13 @@ def main() -> None:
         f"engine {engine * 1e3:.0f} ms vs asyncio.gather baseline {base * 1e3:.0f} ms "
         f"({base / IDEAL:.2f}x ideal); ratio to baseline {engine / base:.2f}; "
         f"peak RSS {engine_rss / N / 1024:.1f} KiB per in-flight transaction "
-        f"(baseline {base_rss / N / 1024:.2f} KiB)",
+        f"(baseline {base_rss / N / 1024:.2f} KiB); the bare coroutines each in an anyio "
+        f"cancel scope with a deadline (the floor the design's timeout sets): "
+        f"{scoped * 1e3:.0f} ms, {scoped / base:.2f}x the baseline",
         baseline=round(base / IDEAL, 3),
         ratio=round(engine / base, 3),
         rss_kib_per_tx=round(engine_rss / N / 1024, 2),
+        scoped_ratio=round(scoped / base, 3),
     )
 
 
