@@ -2,8 +2,10 @@
 
 Every call runs on one event loop that lives in a background thread for the life of
 the process (an anyio blocking portal), so stores and their connections stay bound to
-one loop. Calling the facade from inside a running event loop would deadlock or block
-that loop, so it refuses with a RuntimeError.
+one loop; except a commit or rollback that cannot yield before its handlers ran (the
+in-memory store, inline sync handlers: see ``_here``), which runs in the calling thread,
+sparing the hop. Calling the facade from inside a running event loop would deadlock or
+block that loop, so it refuses with a RuntimeError.
 
 Ctrl-C (KeyboardInterrupt in the main thread) during a blocking call is a cancellation
 of that call, exactly as in the async API: the running step is cut short, the engine
