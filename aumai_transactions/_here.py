@@ -23,6 +23,7 @@ from __future__ import annotations
 # of a guard. Same functions, same objects (signal.default_int_handler is its own).
 import _signal as raw_signal  # type: ignore[import-not-found]
 import asyncio
+import atexit
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -92,6 +93,7 @@ def run_here(call: Callable[[], Coroutine[Any, Any, _T]]) -> _T | None:
             return None
         if _loop is None:
             _loop = asyncio.new_event_loop()
+            atexit.register(close_loop)  # also when the portal never started
         return _loop.run_until_complete(call())
 
 

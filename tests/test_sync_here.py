@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +134,22 @@ def test_ctrl_c_during_an_inline_commit_in_the_calling_thread_ends_it_then_raise
     assert seen == [threading.current_thread()] * 2
     assert tx.state is TransactionState.COMMITTED
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_a_script_whose_calls_all_ran_here_exits_cleanly(tmp_path: Path) -> None:
+    # The private loop is closed at exit even when the portal never started.
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from aumai_transactions import sync\n"
+        "manager = sync.TransactionManager({'a': lambda a, d: None}, sync_handlers='inline')\n"
+        "tx = manager.begin()\n"
+        "manager.add_step(tx, 'agent', 'a', {})\n"
+        "print(manager.commit(tx).state.value, sync._portal is None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "committed True\n", "")
