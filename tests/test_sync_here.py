@@ -140,11 +140,11 @@ def test_a_script_whose_calls_all_ran_here_exits_cleanly(tmp_path: Path) -> None
     # The private loop is closed at exit even when the portal never started.
     script = tmp_path / "script.py"
     script.write_text(
-        "from aumai_transactions import sync\n"
+        "from aumai_transactions import _portal, sync\n"
         "manager = sync.TransactionManager({'a': lambda a, d: None}, sync_handlers='inline')\n"
         "tx = manager.begin()\n"
         "manager.add_step(tx, 'agent', 'a', {})\n"
-        "print(manager.commit(tx).state.value, sync._portal is None)\n"
+        "print(manager.commit(tx).state.value, _portal._portal is None)\n"
     )
     done = subprocess.run(
         [sys.executable, "-X", "dev", "-W", "error", str(script)],
