@@ -14,6 +14,7 @@ import anyio
 from . import _operator
 from ._actions import Actions
 from ._listeners import EventListener, Listeners
+from ._steps import check_group_fields, check_group_is_consecutive, checked_step_fields
 from .engine import EngineOptions, LeaseRenewal, TransactionDriver
 from .errors import LeaseConflictError, LeaseLostError, StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
@@ -25,7 +26,6 @@ from .models import (
     TransactionResult,
     TransactionState,
     TransactionStep,
-    json_problem,
     new_id,
 )
 from .open_transaction import OpenTransaction
@@ -51,19 +51,6 @@ def _check_timeout(timeout_seconds: float | None, name: str = "timeout_seconds")
         raise TypeError(f"{name} must be a number of seconds or None, not {timeout_seconds!r}.")
     if not timeout_seconds > 0 or timeout_seconds == float("inf"):
         raise ValueError(f"{name} must be a positive number of seconds, not {timeout_seconds!r}.")
-
-
-def _check_group_is_consecutive(transaction: Transaction, group: str) -> None:
-    """A parallel group is a run of consecutive steps: its name cannot come back later."""
-    steps = transaction.steps
-    if steps and steps[-1].group == group:
-        return
-    if any(step.group == group for step in steps):
-        raise ValueError(
-            f"Parallel group {group!r} of transaction {transaction.transaction_id} was "
-            "closed by a step outside it; a group is a run of consecutive steps "
-            "(give this one another name)."
-        )
 
 
 def _checked_owner(owner: object, store: Store) -> str:
@@ -337,7 +324,7 @@ class TransactionManager:
             max_concurrency=max_concurrency,
         )
         if group is not None:
-            _check_group_is_consecutive(transaction, group)
+            check_group_is_consecutive(transaction, group)
         self._check_order(transaction.steps, step)
         transaction.steps.append(step)
         return step
@@ -365,49 +352,13 @@ class TransactionManager:
     ) -> TransactionStep:
         """A validated pending step, not yet part of any transaction (what ``add_step``
         appends; open transactions and parallel groups build theirs with it)."""
-        if type(agent_id) is not str or not agent_id or agent_id.isspace():
-            raise ValueError(f"agent_id must be a non-empty string, not {agent_id!r}.")
-        if type(action) is not str or not action or action.isspace():
-            raise ValueError(f"action must be a non-empty string, not {action!r}.")
-        if compensating_action is not None and (
-            type(compensating_action) is not str
-            or not compensating_action
-            or compensating_action.isspace()
-        ):
-            raise ValueError(
-                "compensating_action must be a non-empty string or None, "
-                f"not {compensating_action!r}."
-            )
-        if data is None:
-            data = {}
-        elif type(data) is not dict:
-            raise TypeError(f"data must be a dict, not {type(data).__name__}.")
-        elif data:
-            problem = json_problem(data)
-            if problem is not None:
-                raise TypeError(f"Step data must be JSON-serializable: {problem}.")
-            # The step's own copy: one dict passed to several steps (as the tutorial
-            # does) must not carry one handler's changes into the others' data.
-            data = data.copy()
-        else:
-            data = {}
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}.")
-        if recovery is not None and recovery not in _POLICIES:
-            raise ValueError(f"recovery must be 'compensate', 'resume' or None, not {recovery!r}.")
+        data = checked_step_fields(agent_id, action, data, compensating_action, retry, recovery)
         if self._actions is not None:  # the registry's defaults; what the step names wins
             compensating_action, retry, recovery = self._actions.step_defaults(
                 action, data, compensating_action, retry, recovery
             )
-        if group is not None and (type(group) is not str or not group or group.isspace()):
-            raise ValueError(f"group must be a non-empty string or None, not {group!r}.")
-        if max_concurrency is not None:
-            if group is None:
-                raise ValueError("max_concurrency applies to a parallel group: give group= too.")
-            if type(max_concurrency) is not int or max_concurrency < 1:
-                raise ValueError(
-                    f"max_concurrency must be a positive integer or None, not {max_concurrency!r}."
-                )
+        if group is not None or max_concurrency is not None:
+            check_group_fields(group, max_concurrency)
         known = self._handlers.names
         if known and (
             action not in known
