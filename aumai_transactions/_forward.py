@@ -16,7 +16,7 @@ import anyio
 from ._driver import DriverCore, StepFailed, message_of
 from .events import GroupEnded, GroupStarted, StepCompleted, StepRetrying, StepStarted
 from .events import StepFailed as StepFailedEvent
-from .models import StepStatus, TransactionStep, json_problem, storable, utcnow
+from .models import StepAttempt, StepStatus, TransactionStep, json_problem, storable, utcnow
 
 __all__ = ["ForwardPass", "seconds_since", "spoiled_data", "step_log_fields", "storable_result"]
 
@@ -225,6 +225,13 @@ class ForwardPass(DriverCore):
                                 delay_seconds=delay,
                                 duration_seconds=seconds_since(step.started_at),
                             )
+                        earlier = fields["earlier_attempts"] or []
+                        earlier.append(
+                            StepAttempt(
+                                started_at=step.started_at, finished_at=utcnow(), error=step.error
+                            )
+                        )
+                        fields["earlier_attempts"] = earlier  # journaled with the next intent
                         await anyio.sleep(delay)
                         continue
                     fields["status"] = _FAILED

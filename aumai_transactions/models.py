@@ -22,6 +22,7 @@ __all__ = [
     "RecoveryPolicy",
     "Resolution",
     "RetryPolicy",
+    "StepAttempt",
     "StepStatus",
     "Transaction",
     "TransactionResult",
@@ -173,6 +174,19 @@ class RetryPolicy(BaseModel):
         return attempt < self.max_attempts and isinstance(exc, self.retry_on)
 
 
+class StepAttempt(BaseModel):
+    """An attempt of a step that failed and was retried: when it ran, and why it failed.
+
+    The step's own ``started_at``, ``finished_at`` and ``error`` are its last attempt's.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    started_at: datetime | None
+    finished_at: datetime
+    error: str | None
+
+
 class TransactionStep(BaseModel):
     """One action of an agent, with the action that undoes it."""
 
@@ -209,6 +223,9 @@ class TransactionStep(BaseModel):
     key: str | None = None
     """The idempotency key its caller gave (an agent framework's tool call id); None:
     derived from the transaction and step ids (see :meth:`idempotency_key`)."""
+    earlier_attempts: list[StepAttempt] | None = None
+    """The attempts before the last one, oldest first, when it was retried; None when
+    it ran once (``attempts`` counts them all)."""
 
     @classmethod
     def new(
@@ -253,6 +270,7 @@ class TransactionStep(BaseModel):
                 "group_concurrency": group_concurrency,
                 "live": live,
                 "key": None,
+                "earlier_attempts": None,
             },
             _STEP_SET,
         )

@@ -15,6 +15,11 @@ import pytest_asyncio
 pytest.importorskip("starlette", reason="the web extra is not installed")
 httpx = pytest.importorskip("httpx")
 
+from aumai_transactions import (  # noqa: E402
+    RetryPolicy,
+    TransactionManager,
+    TransactionState,
+)
 from aumai_transactions.cli._payloads import list_rows, read_leases, show_payload  # noqa: E402
 from aumai_transactions.cli._secrets import Masker  # noqa: E402
 from aumai_transactions.stores.sqlite import SqliteStore  # noqa: E402
@@ -362,3 +367,39 @@ async def test_the_same_view_over_postgresql(tmp_path: Path) -> None:
             }
             page = await web.get(f"/transactions/{ids['rolled_back']}")
             assert page.status_code == 200 and page.text.count('class="undo-link"') == 3
+
+
+async def test_a_retried_step_is_a_bar_per_attempt_with_its_own_times_and_error(
+    tmp_path: Path,
+) -> None:
+    failures = iter([f"quota service down: api_key={SECRET}", "quota service timed out"])
+
+    def reserve(action: str, data: Any) -> None:
+        message = next(failures, None)
+        if message is not None:
+            raise RuntimeError(message)
+
+    async with SqliteStore(tmp_path / "retried.db") as store:
+        manager = TransactionManager({"reserve": reserve}, store=store)
+        tx = manager.begin()
+        policy = RetryPolicy(max_attempts=3, initial_delay=0.001, jitter=0)
+        manager.add_step(tx, "quota", "reserve", {}, None, retry=policy)
+        assert (await manager.commit(tx)).state is TransactionState.COMMITTED
+        app = build_app(store)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+            page = (await c.get(f"/transactions/{tx.transaction_id}")).text
+            shown = (await c.get(f"/api/transactions/{tx.transaction_id}")).json()
+    # Two earlier attempts, drawn on the step's row before its last (successful) one.
+    attempts = re.findall(r'class="attempt-item" data-step="1" data-attempt="(\d)"', page)
+    assert attempts == ["1", "2"]
+    xs = [float(x) for x in re.findall(r'class="bar earlier-attempt" x="([\d.]+)"', page)]
+    last = float(re.search(r'data-kind="step".*?<rect class="bar" x="([\d.]+)"', page, re.S)[1])
+    assert xs == sorted(xs) and xs[-1] < last
+    assert "attempt 1 of 3, failed" in page and "quota service timed out" in page
+    assert "api_key=***" in page and SECRET not in page  # masked like every error
+    [step] = shown["steps"]
+    assert [a["error"] for a in step["earlier_attempts"]] == [
+        "quota service down: api_key=***",
+        "quota service timed out",
+    ]
+    assert all(a["started_at"] < a["finished_at"] for a in step["earlier_attempts"])

@@ -259,6 +259,12 @@ def timeline_span(tx: Transaction, events: list[dict[str, Any]]) -> tuple[dateti
     ]
     if tx.finished_at is not None and moments:
         moments.append(tx.finished_at)
+    # A retried step's earlier attempts began before the last one (the step's own times).
+    moments += [
+        attempt.started_at or attempt.finished_at
+        for step in tx.steps
+        for attempt in step.earlier_attempts or ()
+    ]
     if not moments:
         return None
     origin, last = min(moments), max(moments)

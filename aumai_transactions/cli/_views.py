@@ -177,6 +177,15 @@ def step_rows(tx: Transaction, output: Masking) -> list[dict[str, Any]]:
             "group_concurrency": step.group_concurrency,
             "live": step.live,
             "attempts": step.attempts,
+            # The attempts before the last (whose times and error are the step's own).
+            "earlier_attempts": [
+                {
+                    "started_at": _iso(attempt.started_at),
+                    "finished_at": _iso(attempt.finished_at),
+                    "error": output.mask_text(attempt.error),
+                }
+                for attempt in step.earlier_attempts or ()
+            ],
             "started_at": _iso(step.started_at),
             "finished_at": _iso(step.finished_at),
             "duration_seconds": seconds_between(step.started_at, step.finished_at),

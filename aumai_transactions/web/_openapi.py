@@ -70,6 +70,10 @@ STEP_ROW = _object(
         "group_concurrency": {"type": ["integer", "null"]},
         "live": _BOOL,
         "attempts": _INT,
+        "earlier_attempts": {
+            "type": "array",
+            "items": _object({"started_at": _NTIME, "finished_at": _NTIME, "error": _NSTR}),
+        },
         "started_at": _NTIME,
         "finished_at": _NTIME,
         "duration_seconds": _NNUM,

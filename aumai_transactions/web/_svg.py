@@ -5,9 +5,9 @@ The events are the CLI's (``show --json``'s ``timeline``), in the rows the CLI's
 timeline uses (by start; a group's steps together, one lane each), so the terminal
 and the browser draw the same picture. The template draws what this module computes
 (positions in the SVG's user units, CSS classes, hover text); it computes no time
-itself. The journal keeps the start and end of a step's last attempt and the number
-of attempts, not each attempt's times, so a step that was retried is one bar (its last
-attempt), marked ``×N``.
+itself. A step that was retried is a row of bars, one per attempt: the earlier ones
+(from the step's ``earlier_attempts``) fainter, each with its own times and error, the
+last one the step's own bar, marked ``×N``.
 
 A compensation records only when it ended: it is drawn from when the previous one
 ended (see ``timeline_events``); one that has not ended (it failed, or is running)
@@ -17,13 +17,15 @@ no end either: it is drawn dashed up to when the compensation pass began.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ..cli._output import format_duration
+from ..cli._secrets import mask_text
 from ..cli._timeline import timeline_rows, timeline_span
-from ..models import Transaction
+from ..models import StepAttempt, Transaction
 
 __all__ = ["WIDTH", "Bar", "Timeline", "lay_out_timeline"]
 
@@ -52,6 +54,8 @@ class Bar:
     tip: str
     marker: str  # "✗" failed, "⚠" interrupted, "" otherwise
     link: str | None  # for a compensation: an SVG path from the step it undoes
+    earlier: tuple[tuple[float, float, str], ...] = ()  # a retried step's earlier
+    # attempts, on its row: x, width, hover text
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +142,13 @@ def lay_out_timeline(tx: Transaction, events: list[dict[str, Any]]) -> Timeline 
             event["status"], ""
         )
         link = None
+        earlier: tuple[tuple[float, float, str], ...] = ()
         if event["kind"] == "step":
             step_ends[event["step_id"]] = (x1, y + _BAR / 2)
+            earlier = tuple(
+                _attempt_bar(event, number, attempts, attempt, x_of)
+                for number, attempt in enumerate(step.earlier_attempts or (), start=1)
+            )
         elif event["step_id"] in step_ends:
             sx, sy = step_ends[event["step_id"]]
             ty = y + _BAR / 2
@@ -162,6 +171,7 @@ def lay_out_timeline(tx: Transaction, events: list[dict[str, Any]]) -> Timeline 
                 tip=_tip(event, attempts, start, end),
                 marker=marker,
                 link=link,
+                earlier=earlier,
             )
         )
     bands = _bands(ordered)
@@ -177,6 +187,34 @@ def lay_out_timeline(tx: Transaction, events: list[dict[str, Any]]) -> Timeline 
         finish = (round(finish_x, 1), tx.state.value, label)
     height = _TOP + len(ordered) * _ROW + 30
     return Timeline(WIDTH, height, _LABELS, _CHART, bars, bands, ticks, finish)
+
+
+def _attempt_bar(
+    event: dict[str, Any],
+    number: int,
+    attempts: int,
+    attempt: StepAttempt,
+    x_of: Callable[[datetime | None], float | None],
+) -> tuple[float, float, str]:
+    """One earlier attempt of a retried step: where it is drawn, and its hover text."""
+    end = x_of(attempt.finished_at)
+    assert end is not None
+    start = x_of(attempt.started_at)
+    x0 = end if start is None else start
+    took = (
+        "—"
+        if attempt.started_at is None
+        else format_duration((attempt.finished_at - attempt.started_at).total_seconds())
+    )
+    lines = [
+        f"#{event['index']} {event['action']}: attempt {number} of {attempts}, failed",
+        f"start: {_clock(attempt.started_at)}",
+        f"end: {_clock(attempt.finished_at)}",
+        f"took: {took}",
+    ]
+    if attempt.error:
+        lines.append(f"error: {mask_text(attempt.error)}")  # masked as every error shown
+    return round(x0, 1), round(max(end - x0, 3.0), 1), "\n".join(lines)
 
 
 def _bands(ordered: list[dict[str, Any]]) -> list[tuple[str, float, float]]:

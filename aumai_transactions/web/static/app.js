@@ -9,10 +9,11 @@ const REFRESH_MS = 2000;
 
 function wireTooltips(root) {
   const tip = document.getElementById("tip");
-  for (const item of root.querySelectorAll(".bar-item")) {
+  for (const item of root.querySelectorAll(".bar-item, .attempt-item")) {
     const title = item.querySelector("title");
     if (title) title.remove(); // the custom tooltip replaces the browser's own
     item.addEventListener("mousemove", (event) => {
+      event.stopPropagation(); // an earlier attempt's bar sits inside its step's item
       tip.textContent = item.dataset.tip;
       tip.style.left = event.clientX + 14 + "px";
       tip.style.top = event.clientY + 14 + "px";
