@@ -311,6 +311,8 @@ def test_two_ctrl_cs_leave_it_compensating_and_say_how_to_finish_it(setup: Setup
         [*command(), *words[1:]], capture_output=True, text=True, env=setup.env, cwd=elsewhere
     )
     assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "was interrupted by a cancellation" in done.stdout
+    assert done.stdout.count(tid) == 1  # the id column only, not again in the outcome
     assert setup.shown(tid)["transaction"]["state"] == "failed"
     assert setup.side_effects() == ["reserve", "wait", "cancel_held", "cancel_held", "release"]
 

@@ -83,10 +83,13 @@ def _print_round(output: Output, rows: list[dict[str, Any]], *, lines: bool) -> 
     view = [
         {
             **row,
-            "outcome": row["blocked_reason"]
-            or "; ".join(row["compensation_errors"].values())
-            or row["error"]
-            or "",
+            # The row names the transaction: its error is not prefixed by its id again.
+            "outcome": (
+                row["blocked_reason"]
+                or "; ".join(row["compensation_errors"].values())
+                or row["error"]
+                or ""
+            ).removeprefix(f"Transaction {row['transaction_id']} "),
         }
         for row in rows
     ]
