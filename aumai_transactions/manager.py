@@ -14,9 +14,10 @@ import anyio
 from . import _operator
 from ._actions import Actions
 from ._listeners import EventListener, Listeners
+from ._recovery_rounds import RecoveryRounds
 from ._steps import check_group_fields, check_group_is_consecutive, checked_step_fields
 from .engine import EngineOptions, LeaseRenewal, TransactionDriver
-from .errors import LeaseConflictError, LeaseLostError, StoreError
+from .errors import StoreError
 from .handlers import ActionHandler, HandlerRegistry, SyncHandlerMode
 from .models import (
     LeaseSummary,
@@ -29,8 +30,7 @@ from .models import (
     new_id,
 )
 from .open_transaction import OpenTransaction
-from .recovery import RecoveryDriver
-from .stores import Lease, MemoryStore, OperatorStore, Store, open_store
+from .stores import MemoryStore, OperatorStore, Store, open_store
 
 __all__ = ["TransactionManager"]
 
@@ -41,7 +41,6 @@ _PENDING = TransactionState.PENDING
 _ROLLBACK_FROM = (TransactionState.PENDING, TransactionState.COMMITTED)
 _POLICIES = ("compensate", "resume")
 _DRAIN_ON_EXIT = 5.0  # seconds ``async with manager:`` waits for async listeners at its end
-_IN_FLIGHT_STATES = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
 
 
 def _check_timeout(timeout_seconds: float | None, name: str = "timeout_seconds") -> None:
@@ -489,79 +488,12 @@ class TransactionManager:
             raise ValueError(f"policy must be 'compensate' or 'resume', not {policy!r}.")
         await self._ensure_open()
         return await self._with_leases_renewed(
-            functools.partial(self._recover_rounds, policy, limit)
+            functools.partial(self._recovery_rounds().run, policy, limit)
         )
 
-    async def _recover_rounds(self, policy: RecoveryPolicy, limit: int) -> list[TransactionResult]:
-        results: list[TransactionResult] = []
-        while True:
-            claimed = await self.store.claim_expired(self.owner, self._options.lease_ttl, limit)
-            if not claimed:
-                return results
-            # A transaction claimed before and still unfinished may be what killed its
-            # recoverer. Driving it next to others would charge them an attempt each
-            # time it kills this process too, so such suspects are handed back at once
-            # and driven alone, one after another, after the first-timers.
-            fresh = [(tx, lease) for tx, lease in claimed if tx.recovery_attempts <= 1]
-            suspects = [(tx, lease) for tx, lease in claimed if tx.recovery_attempts > 1]
-            for tx, lease in suspects:
-                tx.recovery_attempts -= 1
-                await self.store.record(lease, tx)
-                await self.store.release(lease)
-            batch: list[TransactionResult | None] = [None] * len(fresh)
-            async with anyio.create_task_group() as group:
-                for index, (tx, lease) in enumerate(fresh):
-                    group.start_soon(self._recover_one, batch, index, tx, lease, policy)
-            for suspect, _ in suspects:
-                alone = await self._claim_alone(suspect.transaction_id)
-                if alone is not None:
-                    batch.append(None)
-                    await self._recover_one(batch, len(batch) - 1, *alone, policy)
-            results.extend(r for r in batch if r is not None)
-
-    async def _claim_alone(self, transaction_id: str) -> tuple[Transaction, Lease] | None:
-        """Take the lease of one in-flight transaction, charging it one recovery attempt.
-
-        Reloaded first, so that what the lease is taken with is the latest journal.
-        """
-        tx = await self.store.load(transaction_id)
-        if tx is None or tx.state not in _IN_FLIGHT_STATES:
-            return None
-        tx.recovery_attempts += 1
-        try:
-            lease = await self.store.acquire(
-                tx, self.owner, self._options.lease_ttl, _IN_FLIGHT_STATES
-            )
-        except LeaseConflictError:  # another recoverer took it meanwhile
-            return None
-        return tx, lease
-
-    async def _recover_one(
-        self,
-        batch: list[TransactionResult | None],
-        index: int,
-        tx: Transaction,
-        lease: Lease,
-        policy: RecoveryPolicy,
-    ) -> None:
-        if self._retain_finished:
-            self._transactions[tx.transaction_id] = tx
-        try:
-            driver = RecoveryDriver(tx, self._handlers, self.store, self._options)
-            batch[index] = await driver.recover(lease, policy)
-        except LeaseLostError:
-            logger.warning(
-                "transaction %s was taken over mid-recovery",
-                tx.transaction_id,
-                extra={"transaction_id": tx.transaction_id},
-            )
-        except StoreError:
-            # The lease runs out and a later round tries again.
-            logger.exception(
-                "recovery of transaction %s failed",
-                tx.transaction_id,
-                extra={"transaction_id": tx.transaction_id},
-            )
+    def _recovery_rounds(self) -> RecoveryRounds:
+        retained = self._transactions if self._retain_finished else None
+        return RecoveryRounds(self.store, self._handlers, self._options, retained)
 
     @asynccontextmanager
     async def recovery_worker(
