@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -111,7 +112,7 @@ class Interrupted:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         assert self.process.stderr is not None
-        self._reader = threading.Thread(target=self._read, args=(self.process.stderr,))
+        self._reader = threading.Thread(target=self._read, args=(self.process.stderr,), daemon=True)
         self._reader.start()
 
     def _read(self, stream: IO[str]) -> None:
@@ -161,6 +162,7 @@ class Setup:
         self.db = tmp_path / "ops.db"
         self.url = f"sqlite:///{self.db}"
         self.log = tmp_path / "side-effects.log"
+        self.started: list[Interrupted] = []
         (tmp_path / "handlers.py").write_text(HANDLERS)
         self.spec = "handlers.py:HANDLERS"  # a relative file: recover's hint makes it absolute
         self.env = {
@@ -187,7 +189,16 @@ class Setup:
         return anyio.run(save)
 
     def start(self, *args: str) -> Interrupted:
-        return Interrupted(list(args), self.env, self.tmp_path)
+        started = Interrupted(list(args), self.env, self.tmp_path)
+        self.started.append(started)
+        return started
+
+    def kill_the_rest(self) -> None:
+        """A test that failed before ``finish`` leaves no process behind."""
+        for run in self.started:
+            if run.process.poll() is None:
+                run.process.kill()
+                run.process.wait()
 
     def cli(self, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -209,8 +220,10 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    return Setup(tmp_path)
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    made = Setup(tmp_path)
+    yield made
+    made.kill_the_rest()
 
 
 def test_one_ctrl_c_during_commit_prints_the_final_state_and_exits_130(setup: Setup) -> None:
