@@ -50,7 +50,6 @@ __all__ = [
     "LeaseRenewal",
     "StepFailed",
     "clock",
-    "ends_failed",
     "interrupted_error",
     "message_of",
     "timed_out_error",
@@ -144,18 +143,6 @@ def what_stopped(cause: BaseException) -> str:
     if isinstance(cause, asyncio.CancelledError | anyio.get_cancelled_exc_class()):
         return "a cancellation"
     return type(cause).__name__ + (f": {cause}" if str(cause) else "")
-
-
-def ends_failed(tx: Transaction) -> bool:
-    """True when ``tx`` is being compensated because it timed out or was interrupted.
-
-    Such a transaction ends ``failed``, whether its compensation finishes in the
-    process that was interrupted or in a later recovery: one rule, however often
-    Ctrl-C was pressed. (Its ``error``, journaled before compensation starts, says so.)
-    """
-    error = tx.error or ""
-    prefix = f"Transaction {tx.transaction_id} "
-    return error.startswith((prefix + "timed out after", prefix + "was interrupted"))
 
 
 def message_of(exc: BaseException) -> str:

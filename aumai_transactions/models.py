@@ -548,3 +548,16 @@ def storable(value: Any) -> Any:
     if problem is not None:
         raise TypeError(f"a {type(value).__name__!r} value cannot be stored as JSON: {problem}")
     return converted
+
+
+def ends_failed(tx: Transaction) -> bool:
+    """True when ``tx`` is being compensated because it timed out or was interrupted.
+
+    Such a transaction ends ``failed``, whether its compensation finishes in the
+    process that was interrupted or in a later recovery: one rule, however often
+    Ctrl-C was pressed. (Its ``error``, journaled before compensation starts, says so:
+    the engine writes those texts; recovery and the CLI both read them here.)
+    """
+    error = tx.error or ""
+    prefix = f"Transaction {tx.transaction_id} "
+    return error.startswith((prefix + "timed out after", prefix + "was interrupted"))

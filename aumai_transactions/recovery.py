@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-from ._driver import ends_failed
 from .engine import StepFailed, TransactionDriver
 from .events import TransactionBlocked, TransactionRecovered
 from .models import (
@@ -19,6 +18,7 @@ from .models import (
     StepStatus,
     TransactionResult,
     TransactionState,
+    ends_failed,
 )
 from .stores import Lease
 

@@ -33,6 +33,7 @@ from ..models import (
     Transaction,
     TransactionResult,
     TransactionState,
+    ends_failed,
     utcnow,
 )
 from ..stores import Store
@@ -184,9 +185,7 @@ def result_of(tx: Transaction) -> TransactionResult:
 def _end_state(tx: Transaction) -> str:
     """The state recovery ends ``tx`` in: failed when it was interrupted or timed out
     (as had its compensation finished here), rolled back when a step failed."""
-    error = tx.error or ""
-    prefix = f"Transaction {tx.transaction_id} "
-    if error.startswith((prefix + "was interrupted", prefix + "timed out after")):
+    if ends_failed(tx):
         return "it then ends failed, as it would have here"
     return "it then ends rolled_back, as it would have here"
 

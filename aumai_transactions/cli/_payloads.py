@@ -49,6 +49,12 @@ def show_payload(tx: Transaction, lease: LeaseInfo | None, masking: Masking) -> 
     }
 
 
+def without_own_id(text: str, transaction_id: str) -> str:
+    """``text`` shown in its transaction's own row: "was interrupted by ...", without the
+    "Transaction <id> " it starts with (the row names the transaction already)."""
+    return text.removeprefix(f"Transaction {transaction_id} ")
+
+
 def problem_text(row: dict[str, Any]) -> str | None:
     """The last column of a list row, in words: who holds an in-flight transaction until
     when (a lapsed lease marked), an operator's note (``resolved: refunded by hand``),
@@ -58,7 +64,4 @@ def problem_text(row: dict[str, Any]) -> str | None:
     if row["resolution"] is not None:
         return f"resolved: {row['resolution']['note']}"
     problem: str | None = row["blocked_reason"] or row["error"]
-    if problem is not None:
-        # The row already names the transaction: "was interrupted by ...", not its id again.
-        problem = problem.removeprefix(f"Transaction {row['transaction_id']} ")
-    return problem
+    return None if problem is None else without_own_id(problem, row["transaction_id"])

@@ -131,17 +131,9 @@ def _make_store(url: str, *, creates: bool) -> Store:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     except ImportError as exc:
-        hint = (
-            ""
-            if "pip install" in str(exc)
-            else (
-                '; for PostgreSQL install the postgres extra: pip install -e ".[postgres]" '
-                "in the checkout of aumai-transactions"
-            )
-        )
+        # The one store with an extra, PostgresStore, says how to install it.
         raise CliError(
-            f"The store {url.split('://', 1)[0]}:// cannot be opened, a package is missing: "
-            f"{exc}{hint}."
+            f"The store {url.split('://', 1)[0]}:// cannot be opened, a package is missing: {exc}."
         ) from None
 
 

@@ -21,6 +21,7 @@ from ._handlers import load_handlers
 from ._options import HandlersOption, JsonOption, RevealOption, StoreOption
 from ._output import Column, Output, format_time, state_cell
 from ._parse import parse_duration, read_text
+from ._payloads import without_own_id
 from ._store import cli_store, run_async
 from ._transfer import dump_transactions, parse_transactions, write_private_file
 from ._views import details_panel
@@ -83,13 +84,13 @@ def _print_round(output: Output, rows: list[dict[str, Any]], *, lines: bool) -> 
     view = [
         {
             **row,
-            # The row names the transaction: its error is not prefixed by its id again.
-            "outcome": (
+            "outcome": without_own_id(
                 row["blocked_reason"]
                 or "; ".join(row["compensation_errors"].values())
                 or row["error"]
-                or ""
-            ).removeprefix(f"Transaction {row['transaction_id']} "),
+                or "",
+                row["transaction_id"],
+            ),
         }
         for row in rows
     ]
