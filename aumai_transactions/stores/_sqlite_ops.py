@@ -50,24 +50,19 @@ _UPDATE_HEADER_SAME_STATE = (
     "UPDATE transactions SET updated_at=?, finished_at=?, error=?, blocked_reason=?, "
     f"recovery_attempts=?, resolution=? {_FENCE}"
 )
-_UPDATE_STEP = (
-    "UPDATE steps SET body=? WHERE tx=(SELECT id FROM transactions WHERE transaction_id=?) "
-    "AND position=? AND step_id=?"
-)
+# Step rows are found by the transaction's row id, which the epoch check reads: an
+# integer key, where a sub-select on transaction_id costs a text-index search per row.
+_UPDATE_STEP = "UPDATE steps SET body=? WHERE tx=? AND position=? AND step_id=?"
 _INSERT_STEP = "INSERT INTO steps (tx, position, step_id, body) VALUES (?, ?, ?, ?)"
 _INSERT_AGENT = "INSERT INTO transaction_agents (tx, agent_id) VALUES (?, ?)"
 # A step appended after the acquire: inserted at its position, or (written already, by
 # another store object on this file) rewritten, unless another step holds the position.
 _UPSERT_STEP = (
-    "INSERT INTO steps (tx, position, step_id, body) "
-    "VALUES ((SELECT id FROM transactions WHERE transaction_id=?), ?, ?, ?) "
+    "INSERT INTO steps (tx, position, step_id, body) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (tx, position) DO UPDATE SET body=excluded.body "
     "WHERE step_id=excluded.step_id"
 )
-_ADD_AGENT = (
-    "INSERT OR IGNORE INTO transaction_agents (tx, agent_id) "
-    "SELECT id, ? FROM transactions WHERE transaction_id=?"
-)
+_ADD_AGENT = "INSERT OR IGNORE INTO transaction_agents (tx, agent_id) VALUES (?, ?)"
 _RELEASE = (
     "UPDATE transactions SET lease_owner=NULL, lease_expires=NULL "
     "WHERE transaction_id=? AND epoch=?"
@@ -208,8 +203,10 @@ class Journal:
         """Apply ``record`` operations, each fenced by its lease epoch.
 
         The parameters were built on the event loop (``SqliteStore.record``); here
-        each is checked against the stored epoch, then every transaction's header is
-        written once (its newest snapshot) and every step row once (its newest
+        each is checked against the stored epoch (one read, which also gives the row
+        id the step rows are found by), then every transaction's header is written
+        once (its newest snapshot; a record whose header did not change since the
+        last one under its lease carries none) and every step row once (its newest
         record). A stale record is refused and changes nothing, and does not disturb
         the others. Steps appended since the acquire are inserted, and their agents
         added to the agent filter; a batch may update them too, later in queue order.
@@ -218,16 +215,17 @@ class Journal:
             row[0]: row[1:]
             for row in _select_in(
                 conn,
-                "SELECT transaction_id, epoch, state FROM transactions WHERE transaction_id IN {}",
+                "SELECT transaction_id, epoch, state, id FROM transactions "
+                "WHERE transaction_id IN {}",
                 list({op.args[0]: None for op in ops}),
             )
         }
         newest: dict[str, Op] = {}
-        steps: dict[tuple[str, int], tuple[str, str, int, str]] = {}
-        appended: dict[tuple[str, int], tuple[str, int, str, str]] = {}
-        agents: dict[tuple[str, int], tuple[str, str]] = {}
+        steps: dict[tuple[str, int], tuple[str, int, int, str]] = {}
+        appended: dict[tuple[str, int], tuple[int, int, str, str]] = {}
+        agents: dict[tuple[str, int], tuple[int, str]] = {}
         for op in ops:
-            tid, epoch, _, _, step, new_steps = op.args
+            tid, epoch, _, header, step, new_steps = op.args
             if poisoned and (tid, epoch) in poisoned:
                 op.error = _lost(tid, poisoned[(tid, epoch)])
                 continue
@@ -243,19 +241,22 @@ class Journal:
                     + "this driver must stop."
                 )
                 continue
-            newest[tid] = op
+            if header is not None:
+                newest[tid] = op
+            rid = stored[2]
             if step is not None:
-                key = (tid, step[2])
+                body, position, step_id = step
+                key = (tid, position)
                 if appended and key in appended:  # inserted earlier in this batch
-                    appended[key] = (tid, step[2], step[3], step[0])
+                    appended[key] = (rid, position, step_id, body)
                 else:
-                    steps[key] = step
+                    steps[key] = (body, rid, position, step_id)
             elif new_steps:
-                for _, position, step_id, body, agent_id in new_steps:
+                for position, step_id, body, agent_id in new_steps:
                     key = (tid, position)
                     steps.pop(key, None)
-                    appended[key] = (tid, position, step_id, body)
-                    agents[key] = (agent_id, tid)
+                    appended[key] = (rid, position, step_id, body)
+                    agents[key] = (rid, agent_id)
         if newest:
             same: list[tuple[Any, ...]] = []
             changed: list[tuple[Any, ...]] = []
@@ -619,8 +620,8 @@ def _carries(op: Op, step_id: str) -> bool:
     """True when the record ``op`` writes the step ``step_id``."""
     _, _, _, _, step, new_steps = op.args
     if step is not None:
-        return bool(step[3] == step_id)
-    return any(row[2] == step_id for row in new_steps or ())
+        return bool(step[2] == step_id)
+    return any(row[1] == step_id for row in new_steps or ())
 
 
 def _lost(tid: str, cause: str) -> StoreError:

@@ -103,6 +103,17 @@ def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, s
     return full_header_of(tx), steps, tx.agents
 
 
+class _SentHeader:
+    """The header a durable write sent under a lease: ``(state, the parameters of its
+    update)``, the parameters ending with the epoch; and whether it is committed."""
+
+    __slots__ = ("committed", "snapshot")
+
+    def __init__(self, snapshot: tuple[str, tuple[Any, ...]], committed: bool = False) -> None:
+        self.snapshot = snapshot
+        self.committed = committed
+
+
 class SqliteStore:
     """A durable journal in one SQLite file, shared safely by many processes.
 
@@ -153,6 +164,9 @@ class SqliteStore:
         # a record finds its step row without scanning the transaction's steps, and
         # knows a step appended after the acquire when it sees one.
         self._positions = StepPositions()
+        # The header each leased transaction's last durable record (or its acquire)
+        # sent, and whether it is committed.
+        self._headers: dict[str, _SentHeader] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
@@ -316,7 +330,10 @@ class SqliteStore:
         lease: Lease = await self._call(
             ACQUIRE, tid, owner, float(ttl), states, header, steps, agents
         )
-        self._positions.written(tid, lease.epoch, (step_id for _, step_id, _ in steps))
+        epoch = lease.epoch
+        self._positions.written(tid, epoch, (step_id for _, step_id, _ in steps))
+        # What the acquire wrote, in the shape of a record's header.
+        self._headers[tid] = _SentHeader((header[0], (*header[1:7], tid, epoch)), committed=True)
         return lease
 
     async def record(
@@ -337,26 +354,41 @@ class SqliteStore:
             )
         epoch = lease.epoch
         state, header = record_header(tx, epoch)
+        # A header known to be committed under this lease, and the last one sent (by
+        # the acquire or a durable record; the records of the steps in between change
+        # none of it), is not sent again: the writer then only checks the epoch.
+        # ``header`` ends with the epoch, so one comparison tells both.
+        headers = self._headers
+        snapshot = (state, header)
+        known = headers.get(tid)
+        sent: tuple[Any, ...] | None = header
+        if known is not None and known.committed and known.snapshot == snapshot:
+            sent = None
+        elif durable:
+            headers[tid] = known = _SentHeader(snapshot)
+        elif known is not None:  # a lazy write is never known to be committed
+            del headers[tid]
         # The arguments of ``Journal.record_many``: the step as an update of its known
         # row, or (a step appended since the acquire) the rows to insert.
         if step is None:
-            args: tuple[Any, ...] = (tid, epoch, state, header, None, None)
+            args: tuple[Any, ...] = (tid, epoch, state, sent, None, None)
         else:
             step_id = step.step_id
             position = self._positions.position(tid, epoch, step_id)
             if position is not None:
-                row = (step_json(step, tid), tid, position, step_id)
-                args = (tid, epoch, state, header, row, None)
+                args = (tid, epoch, state, sent, (step_json(step, tid), position, step_id), None)
             else:
                 appended = tuple(
-                    (tid, index, s.step_id, step_json(s, tid), s.agent_id)
+                    (index, s.step_id, step_json(s, tid), s.agent_id)
                     for index, s in self._positions.unwritten(tx, step, epoch)
                 )
-                args = (tid, epoch, state, header, None, appended)
+                args = (tid, epoch, state, sent, None, appended)
         if durable:
             future: asyncio.Future[None] = writer.loop.create_future()
             writer.submit(Op(RECORD, args, future))
             await future
+            if sent is not None and known is not None and headers.get(tid) is known:
+                known.committed = True  # and nothing sent since
         else:
             writer.submit_lazy(Op(RECORD, args))
 
@@ -367,6 +399,9 @@ class SqliteStore:
     async def release(self, lease: Lease) -> None:
         self._require().submit_lazy(Op(RELEASE, (lease.transaction_id, lease.epoch)))
         self._positions.forget(lease.transaction_id, lease.epoch)
+        known = self._headers.get(lease.transaction_id)
+        if known is not None and known.snapshot[1][-1] == lease.epoch:
+            del self._headers[lease.transaction_id]
 
     async def claim_expired(
         self, owner: str, ttl: float, limit: int
