@@ -104,14 +104,29 @@ def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, s
 
 
 class _SentHeader:
-    """The header a durable write sent under a lease: ``(state, the parameters of its
-    update)``, the parameters ending with the epoch; and whether it is committed."""
+    """The header a durable write sent under a lease: its fields as the transaction
+    held them (``raw``, the epoch last), its state as stored, and whether it is
+    committed."""
 
-    __slots__ = ("committed", "snapshot")
+    __slots__ = ("committed", "raw", "state")
 
-    def __init__(self, snapshot: tuple[str, tuple[Any, ...]], committed: bool = False) -> None:
-        self.snapshot = snapshot
+    def __init__(self, raw: tuple[Any, ...], state: str, committed: bool = False) -> None:
+        self.raw = raw
+        self.state = state
         self.committed = committed
+
+
+def _raw_header(tx: Transaction) -> tuple[Any, ...]:
+    """The fields of ``tx`` that a record's header is made of (see ``record_header``)."""
+    return (
+        tx.state,
+        tx.updated_at,
+        tx.finished_at,
+        tx.error,
+        tx.blocked_reason,
+        tx.recovery_attempts,
+        tx.resolution,
+    )
 
 
 class SqliteStore:
@@ -327,13 +342,14 @@ class SqliteStore:
         header, steps, agents = _full_rows(tx)
         states = frozenset(TransactionState(state).value for state in expected)
         tid = tx.transaction_id
+        raw = _raw_header(tx)  # what the acquire writes, before the await
         lease: Lease = await self._call(
             ACQUIRE, tid, owner, float(ttl), states, header, steps, agents
         )
         epoch = lease.epoch
         self._positions.written(tid, epoch, (step_id for _, step_id, _ in steps))
         # What the acquire wrote, in the shape of a record's header.
-        self._headers[tid] = _SentHeader((header[0], (*header[1:7], tid, epoch)), committed=True)
+        self._headers[tid] = _SentHeader((*raw, epoch), header[0], committed=True)
         return lease
 
     async def record(
@@ -353,21 +369,22 @@ class SqliteStore:
                 f"record: the lease is for transaction {tid}, not {tx.transaction_id}."
             )
         epoch = lease.epoch
-        state, header = record_header(tx, epoch)
         # A header known to be committed under this lease, and the last one sent (by
         # the acquire or a durable record; the records of the steps in between change
-        # none of it), is not sent again: the writer then only checks the epoch.
-        # ``header`` ends with the epoch, so one comparison tells both.
+        # none of it), is not sent again: the writer then only checks the epoch. It is
+        # compared as the fields themselves, converted for SQL only when it changed.
         headers = self._headers
-        snapshot = (state, header)
+        raw = (*_raw_header(tx), epoch)
         known = headers.get(tid)
-        sent: tuple[Any, ...] | None = header
-        if known is not None and known.committed and known.snapshot == snapshot:
-            sent = None
-        elif durable:
-            headers[tid] = known = _SentHeader(snapshot)
-        elif known is not None:  # a lazy write is never known to be committed
-            del headers[tid]
+        if known is not None and known.committed and known.raw == raw:
+            state: str = known.state
+            sent: tuple[Any, ...] | None = None
+        else:
+            state, sent = record_header(tx, epoch)
+            if durable:
+                headers[tid] = known = _SentHeader(raw, state)
+            elif known is not None:  # a lazy write is never known to be committed
+                del headers[tid]
         # The arguments of ``Journal.record_many``: the step as an update of its known
         # row, or (a step appended since the acquire) the rows to insert.
         if step is None:
@@ -400,7 +417,7 @@ class SqliteStore:
         self._require().submit_lazy(Op(RELEASE, (lease.transaction_id, lease.epoch)))
         self._positions.forget(lease.transaction_id, lease.epoch)
         known = self._headers.get(lease.transaction_id)
-        if known is not None and known.snapshot[1][-1] == lease.epoch:
+        if known is not None and known.raw[-1] == lease.epoch:
             del self._headers[lease.transaction_id]
 
     async def claim_expired(
