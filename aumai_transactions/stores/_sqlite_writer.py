@@ -94,6 +94,7 @@ class Writer:
         self._wake = threading.Event()
         self._kick_soon = False
         self._kick_later = False
+        self._lazy_since = 0.0  # when the pending late kick was armed (time.monotonic)
         self._poisoned: dict[tuple[str, int], str] = {}
         self._journal = Journal(path)
         self._thread = threading.Thread(
@@ -128,6 +129,7 @@ class Writer:
         self._ops.append(op)
         if not self._kick_later:
             self._kick_later = True
+            self._lazy_since = time.monotonic()
             self.loop.call_later(self._hold, self._kick_late)
 
     def stop(self, future: asyncio.Future[Any] | None) -> None:
@@ -271,13 +273,16 @@ class Writer:
                 if stop is not None:
                     return stop
                 continue
+            if not ready and not need_commit and in_txn:
+                # Only writes nobody waits for. Taken because the late kick fired, they
+                # waited ``hold`` already; taken early (the thread was awake), they wait
+                # out the rest of it for a durable write to share their commit.
+                due = self._lazy_since + self._hold if self._kick_later else 0.0
+                if deadline is None or due < deadline:
+                    deadline = due
             if not in_txn:  # read-only (or empty) batch
                 self._deliver(ready)
-            elif (
-                need_commit
-                or not ready  # only writes nobody waits for: they already waited ``hold``
-                or (deadline is not None and time.monotonic() >= deadline)
-            ):
+            elif need_commit or (deadline is not None and time.monotonic() >= deadline):
                 # Hand out what needs no fsync first: those tasks run while we commit.
                 self._deliver(ready)
                 self._commit(conn, awaiting, at_risk)
