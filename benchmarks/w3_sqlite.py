@@ -2,7 +2,9 @@
 
 Three async no-op steps per transaction through ``TransactionManager(store=SqliteStore)``
 on a fresh file per run, ``synchronous=FULL`` (every commit fsyncs the write-ahead log).
-Figures: steps per second, and commits (fsyncs) per step as counted by the store.
+Figures: steps per second, commits (fsyncs) per step as counted by the store, and the
+CPU time per step of the event loop's thread and of the store's writer thread (the
+two share one GIL, so where neither waits on the disk the wall time follows their sum).
 
 Baselines in the same run, same file settings (WAL, synchronous=FULL) and a step-sized
 JSON row:
@@ -25,6 +27,7 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -82,8 +85,20 @@ class _Scratch:
 # ---------------------------------------------------------------------- the engine
 
 
-async def _engine_run(path: Path, transactions: int, inflight: int) -> tuple[float, int]:
-    """Seconds for ``transactions`` commits with ``inflight`` at a time; and commits."""
+def _writer_clock() -> Callable[[], float]:
+    """The CPU time of the store's writer thread (0.0 where it cannot be read)."""
+    found = [t for t in threading.enumerate() if t.name.startswith("aumai-sqlite-writer")]
+    if len(found) != 1 or found[0].ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return lambda: 0.0
+    clock = time.pthread_getcpuclockid(found[0].ident)
+    return lambda: time.clock_gettime(clock)
+
+
+async def _engine_run(
+    path: Path, transactions: int, inflight: int
+) -> tuple[float, int, float, float]:
+    """Seconds for ``transactions`` commits with ``inflight`` at a time; commits; and the
+    CPU seconds of the event loop's thread and of the store's writer thread."""
     from aumai_transactions import TransactionManager
     from aumai_transactions.stores.sqlite import SqliteStore
 
@@ -107,20 +122,26 @@ async def _engine_run(path: Path, transactions: int, inflight: int) -> tuple[flo
                     raise RuntimeError(f"unexpected outcome {result.state.value}")
                 manager.forget(tx.transaction_id)
 
+        writer_cpu = _writer_clock()
         before = store.stats.commits
+        loop_start, writer_start = time.thread_time(), writer_cpu()
         start = time.perf_counter()
         await asyncio.gather(*(lane() for _ in range(inflight)))
         elapsed = time.perf_counter() - start
+        loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
         commits = store.stats.commits - before
-    return elapsed, commits
+    return elapsed, commits, loop_used, writer_used
 
 
-def engine_once(scratch: _Scratch, inflight: int) -> tuple[float, float]:
-    """One run at ``inflight``: steps per second and commits per step."""
+def engine_once(scratch: _Scratch, inflight: int) -> tuple[float, float, float, float]:
+    """One run at ``inflight``: steps per second, commits per step, and the CPU time per
+    step (µs) of the event loop's thread and of the writer thread."""
     transactions = TX_PER_RUN[inflight]
-    elapsed, commits = asyncio.run(_engine_run(scratch.fresh(), transactions, inflight))
+    elapsed, commits, loop_used, writer_used = asyncio.run(
+        _engine_run(scratch.fresh(), transactions, inflight)
+    )
     steps = transactions * len(STEPS)
-    return steps / elapsed, commits / steps
+    return steps / elapsed, commits / steps, loop_used / steps * 1e6, writer_used / steps * 1e6
 
 
 # ---------------------------------------------------------------------- baselines
@@ -200,6 +221,8 @@ def main() -> None:
     }
     rates: dict[str | int, list[float]] = {key: [] for key in (*baselines, *LEVELS)}
     commits: dict[int, list[float]] = {level: [] for level in LEVELS}
+    loop_cpu: dict[int, list[float]] = {level: [] for level in LEVELS}
+    writer_cpu: dict[int, list[float]] = {level: [] for level in LEVELS}
     try:
         for round_number in range(REPEATS + 1):
             for name, measure in baselines.items():
@@ -208,10 +231,12 @@ def main() -> None:
                     rates[name].append(rate)
             for inflight in LEVELS:
                 gc.collect()
-                rate, per_step = engine_once(scratch, inflight)
+                rate, per_step, loop_us, writer_us = engine_once(scratch, inflight)
                 if round_number:
                     rates[inflight].append(rate)
                     commits[inflight].append(per_step)
+                    loop_cpu[inflight].append(loop_us)
+                    writer_cpu[inflight].append(writer_us)
     finally:
         scratch.close()
     median = {key: statistics.median(values) for key, values in rates.items()}
@@ -238,6 +263,8 @@ def main() -> None:
     for inflight in LEVELS:
         rate = median[inflight]
         per_step = statistics.median(commits[inflight])
+        loop_us = statistics.median(loop_cpu[inflight])
+        writer_us = statistics.median(writer_cpu[inflight])
         emit(
             "W3",
             "sqlite",
@@ -246,9 +273,12 @@ def main() -> None:
             TX_PER_RUN[inflight] * len(STEPS),
             f"{inflight} in flight, synchronous=FULL; {per_step:.3f} commits/step; "
             f"{rate / per_commit:.2f}x raw one-commit-per-step, "
-            f"{rate / threaded:.2f}x writer-thread baseline",
+            f"{rate / threaded:.2f}x writer-thread baseline; CPU per step: event loop "
+            f"{loop_us:.1f} µs, writer thread {writer_us:.1f} µs",
             inflight=inflight,
             commits_per_step=round(per_step, 4),
+            loop_cpu_us_per_step=round(loop_us, 1),
+            writer_cpu_us_per_step=round(writer_us, 1),
             vs_raw_commit_per_step=round(rate / per_commit, 2),
             vs_thread_commit_per_step=round(rate / threaded, 2),
             **same_run,
