@@ -671,6 +671,44 @@ async def test_a_write_lost_in_a_failed_batch_poisons_its_lease(db_path: Path, r
         assert kept is not None and kept.error == "unaffected"
 
 
+async def test_a_header_whose_durable_write_failed_is_sent_again(db_path: Path, raw: Any) -> None:
+    # A record whose header is the one last committed under its lease sends none; a
+    # header whose write failed was never committed, so the next record carries it.
+    async with SqliteStore(db_path, busy_timeout=0.2) as store:
+        tx = make_tx(state=ACTIVE)
+        lease = await store.acquire(tx, "me", LIVE, [PENDING])
+        await store.renew("me", LIVE)  # durable: everything so far is committed
+        holder = raw()
+        holder.execute("BEGIN IMMEDIATE")
+        tx.error = "changed"
+        with pytest.raises(StoreUnavailableError, match="busy timeout"):
+            await store.record(lease, tx)
+        holder.execute("ROLLBACK")
+        tx.steps[0].status = StepStatus.RUNNING
+        await store.record(lease, tx, tx.steps[0])
+        loaded = await store.load(tx.transaction_id)
+        assert loaded is not None and loaded.error == "changed"
+        assert loaded.steps[0].status is StepStatus.RUNNING
+
+
+async def test_records_between_header_changes_keep_the_newest_header(store: SqliteStore) -> None:
+    tx = make_tx(state=ACTIVE)
+    lease = await store.acquire(tx, "me", LIVE, [PENDING])
+    tx.steps[0].status = StepStatus.RUNNING
+    await store.record(lease, tx, tx.steps[0])  # the acquire's header: none sent
+    tx.error = "lazily"
+    tx.steps[0].status = StepStatus.COMPLETED
+    await store.record(lease, tx, tx.steps[0], durable=False)
+    tx.steps[1].status = StepStatus.RUNNING
+    await store.record(lease, tx, tx.steps[1])  # same header as the lazy write
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.error == "lazily"
+    tx.state = COMMITTED
+    await store.record(lease, tx)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.state is COMMITTED and loaded.error == "lazily"
+
+
 async def test_appended_steps_lost_in_a_failed_batch_poison_their_lease(
     db_path: Path, raw: Any
 ) -> None:
