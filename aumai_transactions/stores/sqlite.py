@@ -117,7 +117,8 @@ class _SentHeader:
 
 
 def _raw_header(tx: Transaction) -> tuple[Any, ...]:
-    """The fields of ``tx`` that a record's header is made of (see ``record_header``)."""
+    """The fields of ``tx`` that a record's header is made of (see ``record_header``;
+    ``SqliteStore.record`` reads the same ones inline)."""
     return (
         tx.state,
         tx.updated_at,
@@ -374,7 +375,17 @@ class SqliteStore:
         # none of it), is not sent again: the writer then only checks the epoch. It is
         # compared as the fields themselves, converted for SQL only when it changed.
         headers = self._headers
-        raw = (*_raw_header(tx), epoch)
+        fields = tx.__dict__  # plain reads: this runs for every record
+        raw = (
+            fields["state"],
+            fields["updated_at"],
+            fields["finished_at"],
+            fields["error"],
+            fields["blocked_reason"],
+            fields["recovery_attempts"],
+            fields["resolution"],
+            epoch,
+        )
         known = headers.get(tid)
         if known is not None and known.committed and known.raw == raw:
             state: str = known.state
