@@ -234,8 +234,13 @@ class CompensationPass(DriverCore):
         asyncio cancellation (``task.cancel()``, as ``asyncio.timeout`` and
         ``wait_for`` do) that arrives meanwhile is held back and re-raised at the end.
         """
+        work = self._compensate_and_finish(steps, goal, interrupted)
         with anyio.CancelScope(shield=True):
-            held = await finalize(self._compensate_and_finish(steps, goal, interrupted))
+            if self._native_cancel:
+                held = await finalize(work)
+            else:
+                await work
+                held = None
         if held is not None:
             raise held
 

@@ -157,6 +157,7 @@ class DriverCore:
         "_compensation_errors",
         "_handlers",
         "_lease",
+        "_native_cancel",
         "_options",
         "_durable",
         "_emit",
@@ -189,6 +190,9 @@ class DriverCore:
         # Fixed for this run: a listener subscribed meanwhile sees the next run.
         self._emit = None if listeners is None else listeners.emitter()
         self._run: RunKind = "commit"
+        # Whether a plain asyncio ``task.cancel()`` may reach this driver's task (see
+        # ``_compensation.finalize``); not in a task the engine's own task group spawned.
+        self._native_cancel = True
 
     # ------------------------------------------------------------------ events
     # Each call site tests ``self._emit is not None`` first: nothing is built unheard.
@@ -276,6 +280,12 @@ class DriverCore:
     def lease(self) -> Lease | None:
         """The lease this driver holds, or None until it took (or adopted) one."""
         return self._lease
+
+    def in_engine_task(self) -> None:
+        """This driver runs in a task of an engine's anyio task group, which nothing
+        cancels but through anyio (whose cancellation respects a shield): its
+        compensations then need no task of their own to be safe from cancellation."""
+        self._native_cancel = False
 
     def adopt_lease(self, lease: Lease, run: RunKind = "recovery") -> None:
         """Drive under a lease claimed elsewhere (recovery, an operator's retry)."""

@@ -1,5 +1,5 @@
 """One ``TransactionManager.recover()``: claiming the transactions whose driver died,
-in batches, and driving each to an end with a ``RecoveryDriver``.
+a window of them at a time, and driving each to an end with a ``RecoveryDriver``.
 
 A transaction claimed before and still unfinished may be what killed its previous
 recoverer, so such *suspects* are driven alone, after the others, one at a time.
@@ -43,35 +43,61 @@ class RecoveryRounds:
         self._retained = retained
 
     async def run(self, policy: RecoveryPolicy, limit: int) -> list[TransactionResult]:
-        """Claim expired leases ``limit`` at a time and drive each claimed transaction to
-        an end, until none is left; one result per transaction driven."""
+        """Drive every transaction with an expired lease to an end, at most ``limit`` at
+        a time, until none is left; one result per transaction driven.
+
+        Claims are a sliding window, not batches: once half of ``limit`` has finished,
+        the next claim tops the window up while the rest still run, so a slow
+        compensation holds up no one but its own transaction.
+        """
         results: list[TransactionResult] = []
-        while True:
-            claimed = await self._store.claim_expired(
-                self._options.owner, self._options.lease_ttl, limit
-            )
-            if not claimed:
-                return results
-            # A transaction claimed before and still unfinished may be what killed its
-            # recoverer. Driving it next to others would charge them an attempt each
-            # time it kills this process too, so such suspects are handed back at once
-            # and driven alone, one after another, after the first-timers.
-            fresh = [(tx, lease) for tx, lease in claimed if tx.recovery_attempts <= 1]
-            suspects = [(tx, lease) for tx, lease in claimed if tx.recovery_attempts > 1]
-            for tx, lease in suspects:
-                tx.recovery_attempts -= 1
-                await self._store.record(lease, tx)
-                await self._store.release(lease)
-            batch: list[TransactionResult | None] = [None] * len(fresh)
-            async with anyio.create_task_group() as group:
-                for index, (tx, lease) in enumerate(fresh):
-                    group.start_soon(self._recover_one, batch, index, tx, lease, policy)
-            for suspect, _ in suspects:
-                alone = await self._claim_alone(suspect.transaction_id)
-                if alone is not None:
-                    batch.append(None)
-                    await self._recover_one(batch, len(batch) - 1, *alone, policy)
-            results.extend(r for r in batch if r is not None)
+        window = _Window()
+        async with anyio.create_task_group() as group:
+            while True:
+                await window.at_most(limit // 2)
+                claimed = await self._store.claim_expired(
+                    self._options.owner, self._options.lease_ttl, limit - window.taken
+                )
+                if not claimed:
+                    break
+                suspects: list[str] = []
+                for tx, lease in claimed:
+                    if tx.recovery_attempts > 1:
+                        # Claimed before and still unfinished, it may be what killed
+                        # its recoverer. Driving it next to others would charge them an
+                        # attempt each time it kills this process too, so it is handed
+                        # back at once and driven alone, once the others are done.
+                        tx.recovery_attempts -= 1
+                        await self._store.record(lease, tx)
+                        await self._store.release(lease)
+                        suspects.append(tx.transaction_id)
+                        continue
+                    window.taken += 1
+                    group.start_soon(self._recover_in_window, window, results, tx, lease, policy)
+                if suspects:
+                    await window.at_most(0)
+                    for transaction_id in suspects:
+                        alone = await self._claim_alone(transaction_id)
+                        if alone is not None:
+                            result = await self._recover_one(*alone, policy)
+                            if result is not None:
+                                results.append(result)
+        return results
+
+    async def _recover_in_window(
+        self,
+        window: _Window,
+        results: list[TransactionResult],
+        tx: Transaction,
+        lease: Lease,
+        policy: RecoveryPolicy,
+    ) -> None:
+        try:
+            result = await self._recover_one(tx, lease, policy, in_group=True)
+            if result is not None:
+                results.append(result)
+        finally:
+            window.release()
 
     async def _claim_alone(self, transaction_id: str) -> tuple[Transaction, Lease] | None:
         """Take the lease of one in-flight transaction, charging it one recovery attempt.
@@ -91,18 +117,16 @@ class RecoveryRounds:
         return tx, lease
 
     async def _recover_one(
-        self,
-        batch: list[TransactionResult | None],
-        index: int,
-        tx: Transaction,
-        lease: Lease,
-        policy: RecoveryPolicy,
-    ) -> None:
+        self, tx: Transaction, lease: Lease, policy: RecoveryPolicy, in_group: bool = False
+    ) -> TransactionResult | None:
+        """Drive ``tx`` to an end; None when this process lost it or its journal."""
         if self._retained is not None:
             self._retained[tx.transaction_id] = tx
         try:
             driver = RecoveryDriver(tx, self._handlers, self._store, self._options)
-            batch[index] = await driver.recover(lease, policy)
+            if in_group:
+                driver.in_engine_task()
+            return await driver.recover(lease, policy)
         except LeaseLostError:
             logger.warning(
                 "transaction %s was taken over mid-recovery",
@@ -116,3 +140,30 @@ class RecoveryRounds:
                 tx.transaction_id,
                 extra={"transaction_id": tx.transaction_id},
             )
+        return None
+
+
+class _Window:
+    """How many claimed transactions are being driven (``taken``), and a way to wait
+    until few enough are."""
+
+    __slots__ = ("_wake", "_wanted", "taken")
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self._wake: anyio.Event | None = None
+        self._wanted = 0
+
+    async def at_most(self, count: int) -> None:
+        """Wait until at most ``count`` are being driven (at once when they are)."""
+        while self.taken > count:
+            self._wanted = count
+            self._wake = anyio.Event()
+            await self._wake.wait()
+
+    def release(self) -> None:
+        """One claimed transaction has been driven."""
+        self.taken -= 1
+        if self._wake is not None and self.taken <= self._wanted:
+            self._wake.set()
+            self._wake = None

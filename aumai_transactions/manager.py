@@ -481,8 +481,9 @@ class TransactionManager:
         ``policy="compensate"`` (default) aborts: completed and in-doubt steps are
         compensated in reverse order. ``"resume"`` re-runs the in-doubt step with the
         same idempotency key and carries on. A step's own ``recovery`` overrides the
-        policy for that step. Returns one result per transaction claimed; claims in
-        batches of ``limit`` until none is left.
+        policy for that step. Returns one result per transaction claimed. At most
+        ``limit`` are driven at once; as they finish, more are claimed, until none is
+        left (a slow compensation holds up only its own transaction).
         """
         if policy not in _POLICIES:
             raise ValueError(f"policy must be 'compensate' or 'resume', not {policy!r}.")

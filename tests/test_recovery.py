@@ -7,6 +7,7 @@ tests/test_crash.py.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -286,3 +287,58 @@ async def test_a_compensation_finished_by_recovery_ends_as_it_would_have_live(
     _, ledger, results = await recover_with(tx)
     assert ledger.actions == ["undo_b", "undo_a"]
     assert [r.state for r in results] == [state]
+
+
+async def test_a_slow_compensation_holds_up_only_its_own_transaction() -> None:
+    """Recovery keeps at most ``limit`` transactions in flight, topping the window up as
+    they finish: the others are recovered while one compensation still waits."""
+    store = MemoryStore()
+    stuck = [crashed([StepStatus.COMPLETED]) for _ in range(4)]
+    for tx in stuck:
+        await store.save(tx)
+    slow_id = stuck[0].transaction_id
+    release = anyio.Event()
+    undone: list[str] = []
+
+    async def undo(action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        if ctx.transaction_id == slow_id:
+            await release.wait()
+        undone.append(ctx.transaction_id)
+        if len(undone) == len(stuck) - 1:
+            release.set()  # every other transaction got through first
+
+    # Should the others wait for it, the slow compensation's time bound ends it.
+    manager = TransactionManager({"a": undo, "undo_a": undo}, store=store, compensation_timeout=5)
+    results = await manager.recover(limit=2)
+    assert undone[-1] == slow_id
+    assert sorted(undone) == sorted(tx.transaction_id for tx in stuck)
+    assert {r.state for r in results} == {TransactionState.ROLLED_BACK}
+    assert len(results) == len(stuck)
+
+
+async def test_a_plain_task_cancel_of_recover_lets_the_compensations_finish() -> None:
+    """``task.cancel()`` on the task running ``recover()`` (as ``asyncio.timeout`` does)
+    reaches the transactions it drives only through their task group, whose
+    cancellation their compensation's shield holds off: each one finishes."""
+    store = MemoryStore()
+    tx = crashed([StepStatus.COMPLETED, StepStatus.RUNNING])
+    await store.save(tx)
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+        finished.append(action)
+
+    manager = TransactionManager({name: undo for name in ACTIONS}, store=store)
+    recovering = asyncio.ensure_future(manager.recover())
+    await started.wait()
+    recovering.cancel()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(recovering), 0.05)  # still running
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await recovering
+    assert finished == ["undo_b", "undo_a"]
+    assert tx.state is TransactionState.ROLLED_BACK
