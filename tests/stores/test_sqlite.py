@@ -709,6 +709,31 @@ async def test_records_between_header_changes_keep_the_newest_header(store: Sqli
     assert loaded is not None and loaded.state is COMMITTED and loaded.error == "lazily"
 
 
+async def test_a_record_is_fenced_after_its_row_id_went_to_another_transaction(
+    db_path: Path, raw: Any
+) -> None:
+    # The writer reads a leased transaction by the row id it remembers; once the row is
+    # deleted and its id given to another transaction, the record must still be refused
+    # and the other transaction left alone.
+    async with SqliteStore(db_path) as mine, SqliteStore(db_path) as other:
+        tx = make_tx(state=ACTIVE)
+        lease = await mine.acquire(tx, "me", EXPIRED, [PENDING])
+        tx.steps[0].status = StepStatus.RUNNING
+        await mine.record(lease, tx, tx.steps[0])  # read by row id from now on
+        row_id = "SELECT id FROM transactions WHERE transaction_id=?"
+        (freed,) = raw().execute(row_id, (tx.transaction_id,)).fetchone()
+        assert await other.delete(tx.transaction_id)
+        newcomer = make_tx(state=ACTIVE)
+        await other.save(newcomer)
+        assert raw().execute(row_id, (newcomer.transaction_id,)).fetchone() == (freed,)
+        tx.error = "stale"
+        with pytest.raises(LeaseLostError):
+            await mine.record(lease, tx, tx.steps[0])
+        kept = await other.load(newcomer.transaction_id)
+        assert kept is not None and kept.error is None
+        assert [s.status for s in kept.steps] == [s.status for s in newcomer.steps]
+
+
 async def test_appended_steps_lost_in_a_failed_batch_poison_their_lease(
     db_path: Path, raw: Any
 ) -> None:
