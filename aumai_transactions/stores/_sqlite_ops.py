@@ -43,7 +43,9 @@ _SET_HEADER = (
     "resolution=?"
 )
 _SET_FULL_HEADER = f"{_SET_HEADER}, created_at=?, timeout_seconds=?"
-_FENCE = "WHERE transaction_id=? AND epoch=?"
+# By the row id the epoch check read in the same SQLite transaction (the writer holds
+# the write lock from that read on), and still fenced by the epoch.
+_FENCE = "WHERE id=? AND epoch=?"
 _UPDATE_HEADER = f"UPDATE transactions SET {_SET_HEADER} {_FENCE}"
 # Most records leave the state as it is; not naming it spares rewriting its index entry.
 _UPDATE_HEADER_SAME_STATE = (
@@ -66,6 +68,10 @@ _ADD_AGENT = "INSERT OR IGNORE INTO transaction_agents (tx, agent_id) VALUES (?,
 _RELEASE = (
     "UPDATE transactions SET lease_owner=NULL, lease_expires=NULL "
     "WHERE transaction_id=? AND epoch=?"
+)
+_RELEASE_BY_ROW = (
+    "UPDATE transactions SET lease_owner=NULL, lease_expires=NULL "
+    "WHERE id=? AND transaction_id=? AND epoch=?"
 )
 _EXPIRED = (
     "state IN ('active', 'compensating') "
@@ -296,11 +302,12 @@ class Journal:
             same: list[tuple[Any, ...]] = []
             changed: list[tuple[Any, ...]] = []
             for tid, op in newest.items():
-                state, rest = op.args[2], op.args[3]
-                if state == current[tid][1]:
-                    same.append(rest)
+                _, epoch, state, fields, _, _ = op.args
+                stored = current[tid]
+                if state == stored[1]:
+                    same.append((*fields, stored[2], epoch))
                 else:
-                    changed.append((state, *rest))
+                    changed.append((state, *fields, stored[2], epoch))
             written = 0
             if changed:
                 written += conn.executemany(_UPDATE_HEADER, changed).rowcount
@@ -347,10 +354,20 @@ class Journal:
         self, conn: sqlite3.Connection, ops: Sequence[Op], poisoned: dict[tuple[str, int], str]
     ) -> None:
         """Give up leases (the epoch stays, so the next lease is greater)."""
-        conn.executemany(_RELEASE, [op.args for op in ops])
         rids = self._rids
+        by_row: list[tuple[int, str, int]] = []
+        by_id: list[tuple[str, int]] = []
         for op in ops:
-            rids.pop(op.args[0], None)
+            tid, epoch = op.args
+            rid = rids.pop(tid, None)
+            if rid is None:
+                by_id.append((tid, epoch))
+            else:  # a hint: the transaction_id makes sure the row is still this one's
+                by_row.append((rid, tid, epoch))
+        if by_row and conn.executemany(_RELEASE_BY_ROW, by_row).rowcount != len(by_row):
+            by_id.extend((tid, epoch) for _, tid, epoch in by_row)  # idempotent: once more
+        if by_id:
+            conn.executemany(_RELEASE, by_id)
         if poisoned:
             for op in ops:
                 poisoned.pop(op.args, None)

@@ -146,11 +146,11 @@ def header_of(tx: Transaction) -> tuple[Any, ...]:
     )
 
 
-def record_header(tx: Transaction, epoch: int) -> tuple[str, tuple[Any, ...]]:
-    """The state of ``tx``, and the parameters of its epoch-fenced header update.
+def record_header(tx: Transaction) -> tuple[str, tuple[Any, ...]]:
+    """The state of ``tx``, and the values of the header columns a record rewrites.
 
     Built on the event loop at ``record`` time (the snapshot the caller recorded),
-    in the shape the writer's statements take, so the writer only checks and sends.
+    in the order of the writer's statements, which add the row id and the epoch.
     """
     updated = tx.updated_at
     finished = tx.finished_at
@@ -162,8 +162,6 @@ def record_header(tx: Transaction, epoch: int) -> tuple[str, tuple[Any, ...]]:
         tx.blocked_reason,
         tx.recovery_attempts,
         None if resolution is None else resolution.model_dump_json(),
-        tx.transaction_id,
-        epoch,
     )
 
 

@@ -391,7 +391,7 @@ class SqliteStore:
             state: str = known.state
             sent: tuple[Any, ...] | None = None
         else:
-            state, sent = record_header(tx, epoch)
+            state, sent = record_header(tx)
             if durable:
                 headers[tid] = known = _SentHeader(raw, state)
             elif known is not None:  # a lazy write is never known to be committed

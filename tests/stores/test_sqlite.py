@@ -712,9 +712,10 @@ async def test_records_between_header_changes_keep_the_newest_header(store: Sqli
 async def test_a_record_is_fenced_after_its_row_id_went_to_another_transaction(
     db_path: Path, raw: Any
 ) -> None:
-    # The writer reads a leased transaction by the row id it remembers; once the row is
-    # deleted and its id given to another transaction, the record must still be refused
-    # and the other transaction left alone.
+    # The writer reads and releases a leased transaction by the row id it remembers;
+    # once the row is deleted and its id given to another transaction (leased under the
+    # same epoch), the record must still be refused, and neither it nor the release may
+    # touch the other transaction.
     async with SqliteStore(db_path) as mine, SqliteStore(db_path) as other:
         tx = make_tx(state=ACTIVE)
         lease = await mine.acquire(tx, "me", EXPIRED, [PENDING])
@@ -724,14 +725,20 @@ async def test_a_record_is_fenced_after_its_row_id_went_to_another_transaction(
         (freed,) = raw().execute(row_id, (tx.transaction_id,)).fetchone()
         assert await other.delete(tx.transaction_id)
         newcomer = make_tx(state=ACTIVE)
-        await other.save(newcomer)
+        theirs = await other.acquire(newcomer, "them", LIVE, [PENDING])
+        assert theirs.epoch == lease.epoch
+        await other.renew("them", LIVE)  # durable
         assert raw().execute(row_id, (newcomer.transaction_id,)).fetchone() == (freed,)
         tx.error = "stale"
         with pytest.raises(LeaseLostError):
             await mine.record(lease, tx, tx.steps[0])
+        await mine.release(lease)
+        await mine.renew("me", LIVE)  # durable: the release is committed with it
         kept = await other.load(newcomer.transaction_id)
         assert kept is not None and kept.error is None
         assert [s.status for s in kept.steps] == [s.status for s in newcomer.steps]
+        held = (await other.leases([newcomer.transaction_id]))[newcomer.transaction_id]
+        assert held.owner == "them" and held.live
 
 
 async def test_appended_steps_lost_in_a_failed_batch_poison_their_lease(
