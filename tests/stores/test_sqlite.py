@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aumai_transactions
@@ -635,15 +636,26 @@ async def test_a_cancelled_durable_write_is_still_applied_in_order(store: Sqlite
     assert [s.status for s in loaded.steps[:2]] == [StepStatus.RUNNING, StepStatus.RUNNING]
 
 
-async def test_a_cancelled_acquire_still_queued_takes_no_lease(store: SqliteStore) -> None:
-    late = make_tx(state=ACTIVE)
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await store.acquire(late, "me", LIVE, [PENDING])  # queued, then cancelled
-    assert scope.cancelled_caught
-    assert await store.load(late.transaction_id) is None
-    again = await store.acquire(copy(late), "me", LIVE, [PENDING])
-    assert again.epoch == 1
+async def test_a_cancelled_acquire_still_queued_takes_no_lease(db_path: Path, raw: Any) -> None:
+    async with SqliteStore(db_path, busy_timeout=30) as store:
+        busy, late = make_tx(state=ACTIVE), make_tx(state=ACTIVE)
+        lease = await store.acquire(busy, "me", LIVE, [PENDING])
+        await store.renew("me", LIVE)  # durable: the writer is idle now
+        holder = raw()
+        holder.execute("BEGIN IMMEDIATE")  # the writer's next batch waits on this lock
+        taken = store.stats.batches
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.record, lease, busy)
+            while store.stats.batches == taken:  # the record's batch is in the writer
+                await anyio.lowlevel.checkpoint()
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await store.acquire(late, "me", LIVE, [PENDING])  # queued, then cancelled
+            assert scope.cancelled_caught
+            holder.execute("ROLLBACK")
+        assert await store.load(late.transaction_id) is None
+        again = await store.acquire(copy(late), "me", LIVE, [PENDING])
+        assert again.epoch == 1
 
 
 async def test_a_write_lost_in_a_failed_batch_poisons_its_lease(db_path: Path, raw: Any) -> None:
