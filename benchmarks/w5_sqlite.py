@@ -6,7 +6,8 @@ step 1 completed, step 2 running (in doubt), step 3 pending. They are written th
 the store API (``acquire`` with an already-expired lease, many at once). Then a new
 manager times ``await manager.recover()``, which claims them in batches and
 compensates steps 2 and 1 of each (async no-op handlers). Figure: transactions
-recovered per second (target >= 5,000/s). No baseline (see BENCHMARKS.md).
+recovered per second (target >= 5,000/s), also with retain_finished=False and with the
+collector paused (see main). No baseline (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -84,25 +85,31 @@ async def _recover(path: Path, retain_finished: bool = True) -> tuple[float, int
 
 
 def main() -> None:
-    """The manager as built by default (it keeps every transaction it drove), then, in
+    """The manager as built by default (it keeps every transaction it drove); then, in
     interleaved runs, as a service journaling to a durable store is advised to build
-    it (``retain_finished=False``): what the cyclic collector's walks over the kept
-    transactions cost."""
+    it (``retain_finished=False``); and, as a diagnostic of the engine's own work, the
+    default with the cyclic garbage collector paused for the recovery (what the
+    collector's walks over the objects this process keeps cost)."""
     root = Path(tempfile.mkdtemp(prefix="aumai-w5-"))
-    variants = (True, False)
+    variants = ("default", "retain_finished=False", "collector off")
     try:
-        times: dict[bool, list[float]] = {retain: [] for retain in variants}
+        times: dict[str, list[float]] = {variant: [] for variant in variants}
         for run in range(REPEATS + 1):  # the first round is the warm-up
-            for retain in variants:
-                path = root / f"run-{run}-{retain}.db"
+            for variant in variants:
+                path = root / f"run-{run}-{variants.index(variant)}.db"
                 asyncio.run(_abandon(path, TRANSACTIONS))
                 gc.collect()
-                elapsed, _ = asyncio.run(_recover(path, retain))
+                if variant == "collector off":
+                    gc.disable()
+                try:
+                    elapsed, _ = asyncio.run(_recover(path, variant != "retain_finished=False"))
+                finally:
+                    gc.enable()
                 if run:
-                    times[retain].append(elapsed)
+                    times[variant].append(elapsed)
                 path.unlink()
-        for retain in variants:
-            seconds = statistics.median(times[retain])
+        for variant in variants:
+            seconds = statistics.median(times[variant])
             emit(
                 "W5",
                 "sqlite",
@@ -110,9 +117,9 @@ def main() -> None:
                 "tx/s",
                 TRANSACTIONS,
                 f"recover() of {TRANSACTIONS} expired active transactions (2 compensations "
-                f"each), synchronous=FULL, retain_finished={retain}; median {seconds:.2f}s",
+                f"each), synchronous=FULL, {variant}; median {seconds:.2f}s",
                 seconds=round(seconds, 3),
-                retain_finished=retain,
+                variant=variant,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
