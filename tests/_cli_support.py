@@ -29,12 +29,14 @@ from aumai_transactions.stores.sqlite import SqliteStore
 
 HANDLERS_SOURCE = """
 import json
+import sqlite3
 import threading
 import time
 
 import anyio
 
 LOG = {log!r}
+JOURNAL = {journal!r}
 
 
 def _log(action, data):
@@ -84,12 +86,29 @@ def together(action, data):
     return {{"done": action}}
 
 
+def _journaled_done(action):
+    # True once the journal holds a completed step running this action.
+    conn = sqlite3.connect(f"file:{{JOURNAL}}?mode=ro", uri=True, timeout=5)
+    try:
+        for (body,) in conn.execute("SELECT body FROM steps"):
+            step = json.loads(body)
+            if step["action"] == action and step["status"] == "completed":
+                return True
+        return False
+    finally:
+        conn.close()
+
+
 def together_then_fail(action, data):
     _log(action, data)
     BARRIER.wait()
-    if data.get("after_sibling"):
-        SIBLING_DONE.wait(5)
-        time.sleep(0.3)  # the sibling's completion reaches the engine first
+    sibling = data.get("after_sibling")
+    if sibling:
+        # Fail only once the engine has recorded the sibling completed (a completion is
+        # committed within the journal's group-commit delay), so it is not in doubt.
+        deadline = time.monotonic() + 10
+        while not _journaled_done(sibling) and time.monotonic() < deadline:
+            time.sleep(0.005)
     SIBLING_FAILED.set()
     raise RuntimeError(f"{{action}} failed")
 
@@ -198,7 +217,8 @@ class Cli:
         anyio.run(make_store, tmp_path / "journal.db")
         self.log = tmp_path / "calls.jsonl"
         self.handlers_file = tmp_path / "handlers.py"
-        self.handlers_file.write_text(textwrap.dedent(HANDLERS_SOURCE.format(log=str(self.log))))
+        source = HANDLERS_SOURCE.format(log=str(self.log), journal=str(tmp_path / "journal.db"))
+        self.handlers_file.write_text(textwrap.dedent(source))
         self.runner = CliRunner()
 
     def spec(self, attribute: str = "HANDLERS") -> str:

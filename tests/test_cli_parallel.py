@@ -215,7 +215,7 @@ def test_a_failure_in_a_group_compensates_a_sibling_it_cut_short(cli: Cli, tmp_p
 def test_a_failure_in_a_group_compensates_a_sibling_that_completed(
     cli: Cli, tmp_path: Path
 ) -> None:
-    failing = {**CAR_FAILS, "data": {"after_sibling": True}}
+    failing = {**CAR_FAILS, "data": {"after_sibling": "hotel"}}
     data = run_json(
         cli, write(tmp_path, group_that_fails(first=HOTEL_DONE, second=failing)), expect=1
     )
