@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 import anyio
 
-from ._driver import DriverCore, message_of
+from ._driver import DriverCore, clock, message_of
 from ._forward import seconds_since, spoiled_data, step_log_fields, storable_result
 from .events import (
     CompensationCompleted,
@@ -56,6 +57,11 @@ async def finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
             held = exc
         else:
             return held
+
+
+class _BoundRanOut(BaseException):
+    """The compensation time bound ran out while ``_guarded`` work ran (a
+    BaseException: no handler's ``except Exception`` takes it for a failure)."""
 
 
 class CompensationPass(DriverCore):
@@ -130,13 +136,15 @@ class CompensationPass(DriverCore):
                 self._step_event(CompensationStarted, step, compensating_action=action)
             if handler is None:  # a dry run (no handlers at all): recorded only
                 break
+            context = self._context(step, "compensate") if handler.wants_context else None
             try:
-                await self._handlers.call(
-                    handler,
-                    action,
-                    step.data,
-                    self._context(step, "compensate") if handler.wants_context else None,
-                )
+                if self._guarding:  # an inline sync handler: what it returns may suspend
+                    args = (action, step.data) if context is None else (action, step.data, context)
+                    outcome = handler.func(*args)
+                    if outcome is not None and inspect.isawaitable(outcome):
+                        await self._guarded(outcome)
+                else:
+                    await self._handlers.call(handler, action, step.data, context)
             except Exception as exc:
                 fields["compensation_error"] = error = message_of(exc)
                 if policy.should_retry(exc, attempt):
@@ -150,7 +158,10 @@ class CompensationPass(DriverCore):
                         error,
                         extra=self._compensation_log_fields(step),
                     )
-                    await anyio.sleep(delay)
+                    if self._guarding:
+                        await self._guarded(anyio.sleep(delay))
+                    else:
+                        await anyio.sleep(delay)
                     continue
                 await self._compensation_failed(step, error, type(exc).__name__)
                 return
@@ -235,14 +246,61 @@ class CompensationPass(DriverCore):
         ``wait_for`` do) that arrives meanwhile is held back and re-raised at the end.
         """
         work = self._compensate_and_finish(steps, goal, interrupted)
-        with anyio.CancelScope(shield=True):
-            if self._native_cancel:
-                held = await finalize(work)
-            else:
+        if not self._native_cancel:
+            with anyio.CancelScope(shield=True):
                 await work
-                held = None
+            return
+        if self._cannot_suspend_compensating(steps):
+            # Nothing in this pass suspends but a retry's pause or a handler's awaitable,
+            # which ``_guarded`` runs shielded, in a task of its own: a cancellation
+            # (anyio's or a plain ``task.cancel()``) reaches this task only at an await
+            # that suspends, so the pass needs neither a task nor a cancel scope of its
+            # own (for a failing transaction: three trips through the event loop fewer).
+            self._guarding = True
+            try:
+                await work
+            finally:
+                self._guarding = False
+            held, self._held = self._held, None
+        else:
+            with anyio.CancelScope(shield=True):
+                held = await finalize(work)
         if held is not None:
             raise held
+
+    def _cannot_suspend_compensating(self, steps: Sequence[TransactionStep]) -> bool:
+        """True when compensating ``steps`` suspends nowhere but at a retry's pause or
+        at an awaitable a sync handler returns: a store that never suspends, no handler
+        thread to wait for, only inline sync compensations (or none)."""
+        if self._worker_calls or not getattr(self._store, "never_suspends", False):
+            return False
+        handlers = self._handlers
+        for step in steps:
+            action = step.compensating_action
+            handler = None if action is None else handlers.get(action)
+            if handler is not None and (handler.is_async or not handlers.inline):
+                return False
+        return True
+
+    async def _guarded(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` where this pass runs without a task of its own: in a task of
+        its own, under what is left of the compensation time bound (``_BoundRanOut``
+        when it runs out), holding back a plain cancellation of this task until the
+        pass is done (``_held``)."""
+        left = self._bound_deadline - clock()
+        outcome: list[Any] = []
+
+        async def bounded() -> None:
+            with anyio.move_on_after(left):
+                outcome.append(await work)
+
+        with anyio.CancelScope(shield=True):
+            held = await finalize(bounded())
+        if held is not None and self._held is None:
+            self._held = held
+        if not outcome:
+            raise _BoundRanOut
+        return outcome[0]
 
     async def _compensate_and_finish(
         self,
@@ -279,9 +337,19 @@ class CompensationPass(DriverCore):
         """Compensate ``steps`` under the compensation time bound; what it cuts short
         is recorded as a compensation error."""
         bound_seconds = self._options.compensation_timeout
-        with anyio.move_on_after(bound_seconds) as bound:
-            await self._compensate(steps)
-        if bound.cancelled_caught:
+        if self._guarding:
+            # Nothing suspends but what ``_guarded`` runs, under what is left of this.
+            self._bound_deadline = clock() + bound_seconds
+            try:
+                await self._compensate(steps)
+                ran_out = False
+            except _BoundRanOut:
+                ran_out = True
+        else:
+            with anyio.move_on_after(bound_seconds) as bound:
+                await self._compensate(steps)
+            ran_out = bound.cancelled_caught
+        if ran_out:
             errors = self._compensation_errors
             for step in steps:
                 if step.step_id in self._worker_calls:

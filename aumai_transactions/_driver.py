@@ -154,7 +154,10 @@ class DriverCore:
     """What every pass of a driver shares: the transaction, its lease and journal."""
 
     __slots__ = (
+        "_bound_deadline",
         "_compensation_errors",
+        "_guarding",
+        "_held",
         "_handlers",
         "_lease",
         "_native_cancel",
@@ -193,6 +196,11 @@ class DriverCore:
         # Whether a plain asyncio ``task.cancel()`` may reach this driver's task (see
         # ``_compensation.finalize``); not in a task the engine's own task group spawned.
         self._native_cancel = True
+        # A compensation pass run without a task of its own (see _compensation): the
+        # cancellation it held back, and when its time bound runs out.
+        self._guarding = False
+        self._held: BaseException | None = None
+        self._bound_deadline = 0.0
 
     # ------------------------------------------------------------------ events
     # Each call site tests ``self._emit is not None`` first: nothing is built unheard.
