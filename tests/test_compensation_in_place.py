@@ -40,21 +40,27 @@ def trip(manager: TransactionManager) -> Transaction:
     return tx
 
 
-async def test_a_plain_cancel_during_a_retrys_pause_waits_for_the_compensation() -> None:
-    paused = asyncio.Event()
-    releases: list[int] = []
+def busy_once(paused: asyncio.Event | anyio.Event, releases: list[int]) -> TransactionManager:
+    """A manager whose release fails once (setting ``paused``: the retry's pause, the
+    task's first suspension, comes next), then succeeds."""
 
     def release(action: str, data: dict[str, Any]) -> None:
         releases.append(len(releases) + 1)
         if len(releases) == 1:
-            paused.set()  # the retry's pause comes next: the task's first suspension
+            paused.set()
             raise RuntimeError("inventory busy")
 
-    manager = TransactionManager(
+    return TransactionManager(
         {"reserve": reserved, "charge": declined, "release": release},
         sync_handlers="inline",
         compensation_retry=RetryPolicy(max_attempts=3, initial_delay=0.2),
     )
+
+
+async def test_a_plain_cancel_during_a_retrys_pause_waits_for_the_compensation() -> None:
+    paused = asyncio.Event()
+    releases: list[int] = []
+    manager = busy_once(paused, releases)
     tx = trip(manager)
     committing = asyncio.ensure_future(manager.commit(tx))
     await paused.wait()
@@ -139,18 +145,7 @@ async def test_an_awaitable_that_outlasts_the_bound_is_cut_short() -> None:
 async def test_an_anyio_cancellation_during_a_retrys_pause_is_shielded() -> None:
     paused = anyio.Event()
     releases: list[int] = []
-
-    def release(action: str, data: dict[str, Any]) -> None:
-        releases.append(len(releases) + 1)
-        if len(releases) == 1:
-            paused.set()
-            raise RuntimeError("inventory busy")
-
-    manager = TransactionManager(
-        {"reserve": reserved, "charge": declined, "release": release},
-        sync_handlers="inline",
-        compensation_retry=RetryPolicy(max_attempts=3, initial_delay=0.2),
-    )
+    manager = busy_once(paused, releases)
     tx = trip(manager)
     scopes: list[anyio.CancelScope] = []
     results: list[TransactionResult] = []
