@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import anyio
+import anyio.abc
 
 from ._driver import EngineOptions
 from .errors import LeaseConflictError, LeaseLostError, StoreError
@@ -52,37 +53,60 @@ class RecoveryRounds:
         """
         results: list[TransactionResult] = []
         window = _Window()
+        failure: StoreError | None = None
         async with anyio.create_task_group() as group:
             while True:
                 await window.at_most(limit // 2)
-                claimed = await self._store.claim_expired(
-                    self._options.owner, self._options.lease_ttl, limit - window.taken
-                )
-                if not claimed:
+                try:
+                    if not await self._top_up(window, group, results, policy, limit):
+                        break
+                except StoreError as exc:
+                    # Raised once the transactions being driven have finished: a failed
+                    # claim must not cut short what an earlier one started.
+                    failure = exc
                     break
-                suspects: list[str] = []
-                for tx, lease in claimed:
-                    if tx.recovery_attempts > 1:
-                        # Claimed before and still unfinished, it may be what killed
-                        # its recoverer. Driving it next to others would charge them an
-                        # attempt each time it kills this process too, so it is handed
-                        # back at once and driven alone, once the others are done.
-                        tx.recovery_attempts -= 1
-                        await self._store.record(lease, tx)
-                        await self._store.release(lease)
-                        suspects.append(tx.transaction_id)
-                        continue
-                    window.taken += 1
-                    group.start_soon(self._recover_in_window, window, results, tx, lease, policy)
-                if suspects:
-                    await window.at_most(0)
-                    for transaction_id in suspects:
-                        alone = await self._claim_alone(transaction_id)
-                        if alone is not None:
-                            result = await self._recover_one(*alone, policy)
-                            if result is not None:
-                                results.append(result)
+        if failure is not None:
+            raise failure
         return results
+
+    async def _top_up(
+        self,
+        window: _Window,
+        group: anyio.abc.TaskGroup,
+        results: list[TransactionResult],
+        policy: RecoveryPolicy,
+        limit: int,
+    ) -> bool:
+        """Claim up to what the window has room for and start driving each claimed
+        transaction; False when there was nothing left to claim."""
+        claimed = await self._store.claim_expired(
+            self._options.owner, self._options.lease_ttl, limit - window.taken
+        )
+        if not claimed:
+            return False
+        suspects: list[str] = []
+        for tx, lease in claimed:
+            if tx.recovery_attempts > 1:
+                # Claimed before and still unfinished, it may be what killed its
+                # recoverer. Driving it next to others would charge them an attempt
+                # each time it kills this process too, so it is handed back at once
+                # and driven alone, once the others are done.
+                tx.recovery_attempts -= 1
+                await self._store.record(lease, tx)
+                await self._store.release(lease)
+                suspects.append(tx.transaction_id)
+                continue
+            window.taken += 1
+            group.start_soon(self._recover_in_window, window, results, tx, lease, policy)
+        if suspects:
+            await window.at_most(0)
+            for transaction_id in suspects:
+                alone = await self._claim_alone(transaction_id)
+                if alone is not None:
+                    result = await self._recover_one(*alone, policy)
+                    if result is not None:
+                        results.append(result)
+        return True
 
     async def _recover_in_window(
         self,

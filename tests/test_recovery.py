@@ -18,6 +18,7 @@ from aumai_transactions import (
     MemoryStore,
     StepContext,
     StepStatus,
+    StoreUnavailableError,
     Transaction,
     TransactionManager,
     TransactionState,
@@ -342,3 +343,34 @@ async def test_a_plain_task_cancel_of_recover_lets_the_compensations_finish() ->
         await recovering
     assert finished == ["undo_b", "undo_a"]
     assert tx.state is TransactionState.ROLLED_BACK
+
+
+async def test_a_failed_claim_lets_the_transactions_already_claimed_finish() -> None:
+    """A claim that fails while others are being driven is raised once they are done:
+    it does not cut short what the previous claim started."""
+    let_go = anyio.Event()
+
+    class LockedOnSecondClaim(MemoryStore):
+        claims = 0
+
+        async def claim_expired(self, owner: str, ttl: float, limit: int) -> Any:
+            self.claims += 1
+            if self.claims == 2:
+                let_go.set()  # the transaction still being driven may go on
+                raise StoreUnavailableError("the journal is locked")
+            return await super().claim_expired(owner, ttl, limit)
+
+    store = LockedOnSecondClaim()
+    quick, slow = (crashed([StepStatus.COMPLETED, StepStatus.RUNNING]) for _ in range(2))
+    for tx in (quick, slow):
+        await store.save(tx)
+
+    async def step(action: str, data: dict[str, Any], ctx: StepContext) -> None:
+        if ctx.transaction_id == slow.transaction_id:
+            await let_go.wait()
+
+    manager = TransactionManager({name: step for name in ACTIONS}, store=store)
+    with pytest.raises(StoreUnavailableError, match="locked"):
+        await manager.recover("resume", limit=2)
+    assert quick.state is TransactionState.COMMITTED
+    assert slow.state is TransactionState.COMMITTED  # resumed to its end, not cut short
