@@ -105,28 +105,33 @@ def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, s
 
 class _SentHeader:
     """The header a durable write sent under a lease: its fields as the transaction
-    held them (``raw``, the epoch last), its state as stored, and whether it is
+    held them (``raw``), the lease's epoch, its state as stored, and whether it is
     committed."""
 
-    __slots__ = ("committed", "raw", "state")
+    __slots__ = ("committed", "epoch", "raw", "state")
 
-    def __init__(self, raw: tuple[Any, ...], state: str, committed: bool = False) -> None:
+    def __init__(
+        self, raw: tuple[Any, ...], epoch: int, state: str, committed: bool = False
+    ) -> None:
         self.raw = raw
+        self.epoch = epoch
         self.state = state
         self.committed = committed
 
 
 def _raw_header(tx: Transaction) -> tuple[Any, ...]:
-    """The fields of ``tx`` that a record's header is made of (see ``record_header``;
-    ``SqliteStore.record`` reads the same ones inline)."""
+    """The fields of ``tx`` that a record's header is made of (see ``record_header``),
+    as the model holds them: what tells whether a header changed. Plain reads of the
+    model's ``__dict__``: this runs for every record."""
+    fields = tx.__dict__
     return (
-        tx.state,
-        tx.updated_at,
-        tx.finished_at,
-        tx.error,
-        tx.blocked_reason,
-        tx.recovery_attempts,
-        tx.resolution,
+        fields["state"],
+        fields["updated_at"],
+        fields["finished_at"],
+        fields["error"],
+        fields["blocked_reason"],
+        fields["recovery_attempts"],
+        fields["resolution"],
     )
 
 
@@ -350,7 +355,7 @@ class SqliteStore:
         epoch = lease.epoch
         self._positions.written(tid, epoch, (step_id for _, step_id, _ in steps))
         # What the acquire wrote, in the shape of a record's header.
-        self._headers[tid] = _SentHeader((*raw, epoch), header[0], committed=True)
+        self._headers[tid] = _SentHeader(raw, epoch, header[0], committed=True)
         return lease
 
     async def record(
@@ -375,25 +380,15 @@ class SqliteStore:
         # none of it), is not sent again: the writer then only checks the epoch. It is
         # compared as the fields themselves, converted for SQL only when it changed.
         headers = self._headers
-        fields = tx.__dict__  # plain reads: this runs for every record
-        raw = (
-            fields["state"],
-            fields["updated_at"],
-            fields["finished_at"],
-            fields["error"],
-            fields["blocked_reason"],
-            fields["recovery_attempts"],
-            fields["resolution"],
-            epoch,
-        )
+        raw = _raw_header(tx)
         known = headers.get(tid)
-        if known is not None and known.committed and known.raw == raw:
+        if known is not None and known.committed and known.epoch == epoch and known.raw == raw:
             state: str = known.state
             sent: tuple[Any, ...] | None = None
         else:
             state, sent = record_header(tx)
             if durable:
-                headers[tid] = known = _SentHeader(raw, state)
+                headers[tid] = known = _SentHeader(raw, epoch, state)
             elif known is not None:  # a lazy write is never known to be committed
                 del headers[tid]
         # The arguments of ``Journal.record_many``: the step as an update of its known
@@ -428,7 +423,7 @@ class SqliteStore:
         self._require().submit_lazy(Op(RELEASE, (lease.transaction_id, lease.epoch)))
         self._positions.forget(lease.transaction_id, lease.epoch)
         known = self._headers.get(lease.transaction_id)
-        if known is not None and known.raw[-1] == lease.epoch:
+        if known is not None and known.epoch == lease.epoch:
             del self._headers[lease.transaction_id]
 
     async def claim_expired(
