@@ -139,8 +139,7 @@ class CompensationPass(DriverCore):
             context = self._context(step, "compensate") if handler.wants_context else None
             try:
                 if self._guarding:  # an inline sync handler: what it returns may suspend
-                    args = (action, step.data) if context is None else (action, step.data, context)
-                    outcome = handler.func(*args)
+                    outcome = self._handlers.call_inline(handler, action, step.data, context)
                     if outcome is not None and inspect.isawaitable(outcome):
                         await self._guarded(outcome)
                 else:

@@ -211,6 +211,16 @@ class HandlerRegistry:
         """The handler of ``action``, or None."""
         return self._handlers.get(action)
 
+    @staticmethod
+    def call_inline(
+        handler: _Handler, action: str, data: dict[str, Any], context: StepContext | None
+    ) -> Any:
+        """Call a sync ``handler`` right here, with ``context`` if it asks for one, and
+        return what it returned (an awaitable it returned is the caller's to await)."""
+        if handler.wants_context:
+            return handler.func(action, data, context)
+        return handler.func(action, data)
+
     async def call(
         self,
         handler: _Handler,
@@ -232,7 +242,7 @@ class HandlerRegistry:
             return await func(action, data)
         args: tuple[Any, ...] = (action, data, context) if handler.wants_context else (action, data)
         if self.inline:
-            result = func(*args)
+            result = self.call_inline(handler, action, data, context)
         elif abandoned is None:
             result = await anyio.to_thread.run_sync(
                 functools.partial(func, *args), abandon_on_cancel=True
