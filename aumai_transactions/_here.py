@@ -91,10 +91,25 @@ def run_here(call: Callable[[], Coroutine[Any, Any, _T]]) -> _T | None:
     with _lock:
         if _portal_calls:
             return None
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
+        loop = _loop
+        if loop is None:
+            loop = _loop = asyncio.new_event_loop()
             atexit.register(close_loop)  # also when the portal never started
-        return _loop.run_until_complete(call())
+        task = loop.create_task(call())
+        # One turn of the loop (stop() before run_forever() runs what is ready, once):
+        # the task's first step, which is all of it for a call that cannot yield. A
+        # call that yields after all (a retry's pause) is run on to its end.
+        # (run_until_complete takes two turns, the second only to stop the loop.)
+        loop.stop()
+        try:
+            loop.run_forever()
+            if not task.done():
+                loop.run_until_complete(task)
+        except BaseException:
+            if task.done() and not task.cancelled():
+                task.exception()  # raised here: not "never retrieved" later
+            raise
+        return task.result()
 
 
 def close_loop() -> None:

@@ -69,11 +69,7 @@ def _close_portal() -> None:
 
 
 def _refuse_in_event_loop() -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+    if asyncio._get_running_loop() is not None:  # the getter that returns None, not raises
         raise RuntimeError(
             "aumai_transactions.sync blocks, and this code runs inside an event loop; "
             "use aumai_transactions.TransactionManager there and `await` its methods."

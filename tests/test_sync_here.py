@@ -4,6 +4,7 @@ through the portal."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -153,3 +154,54 @@ def test_a_script_whose_calls_all_ran_here_exits_cleanly(tmp_path: Path) -> None
         timeout=60,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "committed True\n", "")
+
+
+def test_a_compensation_retry_that_pauses_here_is_run_to_its_end() -> None:
+    # A compensation's retry pauses on the loop: the call run here yields after all,
+    # and the private loop runs it on until it is done.
+    seen: list[threading.Thread] = []
+    tries: list[str] = []
+
+    def flaky_undo(action: str, data: dict[str, Any]) -> None:
+        tries.append(action)
+        if len(tries) == 1:
+            raise RuntimeError("busy")
+
+    def bad(action: str, data: dict[str, Any]) -> None:
+        raise RuntimeError("declined")
+
+    manager = blocking.TransactionManager(
+        {"a": _threads_seen(seen), "b": bad, "undo": flaky_undo},
+        sync_handlers="inline",
+        compensation_retry=RetryPolicy(max_attempts=2, initial_delay=0.001),
+    )
+    result = manager.commit(_two_steps(manager))
+    assert result.state is TransactionState.ROLLED_BACK
+    assert tries == ["undo", "undo"] and seen == [threading.current_thread()]
+    assert manager.get_all_transactions()[0].steps[0].status is StepStatus.COMPENSATED
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_a_handler_raising_a_base_exception_here_compensates_and_raises_it(
+    exc: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[threading.Thread] = []
+
+    def stops(action: str, data: dict[str, Any]) -> None:
+        raise exc
+
+    manager = blocking.TransactionManager(
+        {"a": _threads_seen(seen), "b": stops, "undo": _threads_seen(seen)},
+        sync_handlers="inline",
+    )
+    tx = _two_steps(manager)
+    with pytest.raises(exc):
+        manager.commit(tx)
+    # step a, then both compensations (b was cut short: in doubt, so it is undone too)
+    assert seen == [threading.current_thread()] * 3
+    assert [s.status for s in tx.steps] == [StepStatus.COMPENSATED] * 2
+    gc.collect()  # a task whose exception nobody retrieved says so when collected
+    assert "never retrieved" not in caplog.text
+    tx = _two_steps(manager)  # the private loop is usable again
+    manager.manager._handlers.register("b", _threads_seen(seen))
+    assert manager.commit(tx).state is TransactionState.COMMITTED
