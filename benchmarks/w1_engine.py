@@ -9,7 +9,9 @@ try/except with a reverse list of compensations. Also in the same run, the *floo
 of a write-ahead engine (``_floor``): the plain loop plus the least any journaled
 step needs, in plain Python with no library (a record per step with a random id,
 two timestamps, an intent written before the handler and a completion after; an id
-and a final record per transaction), which shows how much of the engine's cost no
+and a final record per transaction; for W2 also the failure, the move to
+``compensating``, and each compensation's intent, completion and two timestamps, as
+the design's journal rules 1 and 2 ask), which shows how much of the engine's cost no
 engine keeping the write-ahead rule could avoid.
 """
 
@@ -85,9 +87,18 @@ async def _baseline(n: int, handlers: dict[str, Callable[..., Any]], is_async: b
 
 
 class _Record:
-    """The least a journaled step is: an id, what it runs, its status, two times."""
+    """The least a journaled step is: an id, what it runs, its status, two times (and
+    two more for its compensation, once it is undone)."""
 
-    __slots__ = ("action", "finished_at", "started_at", "status", "step_id")
+    __slots__ = (
+        "action",
+        "compensated_at",
+        "compensating_at",
+        "finished_at",
+        "started_at",
+        "status",
+        "step_id",
+    )
 
     def __init__(self, step_id: str, action: str) -> None:
         self.step_id = step_id
@@ -95,6 +106,8 @@ class _Record:
         self.status = "pending"
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None
+        self.compensating_at: datetime | None = None
+        self.compensated_at: datetime | None = None
 
 
 def _record_id(bits: Callable[[int], int]) -> str:
@@ -109,7 +122,8 @@ async def _floor(n: int, handlers: dict[str, Callable[..., Any]], is_async: bool
         tx_id = _record_id(bits)
         records = [_Record(_record_id(bits), action) for action, _ in STEPS]
         write((tx_id, "", "active"))
-        undo: list[str] = []
+        done: list[tuple[_Record, str]] = []
+        record = records[0]
         try:
             for record, (action, comp) in zip(records, STEPS, strict=True):
                 record.status = "running"
@@ -122,14 +136,27 @@ async def _floor(n: int, handlers: dict[str, Callable[..., Any]], is_async: bool
                 record.status = "completed"
                 record.finished_at = datetime.now(UTC)
                 write((tx_id, record.step_id, "completed"))
-                undo.append(comp)
+                done.append((record, comp))
             write((tx_id, "", "committed"))
         except Exception:
-            for comp in reversed(undo):
+            # The design's rules 1 and 2: the failure is recorded (else it is in doubt),
+            # the state change before the compensations, and each compensation's intent
+            # before it runs and its completion after.
+            record.status = "failed"
+            record.finished_at = datetime.now(UTC)
+            write((tx_id, record.step_id, "failed"))
+            write((tx_id, "", "compensating"))
+            for record, comp in reversed(done):
+                record.status = "compensating"
+                record.compensating_at = datetime.now(UTC)
+                write((tx_id, record.step_id, "compensating"))
                 if is_async:
                     await handlers[comp](comp, DATA)
                 else:
                     handlers[comp](comp, DATA)
+                record.status = "compensated"
+                record.compensated_at = datetime.now(UTC)
+                write((tx_id, record.step_id, "compensated"))
             write((tx_id, "", "rolled_back"))
         journal.clear()
 
