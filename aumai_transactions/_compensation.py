@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import anyio
@@ -38,8 +38,9 @@ async def finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
 
     anyio's shield stops anyio cancellation, but on asyncio a plain ``task.cancel()``
     still lands at the next await. So on asyncio the work runs in a task of its own,
-    awaited through ``asyncio.shield``: a cancellation of the caller is caught, held
-    and handed back once the work is done. Elsewhere the caller's shield suffices.
+    awaited through ``_Unshakable``: a cancellation of the caller is held, raised in
+    the caller once the work is done, and handed back. Elsewhere the caller's shield
+    suffices.
     """
     try:
         asyncio.get_running_loop()
@@ -50,13 +51,57 @@ async def finalize(coro: Coroutine[Any, Any, None]) -> BaseException | None:
     held: BaseException | None = None
     while True:
         try:
-            await asyncio.shield(task)
+            await _Unshakable(task)
         except asyncio.CancelledError as exc:
-            if task.done():  # the work itself was cancelled: nothing to hold back
+            if task.cancelled():  # the work itself was cancelled: nothing to hold back
                 raise
             held = exc
         else:
             return held
+
+
+class _Unshakable:
+    """Awaits a task, as a future-like object whose ``cancel()`` refuses: a
+    ``task.cancel()`` of the waiting task is then not passed on to the work; asyncio
+    raises it in the waiting task once the work is done. (``asyncio.shield`` does the
+    same through a future of its own, which costs a trip through the event loop more.)
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_task")
+
+    def __init__(self, task: asyncio.Future[None]) -> None:
+        self._task = task
+        self._asyncio_future_blocking = False
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._task.get_loop()
+
+    def add_done_callback(self, fn: Callable[..., object], *, context: Any = None) -> None:
+        self._task.add_done_callback(fn, context=context)  # fn is called with the task
+
+    def remove_done_callback(self, fn: Callable[..., object]) -> int:
+        return self._task.remove_done_callback(fn)
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def result(self) -> None:
+        return self._task.result()
+
+    def exception(self) -> BaseException | None:
+        return self._task.exception()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self._task.done():
+            self._asyncio_future_blocking = True
+            yield self
+        return self._task.result()
 
 
 class _BoundRanOut(BaseException):
