@@ -15,7 +15,7 @@ real SIGKILL, so nothing is flushed, no ``finally`` runs and no atexit hook fire
 Handlers record each side effect as one line of a separate *ledger* file (appended,
 flushed and fsynced before the handler returns), so the parent can compare what
 really happened with what the journal says. The same handlers, store wrapper and
-ledger reader are imported by the tests themselves.
+ledger reader (``_ledger``, ``_delegating_store``) are imported by the tests themselves.
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -46,6 +44,9 @@ from aumai_transactions import (
     TransactionStep,
 )
 from aumai_transactions.models import StepStatus
+
+from ._delegating_store import DelegatingStore
+from ._ledger import Ledger
 
 # Forward action -> compensating action, in step order.
 STEPS = (("reserve", "release"), ("charge", "refund"), ("ship", "cancel"))
@@ -93,97 +94,6 @@ GROUP_POINTS = (
 )
 
 
-# ---------------------------------------------------------------------- the ledger
-
-
-@dataclass(frozen=True)
-class Effect:
-    """One side effect a handler performed, as the ledger recorded it."""
-
-    index: int  # position in the ledger: the order things really happened in
-    stage: int  # 0: the original run; 1, 2, ...: successive recoveries
-    tx: str
-    step: str
-    # "forward", "compensate"; "returned" (an agent-shape handler's forward call is over,
-    # however it ended); "outcome" (what the caller was told); "open" (an open transaction)
-    kind: str
-    action: str  # for an outcome: the state the caller was told
-    key: str  # the idempotency key the handler was given
-    attempt: int
-
-
-class Ledger:
-    """An append-only file of side effects, one JSON line each, fsynced per line."""
-
-    def __init__(self, path: str | os.PathLike[str], stage: int) -> None:
-        self.path = os.fspath(path)
-        self.stage = stage
-
-    def append(self, ctx: StepContext, kind: str) -> None:
-        """Record a side effect (``kind`` "forward" or "compensate") of the step ``ctx``."""
-        self._write(
-            {
-                "stage": self.stage,
-                "tx": ctx.transaction_id,
-                "step": ctx.step_id,
-                "kind": kind,
-                "action": ctx.action,
-                "key": ctx.idempotency_key,
-                "attempt": ctx.attempt,
-            }
-        )
-
-    def opened(self, transaction_id: str) -> None:
-        """Record that ``transaction_id`` is an open transaction (its code chose its steps)."""
-        self._write(
-            {
-                "stage": self.stage,
-                "tx": transaction_id,
-                "step": "",
-                "kind": "open",
-                "action": "",
-                "key": "",
-                "attempt": 0,
-            }
-        )
-
-    def outcome(self, result: TransactionResult) -> None:
-        """Record what a caller was told: the journal must never contradict it later."""
-        self._write(
-            {
-                "stage": self.stage,
-                "tx": result.transaction_id,
-                "step": "",
-                "kind": "outcome",
-                "action": result.state.value,
-                "key": "",
-                "attempt": 0,
-            }
-        )
-
-    def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def read(path: str | os.PathLike[str]) -> list[Effect]:
-        """Every effect recorded so far (a torn last line cannot happen: one write each)."""
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            return []
-        return [
-            Effect(index=i, **json.loads(line))
-            for i, line in enumerate(text.splitlines())
-            if line.strip()
-        ]
-
-
 # ---------------------------------------------------------------------- killing
 
 
@@ -205,88 +115,6 @@ class KillSwitch:
             self.remaining -= 1
             if self.remaining == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
-
-
-class DelegatingStore:
-    """A Store that hands every call to ``inner``: the base of the test wrappers."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def durable(self) -> bool:
-        return self.inner.durable
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def __aenter__(self) -> DelegatingStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def save(self, tx: Transaction) -> None:
-        await self.inner.save(tx)
-
-    async def acquire(
-        self, tx: Transaction, owner: str, ttl: float, expected: Iterable[TransactionState]
-    ) -> Lease:
-        return await self.inner.acquire(tx, owner, ttl, expected)
-
-    async def record(
-        self,
-        lease: Lease,
-        tx: Transaction,
-        step: TransactionStep | None = None,
-        *,
-        durable: bool = True,
-    ) -> None:
-        await self.inner.record(lease, tx, step, durable=durable)
-
-    async def renew(self, owner: str, ttl: float) -> int:
-        return await self.inner.renew(owner, ttl)
-
-    async def release(self, lease: Lease) -> None:
-        await self.inner.release(lease)
-
-    async def claim_expired(
-        self, owner: str, ttl: float, limit: int
-    ) -> Sequence[tuple[Transaction, Lease]]:
-        return await self.inner.claim_expired(owner, ttl, limit)
-
-    async def load(self, transaction_id: str) -> Transaction | None:
-        return await self.inner.load(transaction_id)
-
-    async def list(
-        self,
-        *,
-        state: TransactionState | None = None,
-        agent_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[Transaction]:
-        return await self.inner.list(
-            state=state, agent_id=agent_id, since=since, until=until, limit=limit
-        )
-
-    async def count_by_state(self) -> dict[TransactionState, int]:
-        return await self.inner.count_by_state()
-
-    async def delete(self, transaction_id: str) -> bool:
-        return await self.inner.delete(transaction_id)
-
-    async def purge(self, *, states: Iterable[TransactionState], older_than: datetime) -> int:
-        return await self.inner.purge(states=states, older_than=older_than)
 
 
 class KillingStore(DelegatingStore):

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from aumai_transactions import StepStatus, Transaction, TransactionState, TransactionStep
 
-from ._crash_child import AGENT_FORWARD, Effect
+from ._crash_child import AGENT_FORWARD
+from ._ledger import Effect
 
 IN_FLIGHT = (TransactionState.ACTIVE, TransactionState.COMPENSATING)
 ROLLED_BACK_STATES = (TransactionState.ROLLED_BACK, TransactionState.FAILED)

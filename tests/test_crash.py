@@ -38,8 +38,9 @@ from aumai_transactions import (
 )
 from aumai_transactions.stores.sqlite import SqliteStore
 
-from ._crash_child import POINTS, Effect, Handlers, Ledger, Spec
+from ._crash_child import POINTS, Handlers, Spec
 from ._journal_audit import IN_FLIGHT, Journal, Tally, audit, expire_leases, integrity
+from ._ledger import Effect, Ledger
 
 pytestmark = pytest.mark.crash
 

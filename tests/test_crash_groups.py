@@ -25,9 +25,10 @@ import pytest
 
 from aumai_transactions import StepStatus, TransactionState
 
-from ._crash_child import AGENT_STEPS, GROUP_POSITIONS, Ledger, Spec
+from ._crash_child import AGENT_STEPS, GROUP_POSITIONS, Spec
 from ._journal_audit import IN_FLIGHT, Journal, Tally, audit, expire_leases
 from ._journal_audit import recovery_direction as direction
+from ._ledger import Ledger
 from .test_crash import (
     KILLED,
     killed,

@@ -34,8 +34,10 @@ from aumai_transactions import (
 )
 from aumai_transactions.stores.sqlite import SqliteStore
 
-from ._crash_child import COMPENSATE, FORWARD, DelegatingStore, Ledger, build
+from ._crash_child import COMPENSATE, FORWARD, build
+from ._delegating_store import DelegatingStore
 from ._journal_audit import IN_FLIGHT, Tally, audit, expire_leases, integrity
+from ._ledger import Ledger
 
 T = TypeVar("T")
 

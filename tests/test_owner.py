@@ -25,7 +25,7 @@ from aumai_transactions import (
 )
 from aumai_transactions.models import LeaseSummary
 from aumai_transactions.stores import Lease, OperatorStore
-from tests._crash_child import DelegatingStore
+from tests._delegating_store import DelegatingStore
 from tests.stores.conftest import store_factory, store_kind  # noqa: F401 - fixtures
 
 ACTIVE = TransactionState.ACTIVE
