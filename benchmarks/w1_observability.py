@@ -28,13 +28,13 @@ from typing import Any
 
 from aumai_transactions import Event, TransactionManager
 
-from ._common import emit
+from ._common import REPEATS, emit
 from .w1_engine import _async_handlers, _baseline, _engine, _sync_handlers
 
 WORKLOADS = ("W1", "W1-observability")
 
 N = 2000
-ROUNDS = 7
+ROUNDS = REPEATS  # medians of 5 after the warm-up, as every workload
 VARIANTS = ("none", "listener", "async-listener", "otel-api", "otel-sdk")
 
 
