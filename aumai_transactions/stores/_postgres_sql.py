@@ -222,7 +222,9 @@ _STEPS_OF_T = """
 #   writer's epoch *and* owner. (The owner matters after a server crash: an acquire
 #   that committed without waiting for its WAL flush can be lost, and a later acquire
 #   may hand out the same epoch again, but never to the same owner.) A record that
-#   ends the transaction also ends its lease: there is nothing left to drive.
+#   ends the transaction also ends its lease: there is nothing left to drive. A record
+#   without a header (it is the one committed under the lease already) and without a
+#   release leaves the row as it is: it is checked the same way under a share lock.
 #
 # The writer never puts two writes of different kinds or epochs for one transaction in
 # a batch, so no row is touched twice by one statement. A batch with no durable write
@@ -311,14 +313,40 @@ _BATCH_RECORD = """
       -- hash-join a sequential scan of a table of a few thousand rows).
       AND t.transaction_id = ANY (ARRAY(SELECT r2.tid FROM r_in AS r2))
     RETURNING t.transaction_id
+), k_in AS (
+    SELECT * FROM jsonb_to_recordset((SELECT j -> 'k' FROM b)) AS k(
+        tid text, epoch bigint, owner text)
+), k_ok AS (
+    -- Records whose header is the one committed already: the same fence as r_up, under
+    -- a share lock instead of a new row version. The lock conflicts with every write
+    -- that could take the lease away (a claim skips the row, an UPDATE or a DELETE
+    -- waits for this batch's commit); one that committed first fails the check here.
+    SELECT t.transaction_id FROM {s}.transactions AS t JOIN k_in AS k ON t.transaction_id = k.tid
+    WHERE t.lease_epoch = k.epoch AND t.lease_owner = k.owner
+      AND t.transaction_id = ANY (ARRAY(SELECT k2.tid FROM k_in AS k2))
+    FOR SHARE OF t
+), r_ok AS (
+    SELECT transaction_id FROM r_up UNION ALL SELECT transaction_id FROM k_ok
 ), rs_in AS (
     SELECT * FROM jsonb_to_recordset((SELECT j -> 'rs' FROM b)) AS v(
         tid text, step_id text, position integer, agent_id text, doc jsonb)
 ), rs_up AS (
+    -- Steps appended since the acquire: inserted, or rewritten if written already.
     INSERT INTO {s}.steps (transaction_id, step_id, position, agent_id, doc)
     SELECT v.tid, v.step_id, v.position, v.agent_id, v.doc
-    FROM rs_in AS v JOIN r_up ON r_up.transaction_id = v.tid
+    FROM rs_in AS v JOIN r_ok ON r_ok.transaction_id = v.tid
     ON CONFLICT (transaction_id, step_id) DO UPDATE SET doc = EXCLUDED.doc
+), ru_in AS (
+    SELECT * FROM jsonb_to_recordset((SELECT j -> 'ru' FROM b)) AS v(
+        tid text, step_id text, doc jsonb)
+), ru_up AS (
+    -- Steps the store wrote under this lease already: a plain update of the known row
+    -- (an upsert would also lock it first, one more WAL record a row), found by its
+    -- primary key from each fenced transaction. (No "= ANY" of every id here, as in
+    -- r_up: it would become part of each of these probes, one index descent per id.)
+    UPDATE {s}.steps AS x SET doc = v.doc
+    FROM ru_in AS v JOIN r_ok ON r_ok.transaction_id = v.tid
+    WHERE x.transaction_id = v.tid AND x.step_id = v.step_id
 )
 """
 
@@ -330,7 +358,7 @@ SELECT 'a', transaction_id, lease_epoch, nullif(lease_expires_at, '-infinity') F
 UNION ALL
 """
 _BATCH_RECORDED = """
-SELECT 'r', transaction_id, NULL::bigint, NULL::timestamptz FROM r_up
+SELECT 'r', transaction_id, NULL::bigint, NULL::timestamptz FROM r_ok
 UNION ALL
 """
 

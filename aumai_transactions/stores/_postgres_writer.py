@@ -149,12 +149,16 @@ class Op:
         step: TransactionStep | None,
         durable: bool,
         positions: StepPositions,
+        state: str,
+        header: str | None,
     ) -> Op:
         """A fenced write of the header of ``tx`` and, if given, the row of ``step``.
 
-        A step appended since the acquire comes with every other step the store has
-        not written under this lease yet (see ``StepPositions``), so that the stored
-        positions never have a gap.
+        ``state`` is the stored state of ``tx``; ``header`` its header JSON, or None
+        when the header is the one committed under this lease already (the write then
+        only checks the lease). A step appended since the acquire comes with every
+        other step the store has not written under this lease yet (see
+        ``StepPositions``), so that the stored positions never have a gap.
         """
         rows = []
         appends = False
@@ -175,9 +179,9 @@ class Op:
             epoch=lease.epoch,
             owner=lease.owner,
             durable=durable,
-            state=tx.state.value,
-            attempts=tx.recovery_attempts,
-            header=header_json(tx),
+            state=state,
+            attempts=None if header is None else tx.recovery_attempts,
+            header=header,
             steps=rows,
             appends=appends,
         )
@@ -199,25 +203,49 @@ class _Batch:
         a: list[str] = []
         a_steps: list[str] = []
         # tid -> [epoch, owner, state, attempts, header, release]; a later write of the
-        # same lease supersedes the header of an earlier one.
+        # same lease supersedes the header of an earlier one (a write without a header
+        # keeps it: its header is the one committed already).
         records: dict[str, list[Any]] = {}
-        r_steps: dict[tuple[str, str], str] = {}
+        # (tid, step_id) -> (its row, whether it may be new: inserted or updated)
+        r_steps: dict[tuple[str, str], tuple[str, bool]] = {}
         self.renew: dict[str, float] = {}
         durable = False
         for op in ops:
             kind = op.kind
             if kind == "record":
                 row = records.get(op.tid)
+                header = op.header
                 if row is None:
-                    records[op.tid] = [op.epoch, op.owner, op.state, op.attempts, op.header, False]
-                else:
-                    row[2], row[3], row[4] = op.state, op.attempts, op.header
+                    row = records[op.tid] = [
+                        op.epoch,
+                        op.owner,
+                        None if header is None else op.state,
+                        op.attempts,
+                        header,
+                        False,
+                    ]
+                elif header is not None:
+                    row[2], row[3], row[4] = op.state, op.attempts, header
+                if op.state in _ENDED:
+                    # Ends the lease even when its header (a terminal one) is no news:
+                    # a transaction claimed in a terminal state, say.
+                    row[5] = True
                 tid = _dumps(op.tid)
                 for step_id, position, agent_id, doc in op.steps:
-                    r_steps[(op.tid, step_id)] = (
-                        f'{{"tid":{tid},"step_id":{_dumps(step_id)},"position":{position},'
-                        f'"agent_id":{_dumps(agent_id)},"doc":{doc}}}'
-                    )
+                    key = (op.tid, step_id)
+                    # A step appended since the acquire is upserted, also when a later
+                    # record of this batch rewrites it; any other is a known row.
+                    if op.appends or (key in r_steps and r_steps[key][1]):
+                        r_steps[key] = (
+                            f'{{"tid":{tid},"step_id":{_dumps(step_id)},"position":{position},'
+                            f'"agent_id":{_dumps(agent_id)},"doc":{doc}}}',
+                            True,
+                        )
+                    else:
+                        r_steps[key] = (
+                            f'{{"tid":{tid},"step_id":{_dumps(step_id)},"doc":{doc}}}',
+                            False,
+                        )
                 durable = durable or op.durable
             elif kind == "acquire" or kind == "save":
                 tid = _dumps(op.tid)
@@ -243,19 +271,28 @@ class _Batch:
             else:
                 assert op.owner is not None
                 self.renew[op.owner] = op.ttl
-        r = [
-            f'{{"tid":{_dumps(tid)},"epoch":{epoch},"owner":{_s(owner)},"state":{_s(state)},'
-            f'"attempts":{"null" if attempts is None else attempts},'
-            f'"header":{"null" if header is None else header},'
-            f'"release":{"true" if release else "false"}}}'
-            for tid, (epoch, owner, state, attempts, header, release) in records.items()
-        ]
+        # Rows that change the transaction (a header, a release) are updated; the others
+        # are only checked, under a row lock, that the lease still holds (see "k").
+        r: list[str] = []
+        k: list[str] = []
+        for tid, (epoch, owner, state, attempts, header, release) in records.items():
+            if header is None and not release:
+                k.append(f'{{"tid":{_dumps(tid)},"epoch":{epoch},"owner":{_s(owner)}}}')
+            else:
+                r.append(
+                    f'{{"tid":{_dumps(tid)},"epoch":{epoch},"owner":{_s(owner)},'
+                    f'"state":{_s(state)},"attempts":{"null" if attempts is None else attempts},'
+                    f'"header":{"null" if header is None else header},'
+                    f'"release":{"true" if release else "false"}}}'
+                )
+        upserts = [row for row, new in r_steps.values() if new]
+        updates = [row for row, new in r_steps.values() if not new]
         self.has_acquire = bool(a)
-        self.has_record = bool(r)
+        self.has_record = bool(records)
         self.params = {
             "batch": (
-                f'{{"a":[{",".join(a)}],"s":[{",".join(a_steps)}],'
-                f'"r":[{",".join(r)}],"rs":[{",".join(r_steps.values())}]}}'
+                f'{{"a":[{",".join(a)}],"s":[{",".join(a_steps)}],"r":[{",".join(r)}],'
+                f'"k":[{",".join(k)}],"rs":[{",".join(upserts)}],"ru":[{",".join(updates)}]}}'
             ),
             "sync": "on" if durable else "off",
         }

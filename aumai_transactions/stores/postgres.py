@@ -63,8 +63,9 @@ from ..models import (
 )
 from ._base import Lease, ListPosition, driven_elsewhere
 from ._positions import StepPositions
+from ._postgres_headers import SentHeaders, raw_header
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
-from ._postgres_writer import Op, Writer
+from ._postgres_writer import Op, Writer, header_json
 
 __all__ = ["PostgresStore"]
 
@@ -156,6 +157,9 @@ class PostgresStore:
         self._open_error: BaseException | None = None
         # The steps written under each lease this store holds (see ``StepPositions``).
         self._positions = StepPositions()
+        # The header each lease's last write sent, so a record that changes none of it
+        # sends none (see ``SentHeaders``).
+        self._headers = SentHeaders()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresStore:
@@ -336,6 +340,9 @@ class PostgresStore:
         if not isinstance(tx, Transaction):
             raise TypeError(f"save needs a Transaction, not {type(tx).__name__}.")
         wanted = None if expected is None else tuple(TransactionState(s) for s in expected)
+        # A save may rewrite the header under a lease this store noted: the next record
+        # of that lease must send its own again.
+        self._headers.forget(tx.transaction_id)
         saved = await self._open_writer().submit(Op.whole(tx, expected=wanted or ()))
         if not saved:
             rows = await self._fetch(self._statements.lease_of, (tx.transaction_id,), "read")
@@ -361,10 +368,13 @@ class PostgresStore:
     ) -> Lease:
         expected = tuple(expected)
         op = Op.whole(tx, owner=owner, ttl=ttl, expected=expected)
+        raw = raw_header(tx)  # what the op holds: the caller may change tx meanwhile
         lease: Lease | None = await self._open_writer().submit(op)
         tid = tx.transaction_id
         if lease is not None:
             self._positions.written(tid, lease.epoch, (row[0] for row in op.steps))
+            assert op.state is not None
+            self._headers.committed(tid, lease.epoch, raw, op.state)
             return lease
         rows = await self._fetch(self._statements.lease_of, (tid,), "read")
         if rows and rows[0][4]:
@@ -390,10 +400,21 @@ class PostgresStore:
                 f"Lease of transaction {lease.transaction_id} cannot record transaction "
                 f"{tx.transaction_id}."
             )
-        writer.check_poisoned(lease.transaction_id, lease.epoch)
-        op = Op.record(lease, tx, step, durable, self._positions)
+        tid, epoch = tx.transaction_id, lease.epoch
+        writer.check_poisoned(tid, epoch)
+        headers = self._headers
+        raw = raw_header(tx)
+        state = headers.unchanged(tid, epoch, raw)
+        header: str | None = None
+        token: object | None = None
+        if state is None:
+            state = tx.state.value
+            header = header_json(tx)
+            token = headers.sending(tid, epoch, raw, state, durable)
+        op = Op.record(lease, tx, step, durable, self._positions, state, header)
         if durable:
             await writer.submit(op)
+            headers.confirm(tid, token)
         else:
             writer.enqueue(op)
 
@@ -407,6 +428,7 @@ class PostgresStore:
         writer = self._open_writer()
         key = (lease.transaction_id, lease.epoch)
         self._positions.forget(*key)
+        self._headers.forget(*key)
         if key in writer.released:  # the terminal record ended the lease already
             writer.released.discard(key)
             return
@@ -447,8 +469,10 @@ class PostgresStore:
         """The transaction and new lease of a row returned by a claiming statement."""
         tx = decode_transaction(row)
         lease_owner, epoch, expires = row[8], row[9], row[10]
-        lease = Lease(tx.transaction_id, lease_owner, epoch, expires.astimezone(UTC))
-        self._positions.written(tx.transaction_id, epoch, (s.step_id for s in tx.steps))
+        tid = tx.transaction_id
+        lease = Lease(tid, lease_owner, epoch, expires.astimezone(UTC))
+        self._positions.written(tid, epoch, (s.step_id for s in tx.steps))
+        self._headers.committed(tid, epoch, raw_header(tx), tx.state.value)
         return tx, lease
 
     async def claim(

@@ -106,6 +106,21 @@ async def expire(db: Any, schema: str, transaction_id: str | None = None) -> Non
     )
 
 
+async def refuse(db: Any, schema: str, event: str, table: str) -> None:
+    """Make every ``event`` (INSERT, UPDATE) on ``table`` fail with 'refused by the
+    test', until the trigger ``refuse`` on it is dropped."""
+    await sql(
+        db,
+        f"""CREATE OR REPLACE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$""",
+    )
+    await sql(
+        db,
+        f"CREATE TRIGGER refuse BEFORE {event} ON {schema}.{table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()",
+    )
+
+
 async def start(
     store: PostgresStore, tx: Transaction, owner: str = "w1", ttl: float = 30.0
 ) -> Lease:
@@ -535,16 +550,7 @@ async def test_appended_steps_lost_in_a_failed_batch_poison_their_lease(
     # others should be would make the transaction unloadable.
     tx = make_tx(steps=1)
     lease = await start(pg, tx)
-    await sql(
-        db,
-        f"""CREATE FUNCTION {pg.schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$""",
-    )
-    await sql(
-        db,
-        f"CREATE TRIGGER refuse BEFORE INSERT ON {pg.schema}.steps "
-        f"FOR EACH ROW EXECUTE FUNCTION {pg.schema}.refuse()",
-    )
+    await refuse(db, pg.schema, "INSERT", "steps")
     group = [TransactionStep.new("agent", f"act-{index}", {}) for index in range(2)]
     tx.steps.extend(group)
     group[1].status = StepStatus.RUNNING
