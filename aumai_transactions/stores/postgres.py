@@ -8,9 +8,11 @@ It needs the ``postgres`` extra: ``pip install -e ".[postgres]"`` from a checkou
 How it keeps the Store contract across processes:
 
 * Leases live in the rows: owner, expiry and epoch (the fencing token). Every write
-  is an ``UPDATE ... WHERE lease_epoch = %s AND lease_owner = %s``, so a driver that
-  lost its lease (it was paused, partitioned, or presumed dead) can no longer write,
-  and the store raises ``LeaseLostError``. Expiries compare against the database's
+  is an ``UPDATE ... WHERE lease_epoch = %s AND lease_owner = %s`` (a record that
+  changes no header field checks the same under a ``FOR SHARE`` row lock, see
+  ``_postgres_headers``), so a driver that lost its lease (it was paused,
+  partitioned, or presumed dead) can no longer write, and the store raises
+  ``LeaseLostError``. Expiries compare against the database's
   ``now()``, so clock skew between machines does not matter.
 * ``claim_expired`` picks rows ``FOR UPDATE SKIP LOCKED`` and sets owner, expiry,
   epoch + 1 and recovery_attempts + 1 in the same statement: recovery workers divide
