@@ -8,6 +8,7 @@ recoverer, so such *suspects* are driven alone, after the others, one at a time.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import anyio
 import anyio.abc
@@ -49,22 +50,32 @@ class RecoveryRounds:
 
         Claims are a sliding window, not batches: once half of ``limit`` has finished,
         the next claim tops the window up while the rest still run, so a slow
-        compensation holds up no one but its own transaction.
+        compensation holds up no one but its own transaction. Workers drive them: one
+        whose transaction is done takes the next one claimed (idle until the next
+        claim), so a task is started per place in the window, not per transaction.
         """
         results: list[TransactionResult] = []
         window = _Window()
         failure: StoreError | None = None
         async with anyio.create_task_group() as group:
-            while True:
-                await window.at_most(limit // 2)
-                try:
-                    if not await self._top_up(window, group, results, policy, limit):
+            try:
+                while True:
+                    await window.at_most(limit // 2)
+                    try:
+                        if not await self._top_up(window, group, results, policy, limit):
+                            break
+                    except StoreError as exc:
+                        # Raised once the transactions being driven have finished: a
+                        # failed claim must not cut short what an earlier one started.
+                        failure = exc
                         break
-                except StoreError as exc:
-                    # Raised once the transactions being driven have finished: a failed
-                    # claim must not cut short what an earlier one started.
-                    failure = exc
-                    break
+            finally:
+                # The idle workers end. A claimed transaction no worker took (the
+                # cancellation of this task group reached the idle workers first)
+                # gets a worker of its own, as every claimed transaction got a task.
+                window.close()
+                for _ in range(len(window.queued)):
+                    group.start_soon(self._work, window, results, policy)
         if failure is not None:
             raise failure
         return results
@@ -77,51 +88,60 @@ class RecoveryRounds:
         policy: RecoveryPolicy,
         limit: int,
     ) -> bool:
-        """Claim up to what the window has room for and start driving each claimed
-        transaction; False when there was nothing left to claim."""
+        """Claim up to what the window has room for and hand each claimed transaction
+        to a worker (an idle one, else a new one); False when there was nothing left to
+        claim."""
         claimed = await self._store.claim_expired(
             self._options.owner, self._options.lease_ttl, limit - window.taken
         )
         if not claimed:
             return False
-        suspects: list[str] = []
-        for tx, lease in claimed:
-            if tx.recovery_attempts > 1:
-                # Claimed before and still unfinished, it may be what killed its
-                # recoverer. Driving it next to others would charge them an attempt
-                # each time it kills this process too, so it is handed back at once
-                # and driven alone, once the others are done.
+        queued = window.queued
+        suspects: list[tuple[Transaction, Lease]] = []
+        for claim in claimed:
+            # Claimed before and still unfinished, a suspect may be what killed its
+            # recoverer. Driving it next to others would charge them an attempt each
+            # time it kills this process too, so it is handed back at once and driven
+            # alone, once the others are done.
+            (suspects if claim[0].recovery_attempts > 1 else queued).append(claim)
+        # Before any await: each queued transaction has a worker free to take it.
+        waiting = len(queued)
+        window.taken += waiting
+        for _ in range(waiting - window.idle):
+            group.start_soon(self._work, window, results, policy)
+        window.wake()
+        if suspects:
+            for tx, lease in suspects:
                 tx.recovery_attempts -= 1
                 await self._store.record(lease, tx)
                 await self._store.release(lease)
-                suspects.append(tx.transaction_id)
-                continue
-            window.taken += 1
-            group.start_soon(self._recover_in_window, window, results, tx, lease, policy)
-        if suspects:
             await window.at_most(0)
-            for transaction_id in suspects:
-                alone = await self._claim_alone(transaction_id)
+            for tx, _ in suspects:
+                alone = await self._claim_alone(tx.transaction_id)
                 if alone is not None:
                     result = await self._recover_one(*alone, policy)
                     if result is not None:
                         results.append(result)
         return True
 
-    async def _recover_in_window(
-        self,
-        window: _Window,
-        results: list[TransactionResult],
-        tx: Transaction,
-        lease: Lease,
-        policy: RecoveryPolicy,
+    async def _work(
+        self, window: _Window, results: list[TransactionResult], policy: RecoveryPolicy
     ) -> None:
-        try:
-            result = await self._recover_one(tx, lease, policy, in_group=True)
-            if result is not None:
-                results.append(result)
-        finally:
-            window.release()
+        """One worker: drive the queued transactions one at a time, idle while none is
+        queued, until the window closes."""
+        queued = window.queued
+        while True:
+            while queued:
+                tx, lease = queued.popleft()
+                try:
+                    result = await self._recover_one(tx, lease, policy, in_group=True)
+                    if result is not None:
+                        results.append(result)
+                finally:
+                    window.release()
+            if window.closed:
+                return
+            await window.idle_until_woken()
 
     async def _claim_alone(self, transaction_id: str) -> tuple[Transaction, Lease] | None:
         """Take the lease of one in-flight transaction, charging it one recovery attempt.
@@ -168,15 +188,20 @@ class RecoveryRounds:
 
 
 class _Window:
-    """How many claimed transactions are being driven (``taken``), and a way to wait
-    until few enough are."""
+    """The claimed transactions no worker has taken yet (``queued``), how many claimed
+    ones are unfinished (``taken``), how many workers wait for more (``idle``), and the
+    ways to wait until few enough are taken and, idle, until there is more."""
 
-    __slots__ = ("_wake", "_wanted", "taken")
+    __slots__ = ("_wake", "_wanted", "_work", "closed", "idle", "queued", "taken")
 
     def __init__(self) -> None:
+        self.queued: deque[tuple[Transaction, Lease]] = deque()
         self.taken = 0
+        self.idle = 0
+        self.closed = False
         self._wake: anyio.Event | None = None
         self._wanted = 0
+        self._work: anyio.Event | None = None
 
     async def at_most(self, count: int) -> None:
         """Wait until at most ``count`` are being driven (at once when they are)."""
@@ -191,3 +216,29 @@ class _Window:
         if self._wake is not None and self.taken <= self._wanted:
             self._wake.set()
             self._wake = None
+
+    async def idle_until_woken(self) -> None:
+        """Wait, as an idle worker, until more is queued or the window closes."""
+        work = self._work
+        if work is None:
+            work = self._work = anyio.Event()
+        self.idle += 1
+        try:
+            await work.wait()
+        finally:
+            if not work.is_set():  # cancelled, not woken (``wake`` counts those out)
+                self.idle -= 1
+
+    def wake(self) -> None:
+        """More was queued (or the window closed): every idle worker goes and looks (and
+        no longer counts as idle, so that a claim before they run starts new ones)."""
+        work = self._work
+        if work is not None:
+            self._work = None
+            self.idle = 0
+            work.set()
+
+    def close(self) -> None:
+        """Nothing more will be queued: the idle workers end."""
+        self.closed = True
+        self.wake()

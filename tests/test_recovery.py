@@ -317,6 +317,64 @@ async def test_a_slow_compensation_holds_up_only_its_own_transaction() -> None:
     assert len(results) == len(stuck)
 
 
+async def test_recovery_drives_the_window_with_a_worker_per_place_not_per_transaction() -> None:
+    """A worker whose transaction is done takes the next one claimed: recovering many
+    transactions starts no more tasks than the window holds."""
+    store = MemoryStore()
+    for _ in range(10):
+        await store.save(crashed([StepStatus.COMPLETED]))
+    tasks: set[asyncio.Task[Any] | None] = set()
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        tasks.add(asyncio.current_task())
+        await anyio.sleep(0)  # the other worker runs meanwhile
+
+    manager = TransactionManager({"a": undo, "undo_a": undo}, store=store)
+    results = await manager.recover(limit=2)
+    assert {r.state for r in results} == {TransactionState.ROLLED_BACK}
+    assert len(results) == 10
+    assert len(tasks) == 2
+
+
+async def test_a_claim_the_cancelled_idle_workers_never_take_is_still_driven() -> None:
+    """The task group is cancelled while its workers are idle, and the claim in progress
+    then queues transactions for them, which none of them will take (the cancellation
+    reaches them first): each still gets a worker of its own, which drives it to its
+    end (its compensation is shielded), as every claimed transaction got a task."""
+    from aumai_transactions._recovery_rounds import RecoveryRounds
+
+    store = MemoryStore()
+    for _ in range(4):
+        await store.save(crashed([StepStatus.COMPLETED, StepStatus.RUNNING]))
+    undone: list[str] = []
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        undone.append(action)
+
+    manager = TransactionManager({name: undo for name in ACTIONS}, store=store)
+    rounds: RecoveryRounds = manager._recovery_rounds()
+    top_up = rounds._top_up
+    claims = 0
+
+    async def cancelled_mid_claim(window: Any, group: Any, *args: Any) -> bool:
+        nonlocal claims
+        claims += 1
+        if claims == 2:
+            assert window.idle == 2  # the first two are done; their workers wait
+            group.cancel_scope.cancel()  # reaches the idle workers at once
+            with anyio.CancelScope(shield=True):
+                return await top_up(window, group, *args)  # queues two for them
+        return await top_up(window, group, *args)
+
+    rounds._top_up = cancelled_mid_claim  # type: ignore[method-assign]
+    results = await rounds.run("compensate", 2)  # its own scope's cancellation ends it
+    assert claims == 2
+    assert undone == ["undo_b", "undo_a"] * 4
+    assert len(results) == 4
+    stored = await store.list(limit=None)
+    assert [tx.state for tx in stored] == [TransactionState.ROLLED_BACK] * 4
+
+
 async def test_a_plain_task_cancel_of_recover_lets_the_compensations_finish() -> None:
     """``task.cancel()`` on the task running ``recover()`` (as ``asyncio.timeout`` does)
     reaches the transactions it drives only through their task group, whose
