@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,12 @@ from ._sqlite_schema import HEADER_COLUMNS, from_us
 
 __all__ = [
     "INSERT_AGENT",
+    "RECORD",
     "INSERT_STEP",
     "SET_FULL_HEADER",
     "BatchedJournal",
     "Op",
+    "Record",
     "now_us",
     "select_in",
 ]
@@ -80,6 +82,10 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+RECORD = 0
+"""The kind of a ``Record`` (the writer's other operation kinds follow it)."""
+
+
 class Op:
     """One request from the event loop to the writer thread, and its outcome."""
 
@@ -93,6 +99,35 @@ class Op:
         self.future = future
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+class Record(Op):
+    """A ``record``: what it writes, in slots of its own (one object per record, where
+    an argument tuple and a tuple for its step were three).
+
+    ``header`` is the seven header columns a record rewrites (``header_of``), or None
+    when the header is unchanged since the last one committed under the lease (the
+    writer then only checks the epoch); ``state`` is the state either way. A step is
+    an update of its known row (``body``, ``position``, ``step_id``) or, appended since
+    the acquire, the rows to insert (``appended``: position, step id, body, agent).
+    """
+
+    __slots__ = ("appended", "body", "epoch", "header", "position", "state", "step_id", "tid")
+
+    def __init__(self, tid: str, epoch: int, state: str, header: tuple[Any, ...] | None) -> None:
+        self.kind = RECORD
+        self.args = ()
+        self.future: asyncio.Future[Any] | None = None
+        self.result = None
+        self.error = None
+        self.tid = tid
+        self.epoch = epoch
+        self.state = state
+        self.header = header
+        self.body: str | None = None
+        self.position = 0
+        self.step_id: str | None = None
+        self.appended: tuple[tuple[int, str, str, str], ...] | None = None
 
 
 def _in_list(size: int) -> tuple[int, str]:
@@ -127,15 +162,16 @@ class BatchedJournal:
 
     def _leased_rows(
         self, conn: sqlite3.Connection, tids: list[str]
-    ) -> dict[str, tuple[int, str, int]]:
-        """The epoch, state and row id of each stored transaction among ``tids``.
+    ) -> dict[str, tuple[str, int, str, int]]:
+        """The row (transaction id, epoch, state, row id) of each stored transaction
+        among ``tids``.
 
         Read by row id where a hint has one (an integer key: half the cost of the
         text index on transaction_id), by transaction_id for the others and for any
         hint that no longer holds (the row says which transaction it is).
         """
         rids = self._rids
-        current: dict[str, tuple[int, str, int]] = {}
+        current: dict[str, tuple[str, int, str, int]] = {}
         hinted = [rid for rid in map(rids.get, tids) if rid is not None]
         if hinted:
             for row in select_in(
@@ -143,7 +179,7 @@ class BatchedJournal:
                 "SELECT transaction_id, epoch, state, id FROM transactions WHERE id IN {}",
                 hinted,
             ):
-                current[row[0]] = row[1:]
+                current[row[0]] = row
         missing = [tid for tid in tids if tid not in current]
         if missing:
             for row in select_in(
@@ -152,7 +188,7 @@ class BatchedJournal:
                 "WHERE transaction_id IN {}",
                 missing,
             ):
-                current[row[0]] = row[1:]
+                current[row[0]] = row
                 self._note_rid(row[0], row[3])
         return current
 
@@ -233,78 +269,91 @@ class BatchedJournal:
             conn.executemany(INSERT_AGENT, agent_rows)
 
     def record_many(
-        self, conn: sqlite3.Connection, ops: Sequence[Op], poisoned: dict[tuple[str, int], str]
+        self, conn: sqlite3.Connection, ops: Sequence[Record], poisoned: dict[tuple[str, int], str]
     ) -> None:
         """Apply ``record`` operations, each fenced by its lease epoch.
 
-        The parameters were built on the event loop (``SqliteStore.record``); here
-        each is checked against the stored epoch (one read, which also gives the row
-        id the step rows are found by), then every transaction's header is written
-        once (its newest snapshot; a record whose header did not change since the
-        last one under its lease carries none) and every step row once (its newest
-        record). A stale record is refused and changes nothing, and does not disturb
-        the others. Steps appended since the acquire are inserted, and their agents
-        added to the agent filter; a batch may update them too, later in queue order.
+        The values were built on the event loop (``SqliteStore.record``); here each is
+        checked against the stored epoch (one read, which also gives the row id the
+        step rows are found by), then every transaction's header is written once (its
+        newest snapshot; a record whose header did not change since the last one under
+        its lease carries none) and every step row once (its newest record). A stale
+        record is refused and changes nothing, and does not disturb the others. Steps
+        appended since the acquire are inserted, and their agents added to the agent
+        filter; a batch may update them too, later in queue order.
+
+        What a batch gathers is keyed by strings and held as the records themselves,
+        and the statements' parameters are made one row at a time as SQLite takes
+        them: a batch of thousands of records leaves few objects for the cyclic
+        garbage collector to trace while it runs.
         """
-        current = self._leased_rows(conn, list({op.args[0]: None for op in ops}))
-        newest: dict[str, Op] = {}
-        steps: dict[tuple[str, int], tuple[str, int, int, str]] = {}
-        appended: dict[tuple[str, int], tuple[int, int, str, str]] = {}
-        agents: dict[tuple[str, int], tuple[int, str]] = {}
+        current = self._leased_rows(conn, list({op.tid: None for op in ops}))
+        newest: dict[str, Record] = {}
+        steps: dict[str, Record] = {}  # by _step_key
+        appended: dict[str, tuple[str, int, tuple[int, int, str, str]]] = {}
+        agents: dict[str, tuple[int, str]] = {}
         for op in ops:
-            tid, epoch, _, header, step, new_steps = op.args
+            tid, epoch = op.tid, op.epoch
             if poisoned and (tid, epoch) in poisoned:
                 op.error = _lost(tid, poisoned[(tid, epoch)])
                 continue
             stored = current.get(tid)
-            if stored is None or stored[0] != epoch:
+            if stored is None or stored[1] != epoch:
                 op.error = LeaseLostError(
                     f"Transaction {tid}: lease epoch {epoch} is stale "
                     + (
-                        f"(the journal {self.path} holds epoch {stored[0]}); "
+                        f"(the journal {self.path} holds epoch {stored[1]}); "
                         if stored is not None
                         else f"(it is not in the journal {self.path}); "
                     )
                     + "this driver must stop."
                 )
                 continue
-            if header is not None:
+            if op.header is not None:
                 newest[tid] = op
-            rid = stored[2]
-            if step is not None:
-                body, position, step_id = step
-                key = (tid, position)
+            if op.step_id is not None:
+                key = _step_key(tid, op.position)
                 if appended and key in appended:  # inserted earlier in this batch
-                    appended[key] = (rid, position, step_id, body)
+                    assert op.body is not None
+                    row = (stored[3], op.position, op.step_id, op.body)
+                    appended[key] = (tid, op.position, row)
                 else:
-                    steps[key] = (body, rid, position, step_id)
-            elif new_steps:
-                for position, step_id, body, agent_id in new_steps:
-                    key = (tid, position)
+                    steps[key] = op
+            elif op.appended:
+                rid = stored[3]
+                for position, step_id, body, agent_id in op.appended:
+                    key = _step_key(tid, position)
                     steps.pop(key, None)
-                    appended[key] = (rid, position, step_id, body)
+                    appended[key] = (tid, position, (rid, position, step_id, body))
                     agents[key] = (rid, agent_id)
         if newest:
-            same: list[tuple[Any, ...]] = []
-            changed: list[tuple[Any, ...]] = []
-            for tid, op in newest.items():
-                _, epoch, state, fields, _, _ = op.args
-                stored = current[tid]
-                if state == stored[1]:
-                    same.append((*fields, stored[2], epoch))
-                else:
-                    changed.append((state, *fields, stored[2], epoch))
             written = 0
+            changed = sum(1 for tid, op in newest.items() if op.state != current[tid][2])
             if changed:
-                written += conn.executemany(_UPDATE_HEADER, changed).rowcount
-            if same:
-                written += conn.executemany(_UPDATE_HEADER_SAME_STATE, same).rowcount
+                rows = _header_rows(newest, current, False)
+                written += conn.executemany(_UPDATE_HEADER, rows).rowcount
+            if changed != len(newest):
+                rows = _header_rows(newest, current, True)
+                written += conn.executemany(_UPDATE_HEADER_SAME_STATE, rows).rowcount
             if written != len(newest):  # cannot happen: we hold the write lock
                 raise RuntimeError(f"epoch-fenced update wrote {written} of {len(newest)} rows")
-        if steps and conn.executemany(_UPDATE_STEP, steps.values()).rowcount != len(steps):
-            self._refuse_unknown_steps(conn, ops, _UPDATE_STEP, steps, 3)
+        if steps:
+            updates = (
+                (op.body, current[op.tid][3], op.position, op.step_id) for op in steps.values()
+            )
+            if conn.executemany(_UPDATE_STEP, updates).rowcount != len(steps):
+                params = {
+                    key: (
+                        op.tid,
+                        op.position,
+                        (op.body, current[op.tid][3], op.position, op.step_id),
+                    )
+                    for key, op in steps.items()
+                }
+                self._refuse_unknown_steps(conn, ops, _UPDATE_STEP, params, 3)
         if appended:
-            if conn.executemany(_UPSERT_STEP, appended.values()).rowcount != len(appended):
+            inserts = (row for _, _, row in appended.values())
+            if conn.executemany(_UPSERT_STEP, inserts).rowcount != len(appended):
                 for key in self._refuse_unknown_steps(conn, ops, _UPSERT_STEP, appended, 2):
                     del agents[key]
             conn.executemany(_ADD_AGENT, agents.values())
@@ -312,24 +361,26 @@ class BatchedJournal:
     @staticmethod
     def _refuse_unknown_steps(
         conn: sqlite3.Connection,
-        ops: Sequence[Op],
+        ops: Sequence[Record],
         statement: str,
-        rows: dict[tuple[str, int], tuple[Any, ...]],
+        rows: dict[str, tuple[str, int, tuple[Any, ...]]],
         step_index: int,
-    ) -> list[tuple[str, int]]:
+    ) -> list[str]:
         """Rare path: find the step rows ``statement`` cannot write (the position is not
         that step's) and fail the records that carry them; return their keys.
 
-        Rewriting the others once more is harmless: both statements are idempotent.
+        ``rows`` maps each step's key to its transaction id, its position and the
+        statement's parameters. Rewriting the others once more is harmless: both
+        statements are idempotent.
         """
         refused = []
-        for (tid, position), row in rows.items():
+        for key, (tid, position, row) in rows.items():
             if conn.execute(statement, row).rowcount == 1:
                 continue
-            refused.append((tid, position))
+            refused.append(key)
             step_id = row[step_index]
             for op in ops:
-                if op.args[0] == tid and op.error is None and _carries(op, step_id):
+                if op.tid == tid and op.error is None and _carries(op, step_id):
                     op.error = ValueError(
                         f"record: step {step_id} at position {position} is not a stored step "
                         f"of transaction {tid}."
@@ -339,21 +390,21 @@ class BatchedJournal:
     def release_many(
         self, conn: sqlite3.Connection, ops: Sequence[Op], poisoned: dict[tuple[str, int], str]
     ) -> None:
-        """Give up leases (the epoch stays, so the next lease is greater)."""
+        """Give up leases (the epoch stays, so the next lease is greater); each op's
+        arguments are the transaction id and the epoch (distinct ids)."""
         rids = self._rids
-        by_row: list[tuple[int, str, int]] = []
-        by_id: list[tuple[str, int]] = []
+        hinted: list[Op] = []
+        by_id: list[Op] = []
         for op in ops:
-            tid, epoch = op.args
-            rid = rids.pop(tid, None)
-            if rid is None:
-                by_id.append((tid, epoch))
-            else:  # a hint: the transaction_id makes sure the row is still this one's
-                by_row.append((rid, tid, epoch))
-        if by_row and conn.executemany(_RELEASE_BY_ROW, by_row).rowcount != len(by_row):
-            by_id.extend((tid, epoch) for _, tid, epoch in by_row)  # idempotent: once more
+            (hinted if op.args[0] in rids else by_id).append(op)
+        if hinted:
+            # By the row id a hint gives; the transaction_id makes sure the row is still
+            # this one's.
+            rows = ((rids.pop(op.args[0]), *op.args) for op in hinted)
+            if conn.executemany(_RELEASE_BY_ROW, rows).rowcount != len(hinted):
+                by_id += hinted  # idempotent: once more, by transaction_id
         if by_id:
-            conn.executemany(_RELEASE, by_id)
+            conn.executemany(_RELEASE, (op.args for op in by_id))
         if poisoned:
             for op in ops:
                 poisoned.pop(op.args, None)
@@ -366,12 +417,11 @@ class BatchedJournal:
         conn.execute("DELETE FROM transaction_agents WHERE tx=?", (rid,))
 
 
-def _carries(op: Op, step_id: str) -> bool:
+def _carries(op: Record, step_id: str) -> bool:
     """True when the record ``op`` writes the step ``step_id``."""
-    _, _, _, _, step, new_steps = op.args
-    if step is not None:
-        return bool(step[2] == step_id)
-    return any(row[1] == step_id for row in new_steps or ())
+    if op.step_id is not None:
+        return op.step_id == step_id
+    return any(row[1] == step_id for row in op.appended or ())
 
 
 def _lost(tid: str, cause: str) -> StoreError:
@@ -379,3 +429,25 @@ def _lost(tid: str, cause: str) -> StoreError:
         f"An earlier write of transaction {tid} under this lease was lost when the journal "
         f"failed ({cause}); this driver must stop."
     )
+
+
+def _step_key(tid: str, position: int) -> str:
+    """The key of a step row among a batch's records: a string, which the cyclic
+    garbage collector does not track (a tuple it would)."""
+    return f"{position} {tid}"
+
+
+def _header_rows(
+    newest: dict[str, Record], current: dict[str, tuple[str, int, str, int]], same_state: bool
+) -> Iterator[tuple[Any, ...]]:
+    """The parameters of the header updates of the records whose state is (or is not)
+    the stored one, by row id and epoch: one tuple at a time, as SQLite binds them."""
+    for tid, op in newest.items():
+        stored = current[tid]
+        header = op.header
+        assert header is not None
+        if (op.state == stored[2]) is same_state:
+            if same_state:
+                yield (*header[1:], stored[3], op.epoch)
+            else:
+                yield (*header, stored[3], op.epoch)

@@ -40,7 +40,6 @@ __all__ = [
     "from_us",
     "full_header_of",
     "header_of",
-    "record_header",
     "to_us",
     "translate_error",
 ]
@@ -137,25 +136,6 @@ def header_of(tx: Transaction) -> tuple[Any, ...]:
     resolution = tx.resolution
     return (
         tx.state._value_,
-        None if updated is None else to_us(updated),
-        None if finished is None else to_us(finished),
-        tx.error,
-        tx.blocked_reason,
-        tx.recovery_attempts,
-        None if resolution is None else resolution.model_dump_json(),
-    )
-
-
-def record_header(tx: Transaction) -> tuple[str, tuple[Any, ...]]:
-    """The state of ``tx``, and the values of the header columns a record rewrites.
-
-    Built on the event loop at ``record`` time (the snapshot the caller recorded),
-    in the order of the writer's statements, which add the row id and the epoch.
-    """
-    updated = tx.updated_at
-    finished = tx.finished_at
-    resolution = tx.resolution
-    return tx.state._value_, (
         None if updated is None else to_us(updated),
         None if finished is None else to_us(finished),
         tx.error,

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import StoreError, StoreUnavailableError
 from ._base import Lease
-from ._sqlite_batch import Op
+from ._sqlite_batch import RECORD, Op, Record
 from ._sqlite_ops import Journal
 from ._sqlite_schema import connect, translate_error
 
@@ -47,14 +47,15 @@ __all__ = ["Op", "Writer", "WriterStats"]
 
 logger = logging.getLogger("aumai_transactions.stores.sqlite")
 
-# Operation kinds.
-RECORD, ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE, LOAD, LIST, COUNT, STOP = range(12)
+# Operation kinds (a ``Record`` is ``RECORD``, 0).
+ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE, LOAD, LIST, COUNT, STOP = range(1, 12)
 CLAIM_ONE, RELEASE_ALL, LEASES, LEASE_SUMMARY = range(12, 16)
 _WRITES = frozenset(
     {RECORD, ACQUIRE, SAVE, RELEASE, RENEW, CLAIM, DELETE, PURGE, CLAIM_ONE, RELEASE_ALL}
 )
-# Operations on one transaction (``args[0]`` is its id); the others touch many.
-_SINGLE = frozenset({RECORD, ACQUIRE, RELEASE, SAVE, DELETE, LOAD, CLAIM_ONE})
+# Operations on one transaction (``args[0]`` is its id, a record's is ``tid``); the
+# others touch many.
+_SINGLE = frozenset({ACQUIRE, RELEASE, SAVE, DELETE, LOAD, CLAIM_ONE})
 _POISON_LIMIT = 10_000
 
 
@@ -249,7 +250,7 @@ class Writer:
                     else:
                         awaiting.append(op)
                         need_commit = True
-                        if kind == RECORD and op.args[5]:
+                        if isinstance(op, Record) and op.appended:
                             # It inserts steps appended since the acquire; the later
                             # records of those steps update the rows it inserts.
                             at_risk.append(op)
@@ -317,8 +318,8 @@ class Writer:
         message = str(error)
         for op in lost:
             lease_key: tuple[str, int] | None = None
-            if op.kind == RECORD:
-                lease_key = (op.args[0], op.args[1])
+            if isinstance(op, Record):
+                lease_key = (op.tid, op.epoch)
             elif op.kind == ACQUIRE and isinstance(op.result, Lease):
                 lease_key = (op.result.transaction_id, op.result.epoch)
             if lease_key is not None:
@@ -347,7 +348,7 @@ class Writer:
         """
         journal, poisoned = self._journal, self._poisoned
         acquires: dict[str, Op] = {}
-        records: list[Op] = []
+        records: list[Record] = []
         recorded: set[str] = set()
         releases: dict[str, Op] = {}
 
@@ -365,18 +366,19 @@ class Writer:
                 releases.clear()
 
         for op in ops:
+            if isinstance(op, Record):
+                tid = op.tid
+                if tid in acquires or tid in releases:
+                    flush()
+                records.append(op)
+                recorded.add(tid)
+                continue
             kind = op.kind
             if kind == STOP:
                 continue
             if kind in _SINGLE:
                 tid = op.args[0]
                 busy = tid in acquires or tid in recorded or tid in releases
-                if kind == RECORD:
-                    if tid in acquires or tid in releases:
-                        flush()
-                    records.append(op)
-                    recorded.add(tid)
-                    continue
                 if kind == ACQUIRE or kind == RELEASE:
                     if busy:
                         flush()

@@ -49,8 +49,8 @@ from ..models import (
 from ._base import Lease, ListPosition
 from ._codec import step_json
 from ._positions import StepPositions
-from ._sqlite_batch import Op
-from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, record_header, to_us
+from ._sqlite_batch import Op, Record
+from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, header_of, to_us
 from ._sqlite_writer import (
     ACQUIRE,
     CLAIM,
@@ -62,7 +62,6 @@ from ._sqlite_writer import (
     LIST,
     LOAD,
     PURGE,
-    RECORD,
     RELEASE,
     RELEASE_ALL,
     RENEW,
@@ -120,7 +119,7 @@ class _SentHeader:
 
 
 def _raw_header(tx: Transaction) -> tuple[Any, ...]:
-    """The fields of ``tx`` that a record's header is made of (see ``record_header``),
+    """The fields of ``tx`` that a record's header is made of (see ``header_of``),
     as the model holds them: what tells whether a header changed. Plain reads of the
     model's ``__dict__``: this runs for every record."""
     fields = tx.__dict__
@@ -383,37 +382,41 @@ class SqliteStore:
         raw = _raw_header(tx)
         known = headers.get(tid)
         if known is not None and known.committed and known.epoch == epoch and known.raw == raw:
-            state: str = known.state
-            sent: tuple[Any, ...] | None = None
+            op = Record(tid, epoch, known.state, None)
         else:
-            state, sent = record_header(tx)
+            header = header_of(tx)
+            op = Record(tid, epoch, header[0], header)
             if durable:
-                headers[tid] = known = _SentHeader(raw, epoch, state)
+                headers[tid] = known = _SentHeader(raw, epoch, header[0])
             elif known is not None:  # a lazy write is never known to be committed
                 del headers[tid]
-        # The arguments of ``Journal.record_many``: the step as an update of its known
-        # row, or (a step appended since the acquire) the rows to insert.
-        if step is None:
-            args: tuple[Any, ...] = (tid, epoch, state, sent, None, None)
-        else:
-            step_id = step.step_id
-            position = self._positions.position(tid, epoch, step_id)
-            if position is not None:
-                args = (tid, epoch, state, sent, (step_json(step, tid), position, step_id), None)
-            else:
-                appended = tuple(
-                    (index, s.step_id, step_json(s, tid), s.agent_id)
-                    for index, s in self._positions.unwritten(tx, step, epoch)
-                )
-                args = (tid, epoch, state, sent, None, appended)
+        if step is not None:
+            self._record_step(op, tx, step)
         if durable:
             future: asyncio.Future[None] = writer.loop.create_future()
-            writer.submit(Op(RECORD, args, future))
+            op.future = future
+            writer.submit(op)
             await future
-            if sent is not None and known is not None and headers.get(tid) is known:
+            if op.header is not None and known is not None and headers.get(tid) is known:
                 known.committed = True  # and nothing sent since
         else:
-            writer.submit_lazy(Op(RECORD, args))
+            writer.submit_lazy(op)
+
+    def _record_step(self, op: Record, tx: Transaction, step: TransactionStep) -> None:
+        """What ``op`` writes of ``step``: an update of its known row or (a step appended
+        since the acquire) the rows to insert."""
+        tid, epoch = op.tid, op.epoch
+        step_id = step.step_id
+        position = self._positions.position(tid, epoch, step_id)
+        if position is not None:
+            op.body = step_json(step, tid)
+            op.position = position
+            op.step_id = step_id
+        else:
+            op.appended = tuple(
+                (index, s.step_id, step_json(s, tid), s.agent_id)
+                for index, s in self._positions.unwritten(tx, step, epoch)
+            )
 
     async def renew(self, owner: str, ttl: float) -> int:
         renewed: int = await self._call(RENEW, owner, float(ttl))

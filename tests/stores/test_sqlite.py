@@ -1031,6 +1031,58 @@ async def test_recovery_never_runs_a_tampered_transaction(
     assert bad.transaction_id in caplog.text
 
 
+async def test_a_record_of_a_step_whose_row_holds_another_step_is_refused_alone(
+    store: SqliteStore, raw: Any
+) -> None:
+    """The step row at a record's position holds another step (rewritten behind the
+    store's back): that record is refused, naming the step; the record sent with it,
+    of another transaction, is written."""
+    tampered, other = make_tx(state=ACTIVE), make_tx(state=ACTIVE)
+    leases = [await store.acquire(tx, "me", LIVE, [PENDING]) for tx in (tampered, other)]
+    raw().execute(
+        "UPDATE steps SET step_id = 'someone-else' WHERE position = 1 AND tx = "
+        "(SELECT id FROM transactions WHERE transaction_id = ?)",
+        (tampered.transaction_id,),
+    )
+    for tx in (tampered, other):
+        tx.steps[1].status = StepStatus.RUNNING
+    outcomes = await asyncio.gather(
+        store.record(leases[0], tampered, tampered.steps[1]),
+        store.record(leases[1], other, other.steps[1]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], ValueError), outcomes
+    assert f"step {tampered.steps[1].step_id} at position 1 is not a stored step" in str(
+        outcomes[0]
+    )
+    assert outcomes[1] is None
+    loaded = await store.load(other.transaction_id)
+    assert loaded is not None and loaded.steps[1].status is StepStatus.RUNNING
+
+
+async def test_an_appended_step_whose_position_another_step_holds_is_refused(
+    store: SqliteStore, raw: Any
+) -> None:
+    """A step appended since the acquire finds its position taken by another step (one
+    written behind the store's back): its record is refused, and neither the step nor
+    its agent is written."""
+    tx = make_tx(steps=1, state=ACTIVE)
+    lease = await store.acquire(tx, "me", LIVE, [PENDING])
+    late = TransactionStep.new("agent-late", "late", {})
+    tx.steps.append(late)
+    raw().execute(
+        "INSERT INTO steps (tx, position, step_id, body) SELECT id, 1, 'intruder', '{}' "
+        "FROM transactions WHERE transaction_id = ?",
+        (tx.transaction_id,),
+    )
+    late.status = StepStatus.RUNNING
+    with pytest.raises(ValueError, match=f"step {late.step_id} at position 1 is not a stored"):
+        await store.record(lease, tx, late)
+    assert await store.list(agent_id="agent-late") == []
+    (body,) = raw().execute("SELECT body FROM steps WHERE step_id = 'intruder'").fetchone()
+    assert body == "{}"
+
+
 def test_no_pickle_anywhere() -> None:
     package = Path(aumai_transactions.__file__).parent
     for source in package.rglob("*.py"):
