@@ -134,9 +134,13 @@ class RecoveryRounds:
             while queued:
                 tx, lease = queued.popleft()
                 try:
-                    result = await self._recover_one(tx, lease, policy, in_group=True)
-                    if result is not None:
-                        results.append(result)
+                    # Awaited here, not through _recover_one: a coroutine fewer in
+                    # flight for each transaction of the window.
+                    result = await self._driver(tx, in_group=True).recover(lease, policy)
+                except StoreError as exc:
+                    self._not_recovered(tx, exc)
+                else:
+                    results.append(result)
                 finally:
                     window.release()
             if window.closed:
@@ -161,30 +165,42 @@ class RecoveryRounds:
         return tx, lease
 
     async def _recover_one(
-        self, tx: Transaction, lease: Lease, policy: RecoveryPolicy, in_group: bool = False
+        self, tx: Transaction, lease: Lease, policy: RecoveryPolicy
     ) -> TransactionResult | None:
-        """Drive ``tx`` to an end; None when this process lost it or its journal."""
+        """Drive ``tx`` alone to an end; None when this process lost it or its journal."""
+        try:
+            return await self._driver(tx).recover(lease, policy)
+        except StoreError as exc:
+            self._not_recovered(tx, exc)
+            return None
+
+    def _driver(self, tx: Transaction, in_group: bool = False) -> RecoveryDriver:
+        """A driver for ``tx`` (which the manager's registry learns); ``in_group``: it
+        runs in a worker of the recovery's task group."""
         if self._retained is not None:
             self._retained[tx.transaction_id] = tx
-        try:
-            driver = RecoveryDriver(tx, self._handlers, self._store, self._options)
-            if in_group:
-                driver.in_engine_task()
-            return await driver.recover(lease, policy)
-        except LeaseLostError:
+        driver = RecoveryDriver(tx, self._handlers, self._store, self._options)
+        if in_group:
+            driver.in_engine_task()
+        return driver
+
+    @staticmethod
+    def _not_recovered(tx: Transaction, exc: StoreError) -> None:
+        """Say why this process stopped driving ``tx`` (called while handling ``exc``):
+        its lease was taken over, or its journal failed (the lease runs out and a later
+        round tries again)."""
+        if isinstance(exc, LeaseLostError):
             logger.warning(
                 "transaction %s was taken over mid-recovery",
                 tx.transaction_id,
                 extra={"transaction_id": tx.transaction_id},
             )
-        except StoreError:
-            # The lease runs out and a later round tries again.
+        else:
             logger.exception(
                 "recovery of transaction %s failed",
                 tx.transaction_id,
                 extra={"transaction_id": tx.transaction_id},
             )
-        return None
 
 
 class _Window:

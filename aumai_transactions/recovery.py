@@ -18,6 +18,7 @@ from .models import (
     StepStatus,
     TransactionResult,
     TransactionState,
+    TransactionStep,
     ends_failed,
 )
 from .stores import Lease
@@ -83,75 +84,108 @@ class RecoveryDriver(TransactionDriver):
         return sorted({a for a in needed if a not in self._handlers})
 
     async def recover(self, lease: Lease, policy: RecoveryPolicy) -> TransactionResult:
-        """Drive a transaction whose driver died to a terminal state."""
+        """Drive a transaction whose driver died to a terminal state.
+
+        (One coroutine for the whole run, bar the resume path's: recovery keeps a
+        window of them in flight, and each one is an object the cyclic garbage
+        collector traces for as long as the transaction is driven.)
+        """
         self.adopt_lease(lease)
+        tx = self.tx
         logger.info(
             "transaction %s: recovering it (attempt %d, policy %s)",
-            self.tx.transaction_id,
-            self.tx.recovery_attempts,
+            tx.transaction_id,
+            tx.recovery_attempts,
             policy,
-            extra={"transaction_id": self.tx.transaction_id},
+            extra={"transaction_id": tx.transaction_id},
         )
-        direction, result = await self._recover(policy)
+        direction: RecoveryPolicy | None = None
+        if tx.recovery_attempts > self._options.max_recovery_attempts:
+            self._dead_letter()
+            await self._finish(TransactionState.DEAD_LETTER)
+            result = self.result()
+        else:
+            direction, start = self._recovery_plan(policy)
+            missing = self._block_on_missing_handlers(direction, start)
+            if missing:
+                await self._journal()  # the lease is kept until it expires: no busy retry
+                if self._emit is not None:
+                    self._tx_event(
+                        TransactionBlocked, missing_actions=missing, reason=tx.blocked_reason
+                    )
+                return self.result()
+            if direction == "resume":
+                result = await self._resume(start)
+            else:
+                goal = self._goal()  # read before the plan rewrites the error
+                await self._compensate_shielded(self._undo_plan(), goal)
+                result = self.result()
         if self._emit is not None and result.state.is_terminal:
             self._tx_event(TransactionRecovered, state=result.state, direction=direction)
         return result
 
-    async def _recover(
-        self, policy: RecoveryPolicy
-    ) -> tuple[RecoveryPolicy | None, TransactionResult]:
+    def _dead_letter(self) -> None:
+        """Say why ``tx`` ends dead-lettered, in its error and in the log."""
         tx = self.tx
-        if tx.recovery_attempts > self._options.max_recovery_attempts:
-            tx.error = (
-                f"dead-lettered after {tx.recovery_attempts - 1} recovery attempts "
-                "that did not finish (a handler may be killing its process); "
-                f"last error: {tx.error or 'none recorded'}"
-            )
-            logger.error(
-                "transaction %s: %s",
-                tx.transaction_id,
-                tx.error,
-                extra={"transaction_id": tx.transaction_id},
-            )
-            await self._finish(TransactionState.DEAD_LETTER)
-            return None, self.result()
-        direction, start = self._recovery_plan(policy)
+        tx.error = (
+            f"dead-lettered after {tx.recovery_attempts - 1} recovery attempts "
+            "that did not finish (a handler may be killing its process); "
+            f"last error: {tx.error or 'none recorded'}"
+        )
+        logger.error(
+            "transaction %s: %s",
+            tx.transaction_id,
+            tx.error,
+            extra={"transaction_id": tx.transaction_id},
+        )
+
+    def _block_on_missing_handlers(self, direction: RecoveryPolicy, start: int) -> tuple[str, ...]:
+        """The actions this process has no handler for (sorted), having marked ``tx`` as
+        blocked by them; () (its block lifted) when there is none."""
+        tx = self.tx
         missing = self._missing_handlers(direction, start)
-        if missing:
-            tx.blocked_reason = (
-                "recovery blocked: this process has no handler for action(s) "
-                + ", ".join(repr(a) for a in missing)
-                + "; register them and recover again"
+        if not missing:
+            tx.blocked_reason = None
+            return ()
+        tx.blocked_reason = (
+            "recovery blocked: this process has no handler for action(s) "
+            + ", ".join(repr(a) for a in missing)
+            + "; register them and recover again"
+        )
+        tx.recovery_attempts -= 1  # a missing handler is not a failed attempt
+        logger.error(
+            "transaction %s: %s",
+            tx.transaction_id,
+            tx.blocked_reason,
+            extra={"transaction_id": tx.transaction_id},
+        )
+        return tuple(missing)
+
+    async def _resume(self, start: int) -> TransactionResult:
+        """Re-run the steps from ``start`` on (the in-doubt one first) and commit, or
+        compensate if one fails."""
+        tx = self.tx
+        try:
+            await self._forward(tx.steps[start:])
+        except StepFailed as failure:
+            tx.error = failure.step.error
+            await self._compensate_shielded(
+                self._completed(), TransactionState.ROLLED_BACK, self._in_doubt()
             )
-            tx.recovery_attempts -= 1  # a missing handler is not a failed attempt
-            logger.error(
-                "transaction %s: %s",
-                tx.transaction_id,
-                tx.blocked_reason,
-                extra={"transaction_id": tx.transaction_id},
-            )
-            await self._journal()  # the lease is kept until it expires: no busy retry
-            if self._emit is not None:
-                self._tx_event(
-                    TransactionBlocked, missing_actions=tuple(missing), reason=tx.blocked_reason
-                )
-            return direction, self.result()
-        tx.blocked_reason = None
-        if direction == "resume":
-            try:
-                await self._forward(tx.steps[start:])
-            except StepFailed as failure:
-                tx.error = failure.step.error
-                await self._compensate_shielded(
-                    self._completed(), TransactionState.ROLLED_BACK, self._in_doubt()
-                )
-                return direction, self.result(failure.step)
-            await self._finish(TransactionState.COMMITTED)
-            return direction, self.result()
-        # A transaction that timed out or was interrupted ends failed, as it would have
-        # had its compensation finished where it started; one whose process died ends
-        # rolled back.
-        goal = TransactionState.FAILED if ends_failed(tx) else TransactionState.ROLLED_BACK
+            return self.result(failure.step)
+        await self._finish(TransactionState.COMMITTED)
+        return self.result()
+
+    def _goal(self) -> TransactionState:
+        """Where compensating ``tx`` ends: a transaction that timed out or was
+        interrupted ends failed, as it would have had its compensation finished where
+        it started; one whose process died ends rolled back."""
+        return TransactionState.FAILED if ends_failed(self.tx) else TransactionState.ROLLED_BACK
+
+    def _undo_plan(self) -> list[TransactionStep]:
+        """The steps recovery compensates, newest first (those that may have run), with
+        the transaction's error and each in-doubt step's marks set as a live run would."""
+        tx = self.tx
         if tx.is_open and tx.state is TransactionState.ACTIVE:
             tx.error = (
                 "the open transaction's driver stopped: the code that chose its next step "
@@ -167,5 +201,4 @@ class RecoveryDriver(TransactionDriver):
                     "interrupted: its driver stopped while this step ran; it may have had "
                     "its effect, so recovery compensates it"
                 )
-        await self._compensate_shielded(undo, goal)
-        return direction, self.result()
+        return undo
