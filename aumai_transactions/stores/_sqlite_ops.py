@@ -131,12 +131,12 @@ class Journal(BatchedJournal):
             ).fetchall()
             if not rows:
                 break
-            bodies = self._step_rows(conn, [row[0] for row in rows])
-            updates: list[tuple[str, int, int]] = []
+            steps = _StepRows(conn, [row[0] for row in rows])
+            taken: list[int] = []  # the row ids claimed
             for row in rows:
                 rid, tid, epoch = row[0], row[1], row[-1]
                 try:
-                    tx = decode_transaction(self.path, row[1:-1], bodies.get(rid, ()))
+                    tx = decode_transaction(self.path, row[1:-1], steps.of(rid))
                 except StoreError as exc:
                     skipped += 1
                     logger.error(
@@ -144,13 +144,13 @@ class Journal(BatchedJournal):
                     )
                     continue
                 tx.recovery_attempts += 1
-                updates.append((owner, expires, rid))
+                taken.append(rid)
                 claimed.append((tx, Lease(tid, owner, epoch + 1, expiry)))
                 self._note_rid(tid, rid)
             conn.executemany(
                 "UPDATE transactions SET epoch=epoch+1, lease_owner=?, lease_expires=?, "
                 "recovery_attempts=recovery_attempts+1 WHERE id=?",
-                updates,
+                ((owner, expires, rid) for rid in taken),
             )
             if len(rows) < want:
                 break
@@ -221,17 +221,6 @@ class Journal(BatchedJournal):
         return conn.execute(f"DELETE FROM transactions WHERE {where}", params).rowcount
 
     # ---------------------------------------------------------------- reads
-
-    @staticmethod
-    def _step_rows(conn: sqlite3.Connection, ids: list[int]) -> dict[int, list[tuple[str, str]]]:
-        found: dict[int, list[tuple[str, str]]] = {}
-        for rid, step_id, body in select_in(
-            conn,
-            "SELECT tx, step_id, body FROM steps WHERE tx IN {} ORDER BY tx, position",
-            ids,
-        ):
-            found.setdefault(rid, []).append((step_id, body))
-        return found
 
     @staticmethod
     def _read(
@@ -326,8 +315,8 @@ class Journal(BatchedJournal):
             sql += " LIMIT ?"
             params.append(limit)
         rows = conn.execute(sql, params).fetchall()
-        bodies = self._step_rows(conn, [row[0] for row in rows])
-        return [decode_transaction(self.path, row[1:], bodies.get(row[0], ())) for row in rows]
+        steps = _StepRows(conn, [row[0] for row in rows])
+        return [decode_transaction(self.path, row[1:], steps.of(row[0])) for row in rows]
 
     def count(self, conn: sqlite3.Connection) -> dict[TransactionState, int]:
         counts: dict[TransactionState, int] = {}
@@ -340,3 +329,38 @@ class Journal(BatchedJournal):
                     f"state {state!r}."
                 ) from None
         return counts
+
+
+class _StepRows:
+    """The step rows (transaction row id, step id, body) of many transactions, read in
+    one go, ordered by transaction and position, and where each one's rows are.
+
+    Each transaction's rows are handed out as a slice made when it is decoded (and
+    dropped right after), not as a list per transaction kept until all are decoded: a
+    claim of a thousand leaves that many fewer objects for the cyclic collector.
+    """
+
+    __slots__ = ("_ends", "_rows", "_starts")
+
+    def __init__(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        self._rows = select_in(
+            conn,
+            "SELECT tx, step_id, body FROM steps WHERE tx IN {} ORDER BY tx, position",
+            ids,
+        )
+        # A chunk of ids at a time, each ordered: one transaction's rows are together.
+        self._starts: dict[int, int] = {}
+        self._ends: dict[int, int] = {}
+        starts, ends = self._starts, self._ends
+        for index, row in enumerate(self._rows):
+            rid = row[0]
+            if rid not in starts:
+                starts[rid] = index
+            ends[rid] = index + 1
+
+    def of(self, rid: int) -> list[tuple[Any, ...]]:
+        """The rows of the transaction with row id ``rid``, in order (none: empty)."""
+        start = self._starts.get(rid)
+        if start is None:
+            return []
+        return self._rows[start : self._ends[rid]]

@@ -151,9 +151,11 @@ def full_header_of(tx: Transaction) -> tuple[Any, ...]:
 
 
 def decode_transaction(
-    path: Path, header: Sequence[Any], steps: Sequence[tuple[str, str]]
+    path: Path, header: Sequence[Any], steps: Sequence[tuple[Any, ...]]
 ) -> Transaction:
-    """Rebuild a transaction from its header row (id first) and its (step_id, body) rows.
+    """Rebuild a transaction from its header row (id first) and its step rows, each
+    ending with the step id and the body (``(step_id, body)``, or a row of the steps
+    table read with the transaction's row id first).
 
     Everything goes through Pydantic validation; anything that does not validate
     (invalid JSON, a wrong type, a step row holding another step) raises
@@ -162,8 +164,9 @@ def decode_transaction(
     transaction_id = header[0]
     try:
         parsed: list[TransactionStep] = []
-        for step_id, body in steps:
-            step = TransactionStep.model_validate_json(body)
+        for row in steps:
+            step_id = row[-2]
+            step = TransactionStep.model_validate_json(row[-1])
             if step.step_id != step_id:
                 raise ValueError(f"the row of step {step_id} holds step {step.step_id}")
             parsed.append(step)
