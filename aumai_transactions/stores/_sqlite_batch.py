@@ -1,17 +1,16 @@
 """The hot path of the SQLite journal: acquires, records and releases, a batch at a time.
 
-Operations arrive as ``Op`` objects whose arguments were serialized on the event loop
-(so the snapshot is the one the caller recorded). The writer thread applies the
-acquires, records and releases of a batch together: one read of the rows concerned,
-then one ``executemany`` per table. Every handler refuses (raises a ``StoreError`` or
-sets ``op.error``) before its first write, so a refused operation never leaves a
-partial change in the shared SQLite transaction. The other operations are in
-``_sqlite_ops``.
+Operations arrive as ``Op`` and ``Record`` objects (``_sqlite_requests``) whose values
+were serialized on the event loop (so the snapshot is the one the caller recorded).
+The writer thread applies the acquires, records and releases of a batch together: one
+read of the rows concerned, then one ``executemany`` per table. Every handler refuses
+(raises a ``StoreError`` or sets ``op.error``) before its first write, so a refused
+operation never leaves a partial change in the shared SQLite transaction. The other
+operations are in ``_sqlite_ops``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -20,16 +19,14 @@ from typing import Any
 
 from ..errors import LeaseConflictError, LeaseLostError, StoreError, StoreUnavailableError
 from ._base import Lease, driven_elsewhere
+from ._sqlite_requests import Op, Record
 from ._sqlite_schema import HEADER_COLUMNS, from_us
 
 __all__ = [
     "INSERT_AGENT",
-    "RECORD",
     "INSERT_STEP",
     "SET_FULL_HEADER",
     "BatchedJournal",
-    "Op",
-    "Record",
     "now_us",
     "select_in",
 ]
@@ -80,54 +77,6 @@ _RID_HINTS = 100_000  # row ids kept at most (leases held at once, normally far 
 def now_us() -> int:
     """Wall-clock time in microseconds since the Unix epoch (what leases compare)."""
     return time.time_ns() // 1000
-
-
-RECORD = 0
-"""The kind of a ``Record`` (the writer's other operation kinds follow it)."""
-
-
-class Op:
-    """One request from the event loop to the writer thread, and its outcome."""
-
-    __slots__ = ("args", "error", "future", "kind", "result")
-
-    def __init__(
-        self, kind: int, args: tuple[Any, ...], future: asyncio.Future[Any] | None = None
-    ) -> None:
-        self.kind = kind
-        self.args = args
-        self.future = future
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class Record(Op):
-    """A ``record``: what it writes, in slots of its own (one object per record, where
-    an argument tuple and a tuple for its step were three).
-
-    ``header`` is the seven header columns a record rewrites (``header_of``), or None
-    when the header is unchanged since the last one committed under the lease (the
-    writer then only checks the epoch); ``state`` is the state either way. A step is
-    an update of its known row (``body``, ``position``, ``step_id``) or, appended since
-    the acquire, the rows to insert (``appended``: position, step id, body, agent).
-    """
-
-    __slots__ = ("appended", "body", "epoch", "header", "position", "state", "step_id", "tid")
-
-    def __init__(self, tid: str, epoch: int, state: str, header: tuple[Any, ...] | None) -> None:
-        self.kind = RECORD
-        self.args = ()
-        self.future: asyncio.Future[Any] | None = None
-        self.result = None
-        self.error = None
-        self.tid = tid
-        self.epoch = epoch
-        self.state = state
-        self.header = header
-        self.body: str | None = None
-        self.position = 0
-        self.step_id: str | None = None
-        self.appended: tuple[tuple[int, str, str, str], ...] | None = None
 
 
 def _in_list(size: int) -> tuple[int, str]:

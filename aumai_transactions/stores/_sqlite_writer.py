@@ -39,8 +39,8 @@ from typing import Any
 
 from ..errors import StoreError, StoreUnavailableError
 from ._base import Lease
-from ._sqlite_batch import RECORD, Op, Record
 from ._sqlite_ops import Journal
+from ._sqlite_requests import RECORD, Op, Record
 from ._sqlite_schema import connect, translate_error
 
 __all__ = ["Op", "Writer", "WriterStats"]

@@ -49,7 +49,7 @@ from ..models import (
 from ._base import Lease, ListPosition
 from ._codec import step_json
 from ._positions import StepPositions
-from ._sqlite_batch import Op, Record
+from ._sqlite_requests import Op, Record
 from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, header_of, to_us
 from ._sqlite_writer import (
     ACQUIRE,
