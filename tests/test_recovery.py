@@ -290,6 +290,22 @@ async def test_a_compensation_finished_by_recovery_ends_as_it_would_have_live(
     assert [r.state for r in results] == [state]
 
 
+async def test_an_open_transaction_that_timed_out_ends_failed_when_recovery_compensates_it() -> (
+    None
+):
+    """Recovery rewrites the error of an open transaction it compensates (the code that
+    chose its steps is gone), but that it timed out decides where it ends, as it would
+    have live: failed, not rolled back."""
+    tx = crashed([StepStatus.COMPLETED, StepStatus.RUNNING])
+    for step in tx.steps:
+        step.live = True
+    tx.error = f"Transaction {tx.transaction_id} timed out after 1.0s while step b ran"
+    _, ledger, results = await recover_with(tx)
+    assert ledger.actions == ["undo_b", "undo_a"]
+    assert [r.state for r in results] == [TransactionState.FAILED]
+    assert tx.error is not None and tx.error.startswith("the open transaction's driver stopped")
+
+
 async def test_a_slow_compensation_holds_up_only_its_own_transaction() -> None:
     """Recovery keeps at most ``limit`` transactions in flight, topping the window up as
     they finish: the others are recovered while one compensation still waits."""
