@@ -54,3 +54,9 @@ def selected(argv: list[str] | None = None) -> set[str]:
     """Workload ids named on the command line (none named: all)."""
     names = {a.upper() for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")}
     return names
+
+
+def diagnostics(argv: list[str] | None = None) -> bool:
+    """Whether ``--diagnostics`` was given: the variants some workloads time beside
+    their figure, to show where its time goes, run only when asked for."""
+    return "--diagnostics" in (sys.argv[1:] if argv is None else argv)

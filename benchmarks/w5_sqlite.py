@@ -7,8 +7,9 @@ written once through the store API (``acquire`` with an already-expired lease, m
 once), the store closed, the file copied for each run. Then a new
 manager times ``await manager.recover()``, which claims them in batches and
 compensates steps 2 and 1 of each (async no-op handlers). Figure: transactions
-recovered per second (target >= 5,000/s), also with retain_finished=False and with the
-collector paused (see main). No baseline (see BENCHMARKS.md).
+recovered per second (target >= 5,000/s); with ``--diagnostics``, also with
+retain_finished=False and with the collector paused (see main). No baseline (see
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import REPEATS, emit
+from ._common import REPEATS, diagnostics, emit
 
 WORKLOADS = ("W5",)
 
@@ -86,13 +87,16 @@ async def _recover(path: Path, retain_finished: bool = True) -> tuple[float, int
 
 
 def main() -> None:
-    """The manager as built by default (it keeps every transaction it drove); then, in
-    interleaved runs, as a service journaling to a durable store is advised to build
-    it (``retain_finished=False``); and, as a diagnostic of the engine's own work, the
-    default with the cyclic garbage collector paused for the recovery (what the
-    collector's walks over the objects this process keeps cost)."""
+    """The manager as built by default (it keeps every transaction it drove); with
+    ``--diagnostics``, in interleaved runs, also as a service journaling to a durable
+    store is advised to build it (``retain_finished=False``) and, as a diagnostic of
+    the engine's own work, the default with the cyclic garbage collector paused for
+    the recovery (what the collector's walks over the objects this process keeps
+    cost)."""
     root = Path(tempfile.mkdtemp(prefix="aumai-w5-"))
-    variants = ("default", "retain_finished=False", "collector off")
+    variants: tuple[str, ...] = ("default",)
+    if diagnostics():
+        variants += ("retain_finished=False", "collector off")
     try:
         # One journal of abandoned transactions, built once (its store closed, so the
         # file holds all of it) and copied afresh for every run.
