@@ -10,7 +10,7 @@ How it keeps the Store contract across processes:
 * Leases live in the rows: owner, expiry and epoch (the fencing token). Every write
   is an ``UPDATE ... WHERE lease_epoch = %s AND lease_owner = %s`` (a record that
   changes no header field checks the same under a ``FOR SHARE`` row lock, see
-  ``_postgres_headers``), so a driver that lost its lease (it was paused,
+  ``_headers``), so a driver that lost its lease (it was paused,
   partitioned, or presumed dead) can no longer write, and the store raises
   ``LeaseLostError``. Expiries compare against the database's
   ``now()``, so clock skew between machines does not matter.
@@ -64,8 +64,8 @@ from ..models import (
     TransactionStep,
 )
 from ._base import Lease, ListPosition, driven_elsewhere
+from ._headers import SentHeaders, raw_header
 from ._positions import StepPositions
-from ._postgres_headers import SentHeaders, raw_header
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
 from ._postgres_writer import Op, Writer, header_json
 

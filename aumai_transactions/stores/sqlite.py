@@ -48,6 +48,7 @@ from ..models import (
 )
 from ._base import Lease, ListPosition
 from ._codec import step_json
+from ._headers import SentHeaders, raw_header
 from ._positions import StepPositions
 from ._sqlite_requests import Op, Record
 from ._sqlite_schema import SYNCHRONOUS_MODES, full_header_of, header_of, to_us
@@ -102,38 +103,6 @@ def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, s
     return full_header_of(tx), steps, tx.agents
 
 
-class _SentHeader:
-    """The header a durable write sent under a lease: its fields as the transaction
-    held them (``raw``), the lease's epoch, its state as stored, and whether it is
-    committed."""
-
-    __slots__ = ("committed", "epoch", "raw", "state")
-
-    def __init__(
-        self, raw: tuple[Any, ...], epoch: int, state: str, committed: bool = False
-    ) -> None:
-        self.raw = raw
-        self.epoch = epoch
-        self.state = state
-        self.committed = committed
-
-
-def _raw_header(tx: Transaction) -> tuple[Any, ...]:
-    """The fields of ``tx`` that a record's header is made of (see ``header_of``),
-    as the model holds them: what tells whether a header changed. Plain reads of the
-    model's ``__dict__``: this runs for every record."""
-    fields = tx.__dict__
-    return (
-        fields["state"],
-        fields["updated_at"],
-        fields["finished_at"],
-        fields["error"],
-        fields["blocked_reason"],
-        fields["recovery_attempts"],
-        fields["resolution"],
-    )
-
-
 class SqliteStore:
     """A durable journal in one SQLite file, shared safely by many processes.
 
@@ -186,7 +155,7 @@ class SqliteStore:
         self._positions = StepPositions()
         # The header each leased transaction's last durable record (or its acquire)
         # sent, and whether it is committed.
-        self._headers: dict[str, _SentHeader] = {}
+        self._headers = SentHeaders()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
@@ -347,14 +316,14 @@ class SqliteStore:
         header, steps, agents = _full_rows(tx)
         states = frozenset(TransactionState(state).value for state in expected)
         tid = tx.transaction_id
-        raw = _raw_header(tx)  # what the acquire writes, before the await
+        raw = raw_header(tx)  # what the acquire writes, before the await
         lease: Lease = await self._call(
             ACQUIRE, tid, owner, float(ttl), states, header, steps, agents
         )
         epoch = lease.epoch
         self._positions.written(tid, epoch, (step_id for _, step_id, _ in steps))
         # What the acquire wrote, in the shape of a record's header.
-        self._headers[tid] = _SentHeader(raw, epoch, header[0], committed=True)
+        self._headers.committed(tid, epoch, raw, header[0])
         return lease
 
     async def record(
@@ -379,17 +348,15 @@ class SqliteStore:
         # none of it), is not sent again: the writer then only checks the epoch. It is
         # compared as the fields themselves, converted for SQL only when it changed.
         headers = self._headers
-        raw = _raw_header(tx)
-        known = headers.get(tid)
-        if known is not None and known.committed and known.epoch == epoch and known.raw == raw:
-            op = Record(tid, epoch, known.state, None)
+        raw = raw_header(tx)
+        state = headers.unchanged(tid, epoch, raw)
+        token: object | None = None
+        if state is not None:
+            op = Record(tid, epoch, state, None)
         else:
             header = header_of(tx)
             op = Record(tid, epoch, header[0], header)
-            if durable:
-                headers[tid] = known = _SentHeader(raw, epoch, header[0])
-            elif known is not None:  # a lazy write is never known to be committed
-                del headers[tid]
+            token = headers.sending(tid, epoch, raw, header[0], durable)
         if step is not None:
             self._record_step(op, tx, step)
         if durable:
@@ -397,8 +364,7 @@ class SqliteStore:
             op.future = future
             writer.submit(op)
             await future
-            if op.header is not None and known is not None and headers.get(tid) is known:
-                known.committed = True  # and nothing sent since
+            headers.confirm(tid, token)  # committed, unless another was sent since
         else:
             writer.submit_lazy(op)
 
@@ -425,9 +391,7 @@ class SqliteStore:
     async def release(self, lease: Lease) -> None:
         self._require().submit_lazy(Op(RELEASE, (lease.transaction_id, lease.epoch)))
         self._positions.forget(lease.transaction_id, lease.epoch)
-        known = self._headers.get(lease.transaction_id)
-        if known is not None and known.epoch == lease.epoch:
-            del self._headers[lease.transaction_id]
+        self._headers.forget(lease.transaction_id, lease.epoch)
 
     async def claim_expired(
         self, owner: str, ttl: float, limit: int

@@ -1,11 +1,12 @@
-"""Which transaction header the PostgreSQL store last sent under each lease it holds.
+"""Which transaction header a durable store last sent under each lease it holds.
 
 Most records change nothing in a transaction's header: a step's intent and completion
 leave the state, timestamps and error as the acquire wrote them, and only the record
 that ends the transaction (or starts its compensation) changes them. A record whose
 header equals the one known to be committed under its lease therefore sends no
-header: the batch statement then only checks the lease (epoch and owner) under a row
-lock, instead of rewriting the transaction row and its index entries.
+header: the store then only checks the lease (its epoch, and owner) instead of
+rewriting the transaction row and its index entries. Shared by the SQLite and
+PostgreSQL stores.
 
 The comparison is made on the fields as the model holds them (``raw``), read straight
 from its ``__dict__`` before anything is converted to JSON: it runs for every record.
