@@ -5,39 +5,32 @@ handlers run inline and once with async handlers; µs per step, whole lifecycle
 (begin, three add_step, commit). W2: the third step raises, so two compensations run;
 µs per transaction. W6: W1 (async) at 100 to 100,000 transactions: µs per step must
 stay flat. Baseline, same run: a plain loop awaiting the same handlers inside
-try/except with a reverse list of compensations. Also in the same run, the *floor*
-of a write-ahead engine (``_floor``): the plain loop plus the least any journaled
-step needs, in plain Python with no library (a record per step with a random id,
-two timestamps, an intent written before the handler and a completion after; an id
-and a final record per transaction; for W2 also the failure, the move to
-``compensating``, and each compensation's intent, completion and two timestamps, as
-the design's journal rules 1 and 2 ask), which shows how much of the engine's cost no
-engine keeping the write-ahead rule could avoid.
+try/except with a reverse list of compensations. Also in the same run, two
+floors (``_floors``): the least a write-ahead engine does in plain Python with no
+library (``floor``: a record per step with a random id, its intent before the handler,
+its completion after, their timestamps; the records a failing transaction needs), and
+that plus what this design and its public API add for any engine (``design_floor``:
+the package's pydantic models, and with async handlers the anyio cancel scopes of the
+timeout and of the shielded compensation with its own task). They show how much of
+the engine's cost no engine keeping the write-ahead rule, or this API, could avoid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import random
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aumai_transactions import TransactionManager
 
+from . import _floors
 from ._common import REPEATS, emit
+from ._floors import DATA, STEPS, Boom
 
 WORKLOADS = ("W1", "W2", "W6")
-
-STEPS = (("reserve", "release"), ("charge", "refund"), ("notify", "unnotify"))
-DATA: dict[str, Any] = {"user_id": "u-001"}
-
-
-class Boom(Exception):
-    pass
 
 
 def _sync_handlers(fail: bool) -> dict[str, Callable[..., Any]]:
@@ -86,81 +79,6 @@ async def _baseline(n: int, handlers: dict[str, Callable[..., Any]], is_async: b
                     handlers[comp](comp, DATA)
 
 
-class _Record:
-    """The least a journaled step is: an id, what it runs, its status, two times (and
-    two more for its compensation, once it is undone)."""
-
-    __slots__ = (
-        "action",
-        "compensated_at",
-        "compensating_at",
-        "finished_at",
-        "started_at",
-        "status",
-        "step_id",
-    )
-
-    def __init__(self, step_id: str, action: str) -> None:
-        self.step_id = step_id
-        self.action = action
-        self.status = "pending"
-        self.started_at: datetime | None = None
-        self.finished_at: datetime | None = None
-        self.compensating_at: datetime | None = None
-        self.compensated_at: datetime | None = None
-
-
-def _record_id(bits: Callable[[int], int]) -> str:
-    return f"{bits(128):032x}"
-
-
-async def _floor(n: int, handlers: dict[str, Callable[..., Any]], is_async: bool) -> None:
-    journal: list[tuple[str, str, str]] = []
-    write = journal.append
-    bits = random.Random(1).getrandbits
-    for _ in range(n):
-        tx_id = _record_id(bits)
-        records = [_Record(_record_id(bits), action) for action, _ in STEPS]
-        write((tx_id, "", "active"))
-        done: list[tuple[_Record, str]] = []
-        record = records[0]
-        try:
-            for record, (action, comp) in zip(records, STEPS, strict=True):
-                record.status = "running"
-                record.started_at = datetime.now(UTC)
-                write((tx_id, record.step_id, "running"))  # the intent, before the handler
-                if is_async:
-                    await handlers[action](action, DATA)
-                else:
-                    handlers[action](action, DATA)
-                record.status = "completed"
-                record.finished_at = datetime.now(UTC)
-                write((tx_id, record.step_id, "completed"))
-                done.append((record, comp))
-            write((tx_id, "", "committed"))
-        except Exception:
-            # The design's rules 1 and 2: the failure is recorded (else it is in doubt),
-            # the state change before the compensations, and each compensation's intent
-            # before it runs and its completion after.
-            record.status = "failed"
-            record.finished_at = datetime.now(UTC)
-            write((tx_id, record.step_id, "failed"))
-            write((tx_id, "", "compensating"))
-            for record, comp in reversed(done):
-                record.status = "compensating"
-                record.compensating_at = datetime.now(UTC)
-                write((tx_id, record.step_id, "compensating"))
-                if is_async:
-                    await handlers[comp](comp, DATA)
-                else:
-                    handlers[comp](comp, DATA)
-                record.status = "compensated"
-                record.compensated_at = datetime.now(UTC)
-                write((tx_id, record.step_id, "compensated"))
-            write((tx_id, "", "rolled_back"))
-        journal.clear()
-
-
 async def _engine(n: int, manager: TransactionManager) -> None:
     begin, add_step, commit = manager.begin, manager.add_step, manager.commit
     for _ in range(n):
@@ -190,24 +108,31 @@ def measure_both(n: int, is_async: bool, fail: bool, with_floor: bool = True) ->
         return _baseline(n, handlers, is_async)
 
     def floor_run() -> Any:
-        return _floor(n, handlers, is_async)
+        return _floors.floor(n, handlers, is_async)
+
+    def design_run() -> Any:
+        return _floors.design_floor(n, handlers, is_async)
 
     async def rounds() -> dict[str, float]:
         engine: list[tuple[float, float]] = []
         baseline: list[tuple[float, float]] = []
         floor: list[tuple[float, float]] = []
+        design: list[tuple[float, float]] = []
         for _ in range(REPEATS + 1):  # the first round is the warm-up
             engine.append(await timed(engine_run))
             baseline.append(await timed(baseline_run))
             floor.append(await timed(floor_run) if with_floor else (0.0, 0.0))
-        engine, baseline, floor = engine[1:], baseline[1:], floor[1:]
+            design.append(await timed(design_run) if with_floor else (0.0, 0.0))
+        engine, baseline, floor, design = engine[1:], baseline[1:], floor[1:], design[1:]
         return {
             "engine": statistics.median(t[0] for t in engine),
             "baseline": statistics.median(t[0] for t in baseline),
             "floor": statistics.median(t[0] for t in floor),
+            "design_floor": statistics.median(t[0] for t in design),
             "engine_cpu": statistics.median(t[1] for t in engine),
             "baseline_cpu": statistics.median(t[1] for t in baseline),
             "floor_cpu": statistics.median(t[1] for t in floor),
+            "design_floor_cpu": statistics.median(t[1] for t in design),
         }
 
     return asyncio.run(rounds())
@@ -222,6 +147,7 @@ def measure(n: int, is_async: bool, fail: bool) -> tuple[float, float]:
 def _cpu_fields(both: dict[str, float], per: int) -> dict[str, float]:
     engine, baseline = both["engine_cpu"] / per * 1e6, both["baseline_cpu"] / per * 1e6
     floor = both["floor_cpu"] / per * 1e6
+    design = both["design_floor_cpu"] / per * 1e6
     return {
         "cpu": round(engine, 3),
         "cpu_baseline": round(baseline, 3),
@@ -229,6 +155,9 @@ def _cpu_fields(both: dict[str, float], per: int) -> dict[str, float]:
         "cpu_floor": round(floor, 3),
         "cpu_floor_ratio": round(floor / baseline, 2),
         "cpu_over_floor": round(engine / floor, 2),
+        "cpu_design_floor": round(design, 3),
+        "cpu_design_floor_ratio": round(design / baseline, 2),
+        "cpu_over_design_floor": round(engine / design, 2),
     }
 
 
@@ -251,6 +180,7 @@ def main() -> None:
             baseline=round(base_step, 3),
             ratio=round(per_step / base_step, 2),
             floor=round(both["floor"] / (3 * n) * 1e6, 3),
+            design_floor=round(both["design_floor"] / (3 * n) * 1e6, 3),
             **_cpu_fields(both, 3 * n),
         )
     for is_async in (False, True):
@@ -270,6 +200,7 @@ def main() -> None:
             baseline=round(base_tx, 3),
             ratio=round(per_tx / base_tx, 2),
             floor=round(both["floor"] / n * 1e6, 3),
+            design_floor=round(both["design_floor"] / n * 1e6, 3),
             **_cpu_fields(both, n),
         )
     for size in (100, 1_000, 10_000, 100_000):
