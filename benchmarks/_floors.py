@@ -31,7 +31,7 @@ from aumai_transactions import (
     TransactionStep,
 )
 
-__all__ = ["DATA", "STEPS", "Boom", "design_floor", "floor"]
+__all__ = ["DATA", "STEPS", "Boom", "design_floor", "floor", "pending_models"]
 
 STEPS = (("reserve", "release"), ("charge", "refund"), ("notify", "unnotify"))
 DATA: dict[str, Any] = {"user_id": "u-001"}
@@ -136,7 +136,7 @@ def _model(cls: type[_M], values: dict[str, Any]) -> _M:
     return obj
 
 
-def _models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
+def pending_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
     """A pending transaction of three pending steps, as the package's models (every
     field of each given in one dict display, the cheapest way to make the dict)."""
     steps = [
@@ -261,7 +261,7 @@ async def design_floor(n: int, handlers: dict[str, Callable[..., Any]], is_async
 
     for _ in range(n):
         tx_id = _record_id(bits)
-        tx = _models(tx_id, bits)
+        tx = pending_models(tx_id, bits)
         fields = tx.__dict__
         fields["state"] = TransactionState.ACTIVE
         fields["updated_at"] = datetime.now(UTC)
