@@ -31,7 +31,7 @@ from aumai_transactions import (
     TransactionStep,
 )
 
-__all__ = ["DATA", "STEPS", "Boom", "design_floor", "floor", "pending_models"]
+__all__ = ["DATA", "STEPS", "Boom", "design_floor", "floor", "pending_models", "result_model"]
 
 STEPS = (("reserve", "release"), ("charge", "refund"), ("notify", "unnotify"))
 DATA: dict[str, Any] = {"user_id": "u-001"}
@@ -188,7 +188,7 @@ def pending_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
     )
 
 
-def _result(tx: Transaction, completed: list[str], failed: str | None) -> TransactionResult:
+def result_model(tx: Transaction, completed: list[str], failed: str | None) -> TransactionResult:
     finished = tx.finished_at
     assert finished is not None
     return _model(
@@ -276,7 +276,7 @@ async def design_floor(n: int, handlers: dict[str, Callable[..., Any]], is_async
             fields["state"] = TransactionState.COMMITTED
             fields["finished_at"] = datetime.now(UTC)
             write((tx_id, "", "committed"))
-            _result(tx, [r["step_id"] for r, _ in done], None)
+            result_model(tx, [r["step_id"] for r, _ in done], None)
         except Boom:
             failed = tx.steps[len(done)].step_id
             fields["state"] = TransactionState.COMPENSATING
@@ -289,5 +289,5 @@ async def design_floor(n: int, handlers: dict[str, Callable[..., Any]], is_async
             fields["state"] = TransactionState.ROLLED_BACK
             fields["finished_at"] = datetime.now(UTC)
             write((tx_id, "", "rolled_back"))
-            _result(tx, [r["step_id"] for r, _ in reversed(done)], failed)
+            result_model(tx, [r["step_id"] for r, _ in reversed(done)], failed)
         journal.clear()

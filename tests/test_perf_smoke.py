@@ -101,3 +101,25 @@ def test_the_blocking_facade_costs_little_more_than_the_async_path() -> None:
     async_path = _best_cpu_seconds(_engine_run)
     # Measured: about 1.5x (4-5x when every call hopped to the portal's thread).
     assert facade / async_path < 3, (facade, async_path)
+
+
+def test_the_design_floor_builds_the_package_models_whole() -> None:
+    """The floor the W1, W2 and W4 benchmarks compare the engine with builds the
+    package's models with every field (a field it left out would make it cheaper than
+    any engine could be) and with values the models accept."""
+    import random
+    from datetime import UTC, datetime
+
+    from aumai_transactions import Transaction, TransactionResult, TransactionStep
+    from benchmarks._floors import pending_models, result_model
+
+    tx = pending_models("t-1", random.Random(1).getrandbits)
+    assert set(tx.__dict__) == set(Transaction.model_fields)
+    assert len(tx.steps) == 3
+    for step in tx.steps:
+        assert set(step.__dict__) == set(TransactionStep.model_fields)
+    assert Transaction.model_validate(tx.model_dump()).model_dump() == tx.model_dump()
+    tx.finished_at = datetime.now(UTC)
+    result = result_model(tx, [s.step_id for s in tx.steps], None)
+    assert set(result.__dict__) == set(TransactionResult.model_fields)
+    assert TransactionResult.model_validate(result.model_dump()) == result
