@@ -14,6 +14,30 @@ JSON row:
 * asyncio + a writer thread committing once per step (``run_in_executor`` on a
   one-thread executor, one step in flight): what a naive async journal gets.
 
+Also in the same rounds, at each level, the *floor* (``_floor``): the least any engine
+keeping the design's journal rules must do for the same transactions, in plain Python
+and sqlite3 with no project code (``_sqlite_floor``). The same lanes on one event loop,
+three async no-op steps a transaction, and its four durable writes in a row, each
+awaited (an asyncio future) before the next step runs:
+
+1. the transaction's row (state ``active``, lease owner, expiry, epoch 1: the lease)
+   with step 1's intent;
+2. step 2's intent carrying step 1's completion;
+3. step 3's intent carrying step 2's completion;
+4. step 3's completion with the final state (``committed``), the lease given up.
+
+Each appends one journal row, a ``json.dumps`` made at that moment from the step's
+current fields (ROW's, times as integer microseconds) and the completion's id,
+status, result and finish time; the first inserts the transaction's row, the last
+updates it; every append and update is fenced by the lease's epoch (``WHERE EXISTS``
+on the row id and epoch). Fewer cannot keep the rules: an intent must be durable
+before its handler runs, each completion needs a durable write and can only ride on
+the next one, and the end must be recorded. One writer thread group-commits whatever
+is queued (``executemany``, one COMMIT, WAL, ``synchronous=FULL``) and wakes the
+batch's waiters with one ``call_soon_threadsafe``. Nothing else: no agent filter, no
+per-step rows rewritten in place, no models, no deadline. The floor's line fields say
+how fast any engine could go here and how far this one is from it.
+
 Targets (issue 3): 256 in flight >= 30,000 steps/s and >= 3x the one-commit-per-step
 baseline; 1 in flight >= the writer-thread baseline.
 """
@@ -23,11 +47,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import random
 import shutil
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +59,17 @@ from pathlib import Path
 from typing import Any
 
 from ._common import REPEATS, emit
+from ._sqlite_floor import (
+    BEGIN,
+    FINAL,
+    STEP,
+    W3_SCHEMA,
+    GroupWriter,
+    apply_w3,
+    now_us,
+    step_fields,
+    thread_clock,
+)
 
 WORKLOADS = ("W3",)
 
@@ -43,6 +78,7 @@ TX_PER_RUN = {1: 200, 16: 600, 256: 2048}  # about a second per timed run
 STEPS = (("reserve", "release"), ("charge", "refund"), ("ship", "cancel"))
 RAW_STEPS = 1000
 RAW_BATCH = 256
+LEASE_US = 60_000_000  # the floor's lease: a minute
 
 # What one step row weighs in the journal (the JSON of a running step).
 ROW = json.dumps(
@@ -85,15 +121,6 @@ class _Scratch:
 # ---------------------------------------------------------------------- the engine
 
 
-def _writer_clock() -> Callable[[], float]:
-    """The CPU time of the store's writer thread (0.0 where it cannot be read)."""
-    found = [t for t in threading.enumerate() if t.name.startswith("aumai-sqlite-writer")]
-    if len(found) != 1 or found[0].ident is None or not hasattr(time, "pthread_getcpuclockid"):
-        return lambda: 0.0
-    clock = time.pthread_getcpuclockid(found[0].ident)
-    return lambda: time.clock_gettime(clock)
-
-
 async def _engine_run(
     path: Path, transactions: int, inflight: int
 ) -> tuple[float, int, float, float]:
@@ -122,7 +149,7 @@ async def _engine_run(
                     raise RuntimeError(f"unexpected outcome {result.state.value}")
                 manager.forget(tx.transaction_id)
 
-        writer_cpu = _writer_clock()
+        writer_cpu = thread_clock("aumai-sqlite-writer")
         before = store.stats.commits
         loop_start, writer_start = time.thread_time(), writer_cpu()
         start = time.perf_counter()
@@ -139,6 +166,67 @@ def engine_once(scratch: _Scratch, inflight: int) -> tuple[float, float, float, 
     transactions = TX_PER_RUN[inflight]
     elapsed, commits, loop_used, writer_used = asyncio.run(
         _engine_run(scratch.fresh(), transactions, inflight)
+    )
+    steps = transactions * len(STEPS)
+    return steps / elapsed, commits / steps, loop_used / steps * 1e6, writer_used / steps * 1e6
+
+
+# ---------------------------------------------------------------------- the floor
+
+
+async def _floor(path: Path, transactions: int, inflight: int) -> tuple[float, int, float, float]:
+    """What ``_engine_run`` measures, for the least a write-ahead engine writes (see the
+    module docstring): seconds, commits, and the CPU seconds of the event loop's thread
+    and of the writer thread."""
+
+    async def noop(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    writer = GroupWriter(path, apply_w3, W3_SCHEMA)
+    writer.start(asyncio.get_running_loop())
+    submit, dumps = writer.submit, json.dumps
+    bits = random.Random(3).getrandbits
+    todo = iter(range(transactions))
+
+    async def lane() -> None:
+        for _ in todo:
+            tid = f"{bits(128):032x}"
+            created = now_us()
+            steps = [step_fields(bits, action, undo) for action, undo in STEPS]
+            rid, done = 0, None
+            for seq, step in enumerate(steps):
+                step["status"] = "running"
+                step["attempts"] = 1
+                step["started_at"] = now_us()
+                if seq == 0:  # the lease and the first intent
+                    args = (tid, created, "floor", created + LEASE_US, dumps({"step": step}))
+                    rid = await submit(BEGIN, args)
+                else:  # the intent, with the previous step's completion
+                    await submit(STEP, (rid, 1, seq, dumps({"step": step, "completed": done})))
+                await noop(step["action"], step["data"])
+                step["status"] = "completed"
+                step["finished_at"] = now_us()
+                done = {k: step[k] for k in ("step_id", "status", "result", "finished_at")}
+            body = dumps({"completed": done})
+            await submit(FINAL, (rid, 1, len(steps), body, "committed", now_us()))
+
+    writer_cpu = writer.cpu_clock()
+    try:
+        loop_start, writer_start = time.thread_time(), writer_cpu()
+        start = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(inflight)))
+        elapsed = time.perf_counter() - start
+        loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
+    finally:
+        writer.close()
+    return elapsed, writer.commits, loop_used, writer_used
+
+
+def floor_once(scratch: _Scratch, inflight: int) -> tuple[float, float, float, float]:
+    """``engine_once`` for the floor."""
+    transactions = TX_PER_RUN[inflight]
+    elapsed, commits, loop_used, writer_used = asyncio.run(
+        _floor(scratch.fresh(), transactions, inflight)
     )
     steps = transactions * len(STEPS)
     return steps / elapsed, commits / steps, loop_used / steps * 1e6, writer_used / steps * 1e6
@@ -211,18 +299,21 @@ def thread_commit_per_step(scratch: _Scratch) -> float:
 
 def main() -> None:
     """Every measurement once per round, baselines interleaved with the engine runs
-    (so a noisy machine weighs on both alike); medians of REPEATS rounds after a
-    warm-up round."""
+    and each level's floor right after the engine at that level (so a noisy machine
+    weighs on all alike); medians of REPEATS rounds after a warm-up round."""
     scratch = _Scratch()
     baselines: dict[str, Callable[[_Scratch], float]] = {
         "raw_commit_per_step": raw_commit_per_step,
         "raw_batched": raw_batched,
         "thread_commit_per_step": thread_commit_per_step,
     }
-    rates: dict[str | int, list[float]] = {key: [] for key in (*baselines, *LEVELS)}
+    keys: list[str | int] = [*baselines, *LEVELS]
+    rates: dict[str | int, list[float]] = {key: [] for key in keys}
     commits: dict[int, list[float]] = {level: [] for level in LEVELS}
     loop_cpu: dict[int, list[float]] = {level: [] for level in LEVELS}
     writer_cpu: dict[int, list[float]] = {level: [] for level in LEVELS}
+    # The floor's rate, commits per step, loop and writer CPU per step, by level.
+    floor: dict[int, list[tuple[float, float, float, float]]] = {level: [] for level in LEVELS}
     try:
         for round_number in range(REPEATS + 1):
             for name, measure in baselines.items():
@@ -237,6 +328,10 @@ def main() -> None:
                     commits[inflight].append(per_step)
                     loop_cpu[inflight].append(loop_us)
                     writer_cpu[inflight].append(writer_us)
+                gc.collect()
+                measured = floor_once(scratch, inflight)
+                if round_number:
+                    floor[inflight].append(measured)
     finally:
         scratch.close()
     median = {key: statistics.median(values) for key, values in rates.items()}
@@ -265,6 +360,9 @@ def main() -> None:
         per_step = statistics.median(commits[inflight])
         loop_us = statistics.median(loop_cpu[inflight])
         writer_us = statistics.median(writer_cpu[inflight])
+        floor_rate, floor_commits, floor_loop, floor_writer = (
+            statistics.median(run[i] for run in floor[inflight]) for i in range(4)
+        )
         emit(
             "W3",
             "sqlite",
@@ -274,13 +372,21 @@ def main() -> None:
             f"{inflight} in flight, synchronous=FULL; {per_step:.3f} commits/step; "
             f"{rate / per_commit:.2f}x raw one-commit-per-step, "
             f"{rate / threaded:.2f}x writer-thread baseline; CPU per step: event loop "
-            f"{loop_us:.1f} µs, writer thread {writer_us:.1f} µs",
+            f"{loop_us:.1f} µs, writer thread {writer_us:.1f} µs; floor of a write-ahead "
+            f"engine {floor_rate:,.0f} steps/s ({floor_rate / per_commit:.2f}x raw; CPU per "
+            f"step {floor_loop:.1f} + {floor_writer:.1f} µs), engine {rate / floor_rate:.2f}x it",
             inflight=inflight,
             commits_per_step=round(per_step, 4),
             loop_cpu_us_per_step=round(loop_us, 1),
             writer_cpu_us_per_step=round(writer_us, 1),
             vs_raw_commit_per_step=round(rate / per_commit, 2),
             vs_thread_commit_per_step=round(rate / threaded, 2),
+            floor=round(floor_rate),
+            floor_commits_per_step=round(floor_commits, 4),
+            floor_loop_cpu_us_per_step=round(floor_loop, 1),
+            floor_writer_cpu_us_per_step=round(floor_writer, 1),
+            floor_vs_raw_commit_per_step=round(floor_rate / per_commit, 2),
+            vs_floor=round(rate / floor_rate, 2),
             **same_run,
         )
 

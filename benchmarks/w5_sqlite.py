@@ -7,23 +7,56 @@ written once through the store API (``acquire`` with an already-expired lease, m
 once), the store closed, the file copied for each run. Then a new
 manager times ``await manager.recover()``, which claims them in batches and
 compensates steps 2 and 1 of each (async no-op handlers). Figure: transactions
-recovered per second (target >= 5,000/s); with ``--diagnostics``, also with
-retain_finished=False and with the collector paused (see main). No baseline (see
+recovered per second (target >= 5,000/s), and the CPU time per transaction of the
+event loop's thread and of the store's writer thread; with ``--diagnostics``, also
+with retain_finished=False and with the collector paused (see main). No baseline (see
 BENCHMARKS.md).
+
+In the same rounds, the *floor* (``_floor``): the least any recovery keeping the
+design's journal rules must do on a fresh copy of the same journal, in plain Python
+and sqlite3 on the engine's own tables (``stores/_sqlite_schema.py``), no project
+code. A sliding window of 1,000 transactions as ``recover()`` drives (claimed again
+once half are done), a worker coroutine per place in the window, and one writer
+thread that group-commits whatever is queued (``_sqlite_floor``: WAL,
+``synchronous=FULL``, one COMMIT a batch, one ``call_soon_threadsafe`` back). Per
+transaction, each write awaited (an asyncio future) before what follows it:
+
+1. the claim, with the window's others: the epoch bumped (fenced by the epoch read),
+   the lease's owner and expiry, a recovery attempt counted, and its step rows read
+   and each decoded with ``json.loads``;
+2. the move to ``compensating`` with step 2's intent (in doubt: marked interrupted,
+   status ``compensating``, a compensation attempt), before its compensation runs;
+3. step 2's completion (``compensated``, its time) with step 1's intent;
+4. step 1's completion with the final state ``rolled_back`` (its times and error),
+   the lease given up.
+
+Each step row written is a ``json.dumps`` of the step as decoded, changed; every
+update is fenced by the lease's epoch. Fewer cannot keep the rules: the lease must be
+durable before anything is done under it, each intent before its compensation, each
+completion in a write of its own or the next one, and the end must be recorded; the
+state change rides with the first intent, which is written before the first action.
+(The engine writes that state change, and the in-doubt step's marking, as records of
+their own.) The journal the floor leaves is one the engine reads back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
+from collections import deque
+from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ._common import REPEATS, diagnostics, emit
+from ._sqlite_floor import CLAIM, RECORD, GroupWriter, apply_w5, now_us, thread_clock
 
 WORKLOADS = ("W5",)
 
@@ -56,7 +89,9 @@ async def _abandon(path: Path, count: int) -> None:
             await asyncio.gather(*(one() for _ in range(min(1000, count - start))))
 
 
-async def _recover(path: Path, retain_finished: bool = True) -> tuple[float, int]:
+async def _recover(path: Path, retain_finished: bool = True) -> tuple[float, int, float, float]:
+    """Seconds for ``recover()``, how many it recovered, and the CPU seconds of the
+    event loop's thread and of the store's writer thread meanwhile."""
     from aumai_transactions import TransactionManager
     from aumai_transactions.stores.sqlite import SqliteStore
 
@@ -75,15 +110,121 @@ async def _recover(path: Path, retain_finished: bool = True) -> tuple[float, int
     store = SqliteStore(path)
     manager = TransactionManager(handlers, store=store, retain_finished=retain_finished)
     async with manager:
+        writer_cpu = thread_clock("aumai-sqlite-writer")
+        loop_start, writer_start = time.thread_time(), writer_cpu()
         start = time.perf_counter()
         results = await manager.recover()
         elapsed = time.perf_counter() - start
+        loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
         left = await manager.store.list(state=None, limit=None)
     if len(results) != TRANSACTIONS or undone != 2 * TRANSACTIONS:
         raise RuntimeError(f"recovered {len(results)}, compensated {undone}")
     if any(tx.state.value != "rolled_back" for tx in left):
         raise RuntimeError("a transaction was left unrecovered")
-    return elapsed, len(results)
+    return elapsed, len(results), loop_used, writer_used
+
+
+# ---------------------------------------------------------------------- the floor
+
+IN_DOUBT = "interrupted: its driver stopped while this step ran; recovery compensates it"
+ENDED = "the driver stopped mid-transaction; rolled back by recovery"
+LEASE_US = 60_000_000  # the floor's lease: a minute
+WINDOW = 1000  # transactions driven at once, as ``recover()``'s default limit
+
+
+async def _floor(path: Path) -> tuple[float, int, float, float]:
+    """What ``_recover`` measures, for the least a recovery writes (see the module
+    docstring): seconds, transactions recovered, CPU seconds of the loop and writer."""
+    writer = GroupWriter(path, apply_w5)
+    writer.start(asyncio.get_running_loop())
+    submit, dumps = writer.submit, json.dumps
+    undone = recovered = taken = 0
+    queued: deque[tuple[int, int, list[dict[str, Any]]]] = deque()
+    room, more = asyncio.Event(), asyncio.Event()
+    closed = False
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        nonlocal undone
+        undone += 1
+
+    async def drive(rid: int, epoch: int, steps: list[dict[str, Any]]) -> None:
+        header: tuple[Any, ...] | None = ("compensating", now_us())
+        done: list[tuple[int, str]] = []
+        for position in range(len(steps) - 1, -1, -1):
+            step = steps[position]
+            status = step["status"]
+            if status not in ("completed", "running"):
+                continue
+            if status == "running":  # in doubt: compensated like a completed one
+                step["interrupted"] = True
+                step["error"] = IN_DOUBT
+            step["status"] = "compensating"
+            step["compensation_attempts"] += 1
+            # The intent (with the state change first time, the last completion after).
+            await submit(RECORD, (rid, epoch, header, [(position, dumps(step)), *done]))
+            header = None
+            await undo(step["compensating_action"], step["data"])
+            step["status"] = "compensated"
+            step["compensated_at"] = datetime.now(UTC).isoformat()  # as the engine reads it
+            done = [(position, dumps(step))]
+        now = now_us()
+        await submit(RECORD, (rid, epoch, ("rolled_back", now, now, ENDED), done))
+
+    async def worker() -> None:
+        nonlocal recovered, taken
+        while True:
+            while queued:
+                await drive(*queued.popleft())
+                recovered += 1
+                taken -= 1
+                if taken <= WINDOW // 2:
+                    room.set()
+            if closed:
+                return
+            await more.wait()
+
+    writer_cpu = writer.cpu_clock()
+    loop_start, writer_start = time.thread_time(), writer_cpu()
+    start = time.perf_counter()
+    workers: list[asyncio.Task[None]] = []
+    try:
+        while True:
+            while taken > WINDOW // 2:
+                room.clear()
+                await room.wait()
+            claimed = await submit(CLAIM, ("floor", now_us() + LEASE_US, WINDOW - taken))
+            if not claimed:
+                break
+            queued.extend(claimed)
+            taken += len(claimed)
+            while len(workers) < min(WINDOW, taken):
+                workers.append(asyncio.create_task(worker()))
+            more.set()
+            more.clear()
+        closed = True
+        more.set()
+        await asyncio.gather(*workers)
+        elapsed = time.perf_counter() - start
+        loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
+    finally:
+        writer.close()
+    if recovered != TRANSACTIONS or undone != 2 * TRANSACTIONS:
+        raise RuntimeError(f"floor recovered {recovered}, compensated {undone}")
+    with closing(sqlite3.connect(path)) as conn:
+        left = conn.execute("SELECT COUNT(*) FROM transactions WHERE state != 'rolled_back'")
+        if left.fetchone()[0]:
+            raise RuntimeError("the floor left a transaction unrecovered")
+    return elapsed, recovered, loop_used, writer_used
+
+
+def _per_tx(measured: tuple[float, int, float, float]) -> tuple[float, float, float]:
+    elapsed, count, loop_used, writer_used = measured
+    return elapsed, loop_used / count * 1e6, writer_used / count * 1e6
+
+
+def _medians(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    seconds, loop_us, writer_us = (statistics.median(run[i] for run in runs) for i in range(3))
+    return seconds, loop_us, writer_us
 
 
 def main() -> None:
@@ -102,7 +243,8 @@ def main() -> None:
         # file holds all of it) and copied afresh for every run.
         template = root / "abandoned.db"
         asyncio.run(_abandon(template, TRANSACTIONS))
-        times: dict[str, list[float]] = {variant: [] for variant in variants}
+        # Per run: seconds, and the loop's and the writer's CPU µs per transaction.
+        times: dict[str, list[tuple[float, float, float]]] = {v: [] for v in (*variants, "floor")}
         for run in range(REPEATS + 1):  # the first round is the warm-up
             for variant in variants:
                 path = root / f"run-{run}-{variants.index(variant)}.db"
@@ -111,14 +253,22 @@ def main() -> None:
                 if variant == "collector off":
                     gc.disable()
                 try:
-                    elapsed, _ = asyncio.run(_recover(path, variant != "retain_finished=False"))
+                    measured = asyncio.run(_recover(path, variant != "retain_finished=False"))
                 finally:
                     gc.enable()
                 if run:
-                    times[variant].append(elapsed)
+                    times[variant].append(_per_tx(measured))
                 path.unlink()
+            if not run:
+                continue  # plain Python and sqlite3: the engine's warm-up serves it too
+            path = root / f"run-{run}-floor.db"
+            shutil.copy(template, path)
+            gc.collect()
+            times["floor"].append(_per_tx(asyncio.run(_floor(path))))
+            path.unlink()
+        floor_seconds, floor_loop, floor_writer = _medians(times["floor"])
         for variant in variants:
-            seconds = statistics.median(times[variant])
+            seconds, loop_us, writer_us = _medians(times[variant])
             emit(
                 "W5",
                 "sqlite",
@@ -126,9 +276,20 @@ def main() -> None:
                 "tx/s",
                 TRANSACTIONS,
                 f"recover() of {TRANSACTIONS} expired active transactions (2 compensations "
-                f"each), synchronous=FULL, {variant}; median {seconds:.2f}s",
+                f"each), synchronous=FULL, {variant}; median {seconds:.2f}s; CPU per "
+                f"transaction: event loop {loop_us:.0f} µs, writer thread {writer_us:.0f} µs; "
+                f"floor of a write-ahead recovery {TRANSACTIONS / floor_seconds:,.0f} tx/s "
+                f"(CPU {floor_loop:.0f} + {floor_writer:.0f} µs), engine "
+                f"{floor_seconds / seconds:.2f}x it",
                 seconds=round(seconds, 3),
                 variant=variant,
+                loop_cpu_us_per_tx=round(loop_us, 1),
+                writer_cpu_us_per_tx=round(writer_us, 1),
+                floor=round(TRANSACTIONS / floor_seconds),
+                floor_seconds=round(floor_seconds, 3),
+                floor_loop_cpu_us_per_tx=round(floor_loop, 1),
+                floor_writer_cpu_us_per_tx=round(floor_writer, 1),
+                vs_floor=round(floor_seconds / seconds, 2),
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
