@@ -35,8 +35,9 @@ update is fenced by the lease's epoch. Fewer cannot keep the rules: the lease mu
 durable before anything is done under it, each intent before its compensation, each
 completion in a write of its own or the next one, and the end must be recorded; the
 state change rides with the first intent, which is written before the first action.
-(The engine writes that state change, and the in-doubt step's marking, as records of
-their own.) The journal the floor leaves is one the engine reads back.
+(The engine makes the state change and each completion a record of its own, lazy:
+each rides with the next durable one, so it too waits on three writes after the
+claim.) The journal the floor leaves is one the engine reads back.
 """
 
 from __future__ import annotations
