@@ -5,7 +5,9 @@ A floor is the least any engine keeping the design's journal rules must do on th
 machine: an intent durable before its handler runs, a completion folded into the next
 durable write, every state change recorded before the next action, each write fenced
 by the lease's epoch. It uses the engine's file settings (WAL, ``synchronous=FULL``) and
-serializes what it writes with ``json.dumps``, but no project code.
+serializes what it writes with pydantic-core's ``to_json`` and reads with its
+``from_json`` (the fastest JSON the dependencies offer: about four times
+``json.dumps`` on a step's fields here), but no project code.
 
 ``GroupWriter`` is the one writer a durable engine on SQLite needs: the event loop puts
 each write on a ``queue.SimpleQueue`` with an asyncio future; the thread takes whatever
@@ -17,7 +19,6 @@ waiter of the batch with a single ``loop.call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import from_json, to_json
+
 __all__ = [
     "BEGIN",
     "CLAIM",
@@ -33,10 +36,12 @@ __all__ = [
     "RECORD",
     "STEP",
     "W3_SCHEMA",
+    "dumps",
     "GroupWriter",
     "Write",
     "apply_w3",
     "apply_w5",
+    "loads",
     "now_us",
     "step_fields",
     "thread_clock",
@@ -69,6 +74,14 @@ W3_SCHEMA = (
         PRIMARY KEY (tx, seq)
     ) WITHOUT ROWID""",
 )
+
+
+def dumps(value: Any) -> str:
+    """``value`` as JSON text."""
+    return to_json(value).decode()
+
+
+loads = from_json
 
 
 def now_us() -> int:
@@ -343,7 +356,6 @@ def _claim(
     )
     marks = ", ".join("?" * len(found))
     decoded: dict[int, list[dict[str, Any]]] = {rid: [] for rid, _ in found}
-    loads = json.loads
     for rid, position, body in conn.execute(
         f"SELECT tx, position, body FROM steps WHERE tx IN ({marks}) ORDER BY tx, position",
         [rid for rid, _ in found],

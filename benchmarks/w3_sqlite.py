@@ -26,9 +26,9 @@ awaited (an asyncio future) before the next step runs:
 3. step 3's intent carrying step 2's completion;
 4. step 3's completion with the final state (``committed``), the lease given up.
 
-Each appends one journal row, a ``json.dumps`` made at that moment from the step's
-current fields (ROW's, times as integer microseconds) and the completion's id,
-status, result and finish time; the first inserts the transaction's row, the last
+Each appends one journal row, a JSON text (``_sqlite_floor.dumps``) made at that
+moment from the step's current fields (ROW's, times as integer microseconds) and the
+completion's id, status, result and finish time; the first inserts the transaction's row, the last
 updates it; every append and update is fenced by the lease's epoch (``WHERE EXISTS``
 on the row id and epoch). Fewer cannot keep the rules: an intent must be durable
 before its handler runs, each completion needs a durable write and can only ride on
@@ -66,6 +66,7 @@ from ._sqlite_floor import (
     W3_SCHEMA,
     GroupWriter,
     apply_w3,
+    dumps,
     now_us,
     step_fields,
     thread_clock,
@@ -187,7 +188,7 @@ async def _floor(path: Path, transactions: int, inflight: int) -> tuple[float, i
 
     writer = GroupWriter(path, apply_w3, W3_SCHEMA)
     writer.start(asyncio.get_running_loop())
-    submit, dumps = writer.submit, json.dumps
+    submit = writer.submit
     bits = random.Random(3).getrandbits
     todo = iter(range(transactions))
 

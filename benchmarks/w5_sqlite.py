@@ -23,14 +23,14 @@ transaction, each write awaited (an asyncio future) before what follows it:
 
 1. the claim, with the window's others: the epoch bumped (fenced by the epoch read),
    the lease's owner and expiry, a recovery attempt counted, and its step rows read
-   and each decoded with ``json.loads``;
+   and each decoded (``_sqlite_floor.loads``);
 2. the move to ``compensating`` with step 2's intent (in doubt: marked interrupted,
    status ``compensating``, a compensation attempt), before its compensation runs;
 3. step 2's completion (``compensated``, its time) with step 1's intent;
 4. step 1's completion with the final state ``rolled_back`` (its times and error),
    the lease given up.
 
-Each step row written is a ``json.dumps`` of the step as decoded, changed; every
+Each step row written is the JSON (``_sqlite_floor.dumps``) of the step as decoded, changed; every
 update is fenced by the lease's epoch. Fewer cannot keep the rules: the lease must be
 durable before anything is done under it, each intent before its compensation, each
 completion in a write of its own or the next one, and the end must be recorded; the
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import shutil
 import sqlite3
 import statistics
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import REPEATS, diagnostics, emit
-from ._sqlite_floor import CLAIM, RECORD, GroupWriter, apply_w5, now_us, thread_clock
+from ._sqlite_floor import CLAIM, RECORD, GroupWriter, apply_w5, dumps, now_us, thread_clock
 
 WORKLOADS = ("W5",)
 
@@ -138,7 +137,7 @@ async def _floor(path: Path) -> tuple[float, int, float, float]:
     docstring): seconds, transactions recovered, CPU seconds of the loop and writer."""
     writer = GroupWriter(path, apply_w5)
     writer.start(asyncio.get_running_loop())
-    submit, dumps = writer.submit, json.dumps
+    submit = writer.submit
     undone = recovered = taken = 0
     queued: deque[tuple[int, int, list[dict[str, Any]]]] = deque()
     room, more = asyncio.Event(), asyncio.Event()
