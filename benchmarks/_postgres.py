@@ -32,6 +32,24 @@ def server_url() -> tuple[str, str | None]:
     return url, None
 
 
+def backend_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the server processes ``pids`` have used so far.
+
+    Read from ``/proc``, so only for a server on this machine; a process that cannot be
+    read counts 0 (a remote server: the figures derived from it are then 0).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def fresh_schema(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 

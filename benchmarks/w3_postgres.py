@@ -8,17 +8,36 @@ waited for the flush, counted by the store). Baselines in the same run, with the
 driver (psycopg 3 async) and a step-sized JSONB row: one INSERT + COMMIT per step on one
 connection (the round-trip-and-flush limit), and 256 rows per COMMIT (the batching
 limit); from 4 processes, 4 connections each committing one row per step.
+
+At 4 processes x 256 in flight, the row whose target is a multiple of that baseline,
+the same rounds also time a *floor* (``_postgres_floor``): the least any engine keeping
+the design's journal rules must write, in plain asyncio and psycopg with no project
+code (four fenced, group-committed durable writes a transaction; see that module for
+what each holds and why nothing less would do). Every timed run also reports the CPU
+its client processes used (``cpu``) and the server backends serving its connections
+(``server_cpu``, read from ``/proc``, so 0 for a server on another machine), in µs a
+step: on two cores shared by the clients and the server, that is what bounds a rate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import statistics
 import sys
 import time
 from typing import Any
 
+from . import _postgres_floor
 from ._common import REPEATS, emit
-from ._postgres import Children, child_loop, drop_schema, fresh_schema, server_url
+from ._postgres import (
+    Children,
+    backend_cpu,
+    child_loop,
+    drop_schema,
+    fresh_schema,
+    server_url,
+)
 
 WORKLOADS = ("W3",)
 
@@ -28,6 +47,8 @@ TX_PER_RUN = {1: 100, 16: 400, 256: 1024}
 TX_PER_RUN_EACH_OF_4 = {1: 40, 16: 160, 256: 512}
 RAW_ROWS = 600
 RAW_BATCH = 256
+# The levels that also time the floor (``_postgres_floor``): the row W3's target is on.
+FLOOR_AT = frozenset({(4, 256)})
 ACTIONS = ("reserve", "charge", "ship", "release", "refund", "cancel")
 
 
@@ -37,6 +58,8 @@ ACTIONS = ("reserve", "charge", "ship", "release", "refund", "cancel")
 async def _engine(url: str, schema: str, transactions: int, inflight: int) -> dict[str, Any]:
     """One timed run of the engine; returns elapsed seconds and store counters."""
     import anyio
+    import psycopg
+    from psycopg.conninfo import make_conninfo
 
     from aumai_transactions import TransactionManager
     from aumai_transactions.stores.postgres import PostgresStore
@@ -44,9 +67,16 @@ async def _engine(url: str, schema: str, transactions: int, inflight: int) -> di
     async def noop(action: str, data: dict[str, Any]) -> None:
         return None
 
-    store = PostgresStore(url, schema=schema, max_size=4)
+    tag = f"w3-engine-{os.getpid()}"
+    store = PostgresStore(make_conninfo(url, application_name=tag), schema=schema, max_size=4)
     manager = TransactionManager(dict.fromkeys(ACTIONS, noop), store=store)
-    async with manager:
+    async with manager, await psycopg.AsyncConnection.connect(url, autocommit=True) as side:
+
+        async def server_cpu() -> float:
+            cur = await side.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (tag,)
+            )
+            return backend_cpu([row[0] for row in await cur.fetchall()])
 
         async def run(count: int) -> None:
             todo = iter(range(count))
@@ -66,15 +96,21 @@ async def _engine(url: str, schema: str, transactions: int, inflight: int) -> di
 
         await run(max(inflight, 20))  # warm-up: connections, prepared statements
         before = store.stats
+        server = await server_cpu()
+        cpu = time.process_time()
         start = time.perf_counter()
         await run(transactions)
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        server = await server_cpu() - server
         after = store.stats
     return {
         "elapsed": elapsed,
         "steps": transactions * 3,
         "durable": after["durable_batches"] - before["durable_batches"],
         "batches": after["batches"] - before["batches"],
+        "cpu": cpu,
+        "server_cpu": server,
     }
 
 
@@ -112,6 +148,10 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
 
     if job["kind"] == "engine":
         return anyio.run(_engine, job["url"], job["schema"], job["transactions"], job["inflight"])
+    if job["kind"] == "floor":
+        return asyncio.run(
+            _postgres_floor.floor(job["url"], job["schema"], job["transactions"], job["inflight"])
+        )
     return anyio.run(_raw, job["url"], job["schema"], job["rows"], job["batch"])
 
 
@@ -129,22 +169,65 @@ def _rate(replies: list[dict[str, Any]]) -> tuple[float, float]:
     return steps / max(r["elapsed"] for r in replies), flushes
 
 
+def _cpu(replies: list[dict[str, Any]], key: str) -> float:
+    """CPU µs per step of one repetition, summed over its processes (client ``cpu`` or
+    their server backends' ``server_cpu``)."""
+    used = sum(float(r.get(key, 0.0)) for r in replies)
+    return used / float(sum(r["steps"] for r in replies)) * 1e6
+
+
+def _rounds(children: Children, jobs: list[dict[str, Any]]) -> list[list[list[dict[str, Any]]]]:
+    """The replies to each of ``jobs`` for each repetition, run in turn within it.
+
+    Interleaving keeps a baseline and the runs compared with it under the same
+    conditions: on a shared machine the disk's flush latency drifts within seconds.
+    One warm-up round first.
+    """
+    rounds = []
+    for repetition in range(REPEATS + 1):
+        replies = [children.run(job) for job in jobs]
+        if repetition:
+            rounds.append(replies)
+    return rounds
+
+
 def _paired(
     children: Children, baseline: dict[str, Any], job: dict[str, Any]
 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """(job, baseline) rates for each repetition, each job run just after its baseline.
+    """(job, baseline) rates for each repetition, each job run just after its baseline."""
+    return [(_rate(run), _rate(base)) for base, run in _rounds(children, [baseline, job])]
 
-    Pairing keeps a baseline and the run compared with it under the same conditions:
-    on a shared machine the disk's flush latency drifts within seconds. One warm-up
-    pair first.
-    """
-    pairs = []
-    for repetition in range(REPEATS + 1):
-        base = _rate(children.run(baseline))
-        rate = _rate(children.run(job))
-        if repetition:
-            pairs.append((rate, base))
-    return pairs
+
+def _level(
+    children: Children, raw_job: dict[str, Any], job: dict[str, Any], floor: bool
+) -> dict[str, float]:
+    """Medians over the repetitions of one level: the engine, the raw baseline, and
+    the floor (when ``floor``), run in turn in each repetition; ratios are medians of
+    each repetition's own ratio."""
+    jobs = [raw_job, job] + ([{**job, "kind": "floor"}] if floor else [])
+    rounds = _rounds(children, jobs)
+    med = statistics.median
+    raw = [_rate(r[0])[0] for r in rounds]
+    rate = [_rate(r[1])[0] for r in rounds]
+    out = {
+        "rate": med(rate),
+        "flushes": med(_rate(r[1])[1] for r in rounds),
+        "raw": med(raw),
+        "ratio": med(e / b for e, b in zip(rate, raw, strict=True)),
+        "cpu": med(_cpu(r[1], "cpu") for r in rounds),
+        "server_cpu": med(_cpu(r[1], "server_cpu") for r in rounds),
+    }
+    if floor:
+        low = [_rate(r[2])[0] for r in rounds]
+        out |= {
+            "floor": med(low),
+            "floor_flushes": med(_rate(r[2])[1] for r in rounds),
+            "floor_ratio": med(f / b for f, b in zip(low, raw, strict=True)),
+            "of_floor": med(e / f for e, f in zip(rate, low, strict=True)),
+            "cpu_floor": med(_cpu(r[2], "cpu") for r in rounds),
+            "server_cpu_floor": med(_cpu(r[2], "server_cpu") for r in rounds),
+        }
+    return out
 
 
 def _prepare(url: str, schema: str) -> None:
@@ -163,6 +246,7 @@ def _prepare(url: str, schema: str) -> None:
             f"CREATE TABLE {schema}.raw_steps (id bigserial PRIMARY KEY, "
             "transaction_id text NOT NULL, step_id text NOT NULL, doc jsonb NOT NULL)"
         )
+    _postgres_floor.prepare(url, schema)
 
 
 def main() -> None:
@@ -195,11 +279,31 @@ def main() -> None:
                         "inflight": inflight,
                         "transactions": sizes[inflight],
                     }
-                    pairs = _paired(children, raw_job, job)
-                    rate = statistics.median(r for (r, _), _ in pairs)
-                    flushes = statistics.median(f for (_, f), _ in pairs)
-                    raw = statistics.median(b for _, (b, _) in pairs)
-                    ratio = statistics.median(r / b for (r, _), (b, _) in pairs)
+                    floor = (processes, inflight) in FLOOR_AT
+                    got = _level(children, raw_job, job, floor)
+                    rate, raw, ratio = got["rate"], got["raw"], got["ratio"]
+                    cpu = {
+                        "cpu": round(got["cpu"], 1),
+                        "server_cpu": round(got["server_cpu"], 1),
+                    }
+                    note = ""
+                    if floor:
+                        note = (
+                            f"; same-run floor (4 fenced durable writes a transaction, "
+                            f"group-committed): {got['floor']:,.0f} steps/s, "
+                            f"{got['floor_ratio']:.2f}x the raw baseline, the engine at "
+                            f"{got['of_floor']:.2f} of it; CPU us/step client / server: "
+                            f"engine {got['cpu']:.0f} / {got['server_cpu']:.0f}, "
+                            f"floor {got['cpu_floor']:.0f} / {got['server_cpu_floor']:.0f}"
+                        )
+                        cpu |= {
+                            "floor": round(got["floor"], 1),
+                            "floor_commits_per_step": round(got["floor_flushes"], 4),
+                            "floor_ratio": round(got["floor_ratio"], 3),
+                            "of_floor": round(got["of_floor"], 3),
+                            "cpu_floor": round(got["cpu_floor"], 1),
+                            "server_cpu_floor": round(got["server_cpu_floor"], 1),
+                        }
                     emit(
                         "W3",
                         "postgres",
@@ -207,17 +311,18 @@ def main() -> None:
                         "steps/s",
                         sizes[inflight] * 3 * processes,
                         f"{processes} process(es) x {inflight} in flight: {rate:,.0f} steps/s, "
-                        f"{flushes:.3f} WAL-flushing commits per step; same-run raw psycopg "
-                        f"baselines: {raw:,.0f} steps/s at one INSERT+COMMIT per step"
+                        f"{got['flushes']:.3f} WAL-flushing commits per step; same-run raw "
+                        f"psycopg baselines: {raw:,.0f} steps/s at one INSERT+COMMIT per step"
                         f"{' on each of 4 connections' if processes == 4 else ''} "
                         f"(median of paired ratios {ratio:.2f}), {raw_batched:,.0f} steps/s at "
-                        f"{RAW_BATCH} rows per COMMIT",
+                        f"{RAW_BATCH} rows per COMMIT" + note,
                         processes=processes,
                         inflight=inflight,
-                        commits_per_step=round(flushes, 4),
+                        commits_per_step=round(got["flushes"], 4),
                         baseline_commit_per_step=round(raw, 1),
                         baseline_batched=round(raw_batched, 1),
                         ratio=round(ratio, 3),
+                        **cpu,
                     )
         finally:
             one.close()
