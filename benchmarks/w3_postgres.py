@@ -14,9 +14,10 @@ the same rounds also time a *floor* (``_postgres_floor``): the least any engine 
 the design's journal rules must write, in plain asyncio and psycopg with no project
 code (four fenced, group-committed durable writes a transaction; see that module for
 what each holds and why nothing less would do). Every run of the engine or the floor
-also reports the CPU its client processes used (``cpu``) and the server backends serving its connections
-(``server_cpu``, read from ``/proc``, so 0 for a server on another machine), in µs a
-step: on two cores shared by the clients and the server, that is what bounds a rate.
+also reports the CPU its client processes used (``cpu``) and that of the server
+backends serving its connections (``server_cpu``, read from ``/proc``, so 0 for a
+server on another machine), in µs a step: on two cores shared by the clients and the
+server, that is what bounds a rate.
 """
 
 from __future__ import annotations
