@@ -4,22 +4,26 @@ Plain asyncio and psycopg 3, no project code: lanes of three-step transactions w
 async no-op steps, each keeping the design's journal rules at the least they cost:
 
 1. ``acquire``: the transaction row (state ``active``, lease owner, epoch 1, expiry
-   from the server's clock) and a journal row with the transaction's header (created
-   at, timeout) and step 1's intent (its fields, status ``running``, attempt 1, start
-   time), before step 1's handler runs (rule 1, rule 3: the lease);
+   from the server's clock) and a journal row with the transaction's header and step
+   1's intent (status ``running``, attempt 1, start time), before step 1's handler
+   runs (rule 1, rule 3: the lease);
 2. ``record``: step 2's intent carrying step 1's completion (status, finish time,
    result), one journal row, before step 2 runs: the completion is folded into the
    next durable write, as rules 1 and 2 allow;
 3. ``record``: step 3's intent with step 2's completion, one journal row;
-4. ``finish``: the final state with step 3's completion, one journal row, and the
-   transaction row set ``committed`` with its lease ended (rule 2).
+4. ``finish``: the final header (``committed``) with step 3's completion, one journal
+   row, and the transaction row set ``committed`` with its lease ended (rule 2).
 
-Four durable writes a transaction, each a journal row made with one ``json.dumps`` of
-the step's current fields. Every write after the acquire is fenced (rule 3): records
-take a share lock on the transaction row where it still has the writer's epoch (a
-claim that raises the epoch waits for the batch's commit, or has committed first and
-the record is refused); the finish is an update conditioned on the epoch. A fresh
-transaction row needs no fence: no other driver can see it before it commits.
+Four durable writes a transaction, each a journal row made with one ``json.dumps``:
+the current fields of each step it changes (all of a step's fields, as the design's
+steps have them, not only those that changed: a reader of the last row of a step
+needs no earlier one) and, in the first and last, the transaction's header.
+
+Every write after the acquire is fenced (rule 3): records take a share lock on the
+transaction row where it still has the writer's epoch (a claim that raises the epoch
+waits for the batch's commit, or has committed first and the record is refused); the
+finish is an update conditioned on the epoch. A fresh transaction row needs no fence:
+no other driver can see it before it commits.
 
 Group commit: one connection per process and one writer task; whatever writes are
 queued when the previous batch returns go in one statement (arrays of values, one
@@ -29,8 +33,8 @@ commits.
 
 What it leaves out, because the rules do not ask for it: rows of steps not yet
 started (the plan lives in the caller until a step's intent is written), foreign
-keys, indexes beyond the two primary keys (recovery scans the transaction rows), full
-step documents rewritten at each change (a completion is recorded as a delta), and
+keys, indexes beyond the two primary keys (recovery scans the transaction rows), a row
+per step rewritten in place (a journal row holds both steps a write changes), and
 lease renewal (a run lasts a second; the lease is 30 s).
 """
 
@@ -181,34 +185,71 @@ async def _noop(action: str, data: dict[str, Any]) -> Any:
     return None
 
 
+def _step(step_id: str, action: str, undo: str) -> dict[str, Any]:
+    """A step as the design describes one: every field a journaled step carries."""
+    return {
+        "step_id": step_id,
+        "agent_id": "agent",
+        "action": action,
+        "data": DATA,
+        "compensating_action": undo,
+        "status": "pending",
+        "attempts": 0,
+        "compensation_attempts": 0,
+        "result": None,
+        "error": None,
+        "compensation_error": None,
+        "started_at": None,
+        "finished_at": None,
+        "compensated_at": None,
+        "retry": None,
+        "recovery": None,
+        "interrupted": False,
+        "recorded_only": False,
+        "group": None,
+        "group_concurrency": None,
+        "live": False,
+        "key": None,
+        "earlier_attempts": None,
+    }
+
+
 async def _transaction(writer: Writer, bits: Any) -> None:
     """One transaction: three steps, four fenced durable writes."""
     tid = f"{bits(128):032x}"
     epoch = 1
+    header: dict[str, Any] = {
+        "transaction_id": tid,
+        "state": "active",
+        "created_at": _now(),
+        "timeout_seconds": 60.0,
+        "updated_at": None,
+        "finished_at": None,
+        "error": None,
+        "recovery_attempts": 0,
+        "blocked_reason": None,
+        "resolution": None,
+    }
     done: dict[str, Any] | None = None
     for position, (action, undo) in enumerate(ACTIONS):
-        step_id = f"{bits(128):032x}"
-        intent = {
-            "step_id": step_id,
-            "agent_id": "agent",
-            "action": action,
-            "data": DATA,
-            "compensating_action": undo,
-            "status": "running",
-            "attempts": 1,
-            "started_at": _now(),
-        }
+        step = _step(f"{bits(128):032x}", action, undo)
+        step["status"] = "running"
+        step["attempts"] = 1
+        step["started_at"] = _now()
         if done is None:
-            head = {"created_at": _now(), "timeout_seconds": 60.0, "step": intent}
-            refused = await writer.acquire(tid, json.dumps(head))
+            refused = await writer.acquire(tid, json.dumps({"header": header, "step": step}))
         else:
-            doc = json.dumps({"done": done, "step": intent})
+            doc = json.dumps({"done": done, "step": step})
             refused = await writer.record(tid, epoch, position + 1, doc)
         if tid in refused:
             raise LeaseLost(tid)
-        result = await _noop(action, DATA)
-        done = {"step_id": step_id, "status": "completed", "finished_at": _now(), "result": result}
-    doc = json.dumps({"state": "committed", "done": done})
+        step["result"] = await _noop(action, DATA)
+        step["status"] = "completed"
+        step["finished_at"] = _now()
+        done = step
+    header["state"] = "committed"
+    header["updated_at"] = header["finished_at"] = _now()
+    doc = json.dumps({"header": header, "done": done})
     if tid in await writer.finish(tid, epoch, len(ACTIONS) + 1, doc):
         raise LeaseLost(tid)
 
