@@ -87,7 +87,7 @@ class Children:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"benchmark child {proc.args} died (exit {proc.wait()})")
+            raise RuntimeError(f"benchmark child {proc.args!r} died (exit {proc.wait()})")
         result: dict[str, Any] = json.loads(line)
         return result
 
