@@ -77,10 +77,12 @@ def runs_here(manager: TransactionManager, tx: Transaction) -> bool:
             return False
     # Only the main thread gets SIGINT; there the facade must hold it (Python's own
     # handler, replaced while the call runs), never have it raise inside the engine.
-    return (
-        threading.current_thread() is not threading.main_thread()
-        or raw_signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
+    # Ignored (a program started in the background by a shell) or left to the system,
+    # it raises nothing; a handler of the program's own might: that goes to the portal.
+    if threading.current_thread() is not threading.main_thread():
+        return True
+    handler = raw_signal.getsignal(signal.SIGINT)
+    return handler is signal.default_int_handler or not callable(handler)
 
 
 def run_here(call: Callable[[], Coroutine[Any, Any, _T]]) -> _T | None:

@@ -205,3 +205,51 @@ def test_a_handler_raising_a_base_exception_here_compensates_and_raises_it(
     tx = _two_steps(manager)  # the private loop is usable again
     manager.manager._handlers.register("b", _threads_seen(seen))
     assert manager.commit(tx).state is TransactionState.COMMITTED
+
+
+@pytest.mark.parametrize("disposition", ["ignored", "the system's default"])
+def test_a_script_with_sigint_ignored_or_left_to_the_system_still_runs_here(
+    tmp_path: Path, disposition: str
+) -> None:
+    # A shell starts a background job with SIGINT ignored: no Ctrl-C can raise inside
+    # the engine then, so the call needs no hop to the portal (a handler of the
+    # program's own still goes there, see above).
+    script = tmp_path / "script.py"
+    ignored = disposition == "ignored"
+    script.write_text(
+        "import signal, threading\n"
+        f"signal.signal(signal.SIGINT, signal.{'SIG_IGN' if ignored else 'SIG_DFL'})\n"
+        "from aumai_transactions import _portal, sync\n"
+        "seen = []\n"
+        "manager = sync.TransactionManager(\n"
+        "    {'a': lambda a, d: seen.append(threading.current_thread())}, sync_handlers='inline'\n"
+        ")\n"
+        "tx = manager.begin()\n"
+        "manager.add_step(tx, 'agent', 'a', {})\n"
+        "state = manager.commit(tx).state.value\n"
+        "print(state, seen == [threading.main_thread()], _portal._portal is None,\n"
+        "      signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"committed True True {ignored}\n",
+        "",
+    )
+
+
+def test_a_program_s_own_sigint_handler_sends_the_call_through_the_portal() -> None:
+    seen: list[threading.Thread] = []
+    manager = _manager(seen)
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        assert manager.commit(_two_steps(manager)).state is TransactionState.COMMITTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen and threading.current_thread() not in seen
