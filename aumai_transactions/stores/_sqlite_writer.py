@@ -86,6 +86,8 @@ class Writer:
     ) -> None:
         self.path = path
         self.loop = loop
+        # The thread the loop runs in (the writer is made in it, by ``open``); see ``here``.
+        self._loop_thread = threading.get_ident()
         self.stats = WriterStats()
         self.closing = False
         self._synchronous = synchronous
@@ -114,6 +116,16 @@ class Writer:
     def join(self) -> None:
         """Wait for the thread to end (after ``stop``); blocking, so call it in a thread."""
         self._thread.join()
+
+    def here(self) -> bool:
+        """True when called from a task of ``loop``, cheaply (a store call checks it).
+
+        ``asyncio.get_running_loop()`` makes a system call on CPython 3.11 (it compares
+        the process id, for forks), several per transaction; this compares the thread:
+        a running loop is the only one running in its thread. False may be wrong only
+        when the loop moved to another thread; callers then ask asyncio itself.
+        """
+        return threading.get_ident() == self._loop_thread and self.loop.is_running()
 
     def submit(self, op: Op) -> None:
         """Queue ``op`` and wake the thread once the loop has run what is ready now."""

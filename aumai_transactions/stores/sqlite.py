@@ -282,7 +282,7 @@ class SqliteStore:
                 f"The journal {self._path} is not open; use 'async with store:' or "
                 "'await store.open()' first."
             )
-        if asyncio.get_running_loop() is not writer.loop:
+        if not writer.here() and asyncio.get_running_loop() is not writer.loop:
             raise RuntimeError(
                 f"SqliteStore({str(self._path)!r}) was opened in another event loop; "
                 "use a store in the loop that opened it (or close it and open it again)."
@@ -335,7 +335,7 @@ class SqliteStore:
         durable: bool = True,
     ) -> None:
         writer = self._writer
-        if writer is None or asyncio.get_running_loop() is not writer.loop:
+        if writer is None or not writer.here():
             writer = self._require()
         tid = lease.transaction_id
         if tx.transaction_id != tid:

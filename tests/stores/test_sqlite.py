@@ -794,13 +794,25 @@ def test_a_store_belongs_to_the_loop_that_opened_it(db_path: Path) -> None:
     store = SqliteStore(db_path)
     tx = make_tx()
 
+    leases: list[Lease] = []
+
     async def open_and_save() -> None:
         await store.open()
         await store.save(copy(tx))
+        leases.append(await store.acquire(copy(tx), "me", LIVE, [PENDING]))
+
+        # Another thread's loop, while this one runs: refused too.
+        def from_a_thread() -> None:
+            with pytest.raises(RuntimeError, match="opened in another event loop"):
+                asyncio.run(store.record(leases[0], copy(tx)))
+
+        await asyncio.to_thread(from_a_thread)
 
     async def use_elsewhere() -> None:
         with pytest.raises(RuntimeError, match="opened in another event loop"):
             await store.load(tx.transaction_id)
+        with pytest.raises(RuntimeError, match="opened in another event loop"):
+            await store.record(leases[0], copy(tx))
         await store.close()  # closing from another loop still flushes and stops
 
     asyncio.run(open_and_save())
