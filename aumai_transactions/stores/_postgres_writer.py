@@ -1,12 +1,15 @@
 """Group commit for the PostgreSQL store: many writers, one round trip per batch.
 
 Every write of the store (acquire, save, record, release, renew) becomes an *op* in
-one queue. Whoever awaits an op while no batch is in flight becomes the *leader*: it
-takes the ops queued so far, sends them as one statement (one implicit transaction,
-so one commit and at most one WAL flush for all of them) and wakes the others; an op
-that arrived meanwhile rides with the next batch, whose leader is one of its waiters.
-No background task is needed, so the store has no task group to keep alive between
-``open()`` and ``close()``, and a batch is never idle while someone waits.
+one queue. Whoever awaits an op while nobody leads becomes the *leader*: it takes the
+ops queued so far, sends them as one statement (one implicit transaction, so one
+commit and at most one WAL flush for all of them) and wakes their waiters; an op that
+arrived meanwhile rides with the next batch, whose leader is the waiter of the first
+op still queued, woken for that. Each waiter sleeps on a future of its own and wakes
+once its op is written (or to lead): with hundreds of writers in flight, nobody is
+woken only to find their op still queued. No background task is needed, so the store
+has no task group to keep alive between ``open()`` and ``close()``, and a batch is
+never idle while someone waits.
 
 Two things are separate: whether the caller *waits* for its op, and whether the batch
 waits for the WAL flush. A non-durable record is queued and not awaited; it reaches
@@ -21,6 +24,7 @@ tasks' writes, so cancelling one waiter must not abort it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -29,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
-import anyio.lowlevel
 import psycopg
 from pydantic_core import PydanticSerializationError
 
@@ -115,6 +118,7 @@ class Op:
     appends: bool = False  # a record inserting steps appended since the acquire
     error: BaseException | None = None
     result: Any = None
+    waiters: list[asyncio.Future[None]] | None = None  # the tasks waiting for it
 
     @classmethod
     def whole(
@@ -327,7 +331,11 @@ def take_batch(queue: deque[Op], limit: int = MAX_BATCH) -> list[Op]:
 
 
 class Writer:
-    """The queue, the leader election and the batch statement of one store."""
+    """The queue, the leader election and the batch statement of one store.
+
+    Made in the event loop it serves (psycopg's async connections run on asyncio):
+    waiters sleep on futures of that loop, made without looking the loop up each time.
+    """
 
     def __init__(
         self,
@@ -338,8 +346,11 @@ class Writer:
         self._statements = statements
         self._connection = connection
         self._translate = translate
+        self._loop = asyncio.get_running_loop()
         self._queue: deque[Op] = deque()
-        self._flushing: anyio.Event | None = None
+        self._leading = False
+        # The batch being written, while one is.
+        self._inflight: list[Op] | None = None
         # (transaction_id, epoch) of non-durable writes that failed: the driver's next
         # write raises this error instead of going ahead.
         self.poisoned: dict[tuple[str, int], StoreError] = {}
@@ -366,18 +377,23 @@ class Writer:
         return await self.wait(op)
 
     async def wait(self, op: Op, *, mine: bool = True) -> Any:
-        """Wait until ``op`` is written, leading batches while nobody else does.
+        """Wait until ``op`` is written, leading a batch when nobody else does.
 
         ``mine``: the caller queued ``op`` (its error is raised, and a cancellation
         withdraws it if still queued); otherwise the caller only waits for it.
         """
         try:
             while not op.done:
-                flushing = self._flushing
-                if flushing is not None:
-                    await flushing.wait()
+                if not self._leading:
+                    await self._lead()
+                    continue
+                waiter = self._loop.create_future()
+                waiters = op.waiters
+                if waiters is None:
+                    op.waiters = [waiter]
                 else:
-                    await self._flush()
+                    waiters.append(waiter)
+                await waiter  # resolved once op is written, or to lead the next batch
         except BaseException:
             # A cancelled acquire that is still queued must not take a lease later
             # that nobody would drive; queued records are kept: the ones behind
@@ -387,6 +403,8 @@ class Writer:
                     self._queue.remove(op)
                 except ValueError:
                     pass
+            # This task may have been woken to lead: someone else must, then.
+            self._pass_on()
             raise
         if mine and op.error is not None:
             raise op.error
@@ -396,26 +414,42 @@ class Writer:
         """Wait until every op queued so far is written (errors are their owners')."""
         if self._queue:
             await self.wait(self._queue[-1], mine=False)
-        elif self._flushing is not None:
-            await self._flushing.wait()
+        elif self._inflight:
+            await self.wait(self._inflight[-1], mine=False)
 
-    async def _flush(self) -> None:
-        # Yield once before leading: writers that are ready right now join this batch,
-        # and a caller that enters a cancel scope lazily, at its first suspension (as
-        # the engine does with a transaction's deadline), sees that suspension outside
-        # the shield below, so the scopes still nest.
-        await anyio.lowlevel.checkpoint()
-        if self._flushing is not None:
-            return
-        event = self._flushing = anyio.Event()
+    async def _lead(self) -> None:
+        self._leading = True
+        batch: list[Op] = []
         try:
+            # Yield once before taking the batch: writers that are ready right now join
+            # it, and a caller that enters a cancel scope lazily, at its first
+            # suspension (as the engine does with a transaction's deadline), sees that
+            # suspension outside the shield below, so the scopes still nest.
+            await asyncio.sleep(0)
             batch = take_batch(self._queue)
             if batch:
+                self._inflight = batch
                 with anyio.CancelScope(shield=True):
                     await self._write(batch)
         finally:
-            self._flushing = None
-            event.set()
+            self._inflight = None
+            self._leading = False
+            for op in batch:  # every op of the batch is done, whatever happened
+                for waiter in op.waiters or ():
+                    if not waiter.done():
+                        waiter.set_result(None)
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        """Wake one waiter of the first op still queued to lead its batch, if nobody
+        leads (ops nobody waits for ride with the next batch someone leads)."""
+        if self._leading:
+            return
+        for op in self._queue:
+            for waiter in op.waiters or ():
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
 
     async def _write(self, ops: list[Op]) -> None:
         batch = _Batch(ops)

@@ -883,7 +883,7 @@ async def test_a_cancelled_acquire_still_queued_takes_no_lease(pg: PostgresStore
     assert writer is not None
     async with anyio.create_task_group() as group:
         group.start_soon(pg.record, lease, busy)
-        while writer._flushing is None:  # the record's batch is in flight
+        while writer._inflight is None:  # the record's batch is in flight
             await anyio.lowlevel.checkpoint()
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -891,6 +891,48 @@ async def test_a_cancelled_acquire_still_queued_takes_no_lease(pg: PostgresStore
             await pg.acquire(late, "w2", 30, (PENDING,))  # queued behind it, then cancelled
     assert await pg.load(late.transaction_id) is None
     assert await pg.load(busy.transaction_id) == busy
+
+
+@needs_server
+async def test_writes_queued_behind_a_cancelled_waiter_are_still_led(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The waiter of the first op still queued is woken to lead the next batch; when it
+    # was cancelled meanwhile, the waiter behind it leads instead of sleeping for ever.
+    first, dropped, behind = make_tx(), make_tx(), make_tx()
+    leases = [await start(pg, tx) for tx in (first, dropped, behind)]
+    for tx in (first, dropped, behind):
+        tx.state = TransactionState.COMMITTED
+    writer = pg._writer
+    assert writer is not None
+    gate = anyio.Event()
+    execute = writer._execute_main
+
+    async def held(batch: Any) -> Any:
+        await gate.wait()
+        return await execute(batch)
+
+    monkeypatch.setattr(writer, "_execute_main", held)
+    waiting = anyio.CancelScope()
+
+    async def record_dropped() -> None:
+        with waiting:
+            await pg.record(leases[1], dropped)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(pg.record, leases[0], first)
+            while writer._inflight is None:  # first's batch is in flight, held
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(record_dropped)
+            await anyio.lowlevel.checkpoint()  # queued behind it, asleep
+            waiting.cancel()
+            await anyio.lowlevel.checkpoint()
+            group.start_soon(pg.record, leases[2], behind)
+            await anyio.lowlevel.checkpoint()
+            gate.set()
+    # The cancelled record was kept (a queued record is never withdrawn) and written.
+    assert await pg.count_by_state() == {TransactionState.COMMITTED: 3}
 
 
 # ---------------------------------------------------------------------- the engine on top
