@@ -119,9 +119,14 @@ class StepStatus(StrEnum):
     compensation_failed = "compensation_failed"
 
 
+# ``datetime.now`` bound once: looking a classmethod up makes a new bound method each
+# time, an object the cyclic collector tracks (and several timestamps are taken per step).
+_now = datetime.now
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
+    return _now(UTC)
 
 
 # A PRNG of our own, seeded from the OS at import and in every forked child: ids must
@@ -412,6 +417,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 # BaseModel's slots, set through their descriptors: a third cheaper than
 # object.__setattr__ by name, on a path that runs for every transaction and step.
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
 _SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
 _SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
@@ -420,7 +426,7 @@ _SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
 def _assemble(cls: type[_M], values: dict[str, Any], fields_set: frozenset[str]) -> _M:
     # What model_construct does, for a model whose every field is given.
     obj = object.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
+    _SET_DICT(obj, values)
     _SET_FIELDS_SET(obj, set(fields_set))
     _SET_EXTRA(obj, None)
     _SET_PRIVATE(obj, None)
@@ -466,7 +472,10 @@ class TransactionResult(BaseModel):
         interrupted_steps: list[str] | None = None,
         recorded_only_steps: list[str] | None = None,
     ) -> TransactionResult:
-        """A result from values the engine vouches for (no validation on the hot path)."""
+        """A result from values the engine vouches for (no validation on the hot path).
+
+        The lists given become the result's own: pass lists nobody else holds.
+        """
         return _assemble(
             cls,
             {
@@ -481,8 +490,8 @@ class TransactionResult(BaseModel):
                 "duration_seconds": (finished_at - started_at).total_seconds()
                 if finished_at is not None
                 else None,
-                "interrupted_steps": interrupted_steps or [],
-                "recorded_only_steps": recorded_only_steps or [],
+                "interrupted_steps": [] if interrupted_steps is None else interrupted_steps,
+                "recorded_only_steps": [] if recorded_only_steps is None else recorded_only_steps,
             },
             _RESULT_SET,
         )
@@ -502,26 +511,67 @@ def json_problem(value: Any, path: str = "data") -> str | None:
     Accepts what ``json.dumps`` would round-trip: dicts with string keys, lists,
     tuples, strings, numbers, booleans and None; NaN and infinities are refused.
     """
+    # Data is checked when each step is built and again after its handler ran: the
+    # common, storable case is answered without naming any place (``_is_json``); only
+    # a value found wanting is walked again for where its problem is.
+    if _is_json(value):
+        return None
+    return _problem_at(value, path)
+
+
+_INFINITIES = (float("inf"), float("-inf"))
+
+
+def _is_json(value: Any) -> bool:
+    """True when ``json_problem`` finds nothing wrong with ``value`` (the same rules)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        # Keys, then a lookup: one iterator for the collector to track, where items()
+        # makes a view and an iterator (the check runs twice for every step's data).
+        for key in value:
+            if type(key) is not str:
+                return False
+            item = value[key]
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if not _is_json(item):
+                return False
+        return True
+    if kind is float:
+        return value == value and value not in _INFINITIES
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _is_json(item):
+                return False
+        return True
+    return isinstance(value, _JSON_SCALARS)  # subclasses such as IntEnum or str enums
+
+
+def _problem_at(value: Any, path: str) -> str | None:
+    """``json_problem``'s walk, naming the place of the first problem found."""
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
         return None
     if kind is float:
         return (
             None
-            if value == value and value not in (float("inf"), float("-inf"))
+            if value == value and value not in _INFINITIES
             else (f"{path} is {value!r}, which JSON cannot represent")
         )
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
                 return f"{path} has a non-string key {key!r}"
-            problem = json_problem(item, f"{path}[{key!r}]")
+            problem = _problem_at(item, f"{path}[{key!r}]")
             if problem is not None:
                 return problem
         return None
     if kind is list or kind is tuple:
         for index, item in enumerate(value):
-            problem = json_problem(item, f"{path}[{index}]")
+            problem = _problem_at(item, f"{path}[{index}]")
             if problem is not None:
                 return problem
         return None

@@ -6,6 +6,7 @@ import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -258,6 +259,15 @@ def test_retry_policy_is_frozen() -> None:
         ({"x": float("nan")}, "data['x'] is nan"),
         ({"x": [0, float("inf")]}, "data['x'][1] is inf"),
         ({"x": [object()]}, "data['x'][0] holds a object"),
+        # Each kind of problem a level or two down, and at the top.
+        ({"x": {"y": (1, {2: 3})}}, "data['x']['y'][1] has a non-string key 2"),
+        ({"x": {"y": float("-inf")}}, "data['x']['y'] is -inf"),
+        ([{"a": [None, {"b": b"raw"}]}], "data[0]['a'][1]['b'] holds a bytes"),
+        (float("nan"), "data is nan"),
+        ({True: 1}, "data has a non-string key True"),
+        # Subclasses of the JSON scalars pass, as json.dumps takes them.
+        ({"n": IntEnum("N", "ONE").ONE, "s": [StrEnum("S", "A").A]}, None),
+        ({"big": 2**80, "f": -1.5e300, "t": (True, False)}, None),
     ],
 )
 def test_json_problem_names_where_the_problem_is(value: Any, problem: str | None) -> None:
