@@ -20,15 +20,18 @@ __all__ = ["StepBuilding", "check_timeout"]
 logger = logging.getLogger("aumai_transactions")
 
 _PENDING = TransactionState.PENDING
+# Made once: ``int | float`` in the check would build a union object for every call.
+_NUMBERS = (int, float)
+_INFINITY = float("inf")
 
 
 def check_timeout(timeout_seconds: float | None, name: str = "timeout_seconds") -> None:
     """Refuse a timeout that is not None or a positive, finite number of seconds."""
     if timeout_seconds is None:
         return
-    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float):
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, _NUMBERS):
         raise TypeError(f"{name} must be a number of seconds or None, not {timeout_seconds!r}.")
-    if not timeout_seconds > 0 or timeout_seconds == float("inf"):
+    if not timeout_seconds > 0 or timeout_seconds == _INFINITY:
         raise ValueError(f"{name} must be a positive number of seconds, not {timeout_seconds!r}.")
 
 
