@@ -360,10 +360,18 @@ class DriverCore:
         tx = self.tx
         finished = tx.finished_at
         state = tx.state
-        if state is TransactionState.COMMITTED:
-            completed = [s.step_id for s in tx.steps if s.status is _COMPLETED]
-        else:
-            completed = list(self._undone)
+        committed = state is TransactionState.COMMITTED
+        completed = [] if committed else list(self._undone)
+        interrupted: list[str] = []
+        recorded_only: list[str] = []
+        for step in tx.steps:  # one pass for the three lists (every commit makes them)
+            fields = step.__dict__
+            if committed and fields["status"] is _COMPLETED:
+                completed.append(fields["step_id"])
+            if fields["interrupted"]:
+                interrupted.append(fields["step_id"])
+            if fields["recorded_only"]:
+                recorded_only.append(fields["step_id"])
         started: datetime = self._started_at
         return TransactionResult.new(
             tx.transaction_id,
@@ -374,6 +382,6 @@ class DriverCore:
             dict(self._compensation_errors),
             started,
             finished,
-            [s.step_id for s in tx.steps if s.interrupted],
-            [s.step_id for s in tx.steps if s.recorded_only],
+            interrupted,
+            recorded_only,
         )
