@@ -410,6 +410,11 @@ class Writer:
                     self._queue.remove(op)
                 except ValueError:
                     pass
+                else:  # withdrawn: done, for whoever else waits for it (a drain)
+                    op.done = True
+                    for waiter in op.waiters or ():
+                        if not waiter.done():
+                            waiter.set_result(None)
             # This task may have been woken to lead: someone else must, then.
             self._pass_on()
             raise

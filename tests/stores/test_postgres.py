@@ -935,6 +935,46 @@ async def test_writes_queued_behind_a_cancelled_waiter_are_still_led(
     assert await pg.count_by_state() == {TransactionState.COMMITTED: 3}
 
 
+@needs_server
+async def test_a_drain_behind_a_withdrawn_acquire_returns(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader drains the queue up to its last write; when that write is an acquire its
+    # caller withdraws (cancelled while queued), the drain still ends.
+    busy, late = make_tx(), make_tx()
+    lease = await start(pg, busy)
+    writer = pg._writer
+    assert writer is not None
+    gate = anyio.Event()
+    execute = writer._execute_main
+
+    async def held(batch: Any) -> Any:
+        await gate.wait()
+        return await execute(batch)
+
+    monkeypatch.setattr(writer, "_execute_main", held)
+    acquiring = anyio.CancelScope()
+
+    async def acquire_late() -> None:
+        with acquiring:
+            late.state = ACTIVE
+            await pg.acquire(late, "w2", 30, (PENDING,))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(pg.record, lease, busy)
+            while writer._inflight is None:  # busy's batch is in flight, held
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(acquire_late)
+            await anyio.lowlevel.checkpoint()  # the acquire is queued behind it
+            group.start_soon(writer.drain)
+            await anyio.lowlevel.checkpoint()  # the drain waits for the acquire
+            acquiring.cancel()
+            await anyio.lowlevel.checkpoint()
+            gate.set()
+    assert await pg.load(late.transaction_id) is None
+
+
 # ---------------------------------------------------------------------- the engine on top
 
 
