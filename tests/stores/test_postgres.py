@@ -893,16 +893,8 @@ async def test_a_cancelled_acquire_still_queued_takes_no_lease(pg: PostgresStore
     assert await pg.load(busy.transaction_id) == busy
 
 
-@needs_server
-async def test_writes_queued_behind_a_cancelled_waiter_are_still_led(
-    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The waiter of the first op still queued is woken to lead the next batch; when it
-    # was cancelled meanwhile, the waiter behind it leads instead of sleeping for ever.
-    first, dropped, behind = make_tx(), make_tx(), make_tx()
-    leases = [await start(pg, tx) for tx in (first, dropped, behind)]
-    for tx in (first, dropped, behind):
-        tx.state = TransactionState.COMMITTED
+def hold_batches(pg: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, anyio.Event]:
+    """The store's writer, whose batches wait (in flight) until the event returned is set."""
     writer = pg._writer
     assert writer is not None
     gate = anyio.Event()
@@ -913,6 +905,20 @@ async def test_writes_queued_behind_a_cancelled_waiter_are_still_led(
         return await execute(batch)
 
     monkeypatch.setattr(writer, "_execute_main", held)
+    return writer, gate
+
+
+@needs_server
+async def test_writes_queued_behind_a_cancelled_waiter_are_still_led(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The waiter of the first op still queued is woken to lead the next batch; when it
+    # was cancelled meanwhile, the waiter behind it leads instead of sleeping for ever.
+    first, dropped, behind = make_tx(), make_tx(), make_tx()
+    leases = [await start(pg, tx) for tx in (first, dropped, behind)]
+    for tx in (first, dropped, behind):
+        tx.state = TransactionState.COMMITTED
+    writer, gate = hold_batches(pg, monkeypatch)
     waiting = anyio.CancelScope()
 
     async def record_dropped() -> None:
@@ -943,16 +949,7 @@ async def test_a_drain_behind_a_withdrawn_acquire_returns(
     # caller withdraws (cancelled while queued), the drain still ends.
     busy, late = make_tx(), make_tx()
     lease = await start(pg, busy)
-    writer = pg._writer
-    assert writer is not None
-    gate = anyio.Event()
-    execute = writer._execute_main
-
-    async def held(batch: Any) -> Any:
-        await gate.wait()
-        return await execute(batch)
-
-    monkeypatch.setattr(writer, "_execute_main", held)
+    writer, gate = hold_batches(pg, monkeypatch)
     acquiring = anyio.CancelScope()
 
     async def acquire_late() -> None:
