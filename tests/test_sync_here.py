@@ -27,6 +27,16 @@ def _threads_seen(seen: list[threading.Thread]) -> Any:
     return handler
 
 
+def _run_script(script: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python of its own, in development mode, warnings as errors."""
+    return subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _manager(seen: list[threading.Thread], **options: Any) -> blocking.TransactionManager:
     handler = _threads_seen(seen)
     return blocking.TransactionManager(
@@ -147,12 +157,7 @@ def test_a_script_whose_calls_all_ran_here_exits_cleanly(tmp_path: Path) -> None
         "manager.add_step(tx, 'agent', 'a', {})\n"
         "print(manager.commit(tx).state.value, _portal._portal is None)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_script(script)
     assert (done.returncode, done.stdout, done.stderr) == (0, "committed True\n", "")
 
 
@@ -230,12 +235,7 @@ def test_a_script_with_sigint_ignored_or_left_to_the_system_still_runs_here(
         "print(state, seen == [threading.main_thread()], _portal._portal is None,\n"
         "      signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_script(script)
     assert (done.returncode, done.stdout, done.stderr) == (
         0,
         f"committed True True {ignored}\n",
