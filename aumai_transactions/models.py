@@ -511,47 +511,9 @@ def json_problem(value: Any, path: str = "data") -> str | None:
     Accepts what ``json.dumps`` would round-trip: dicts with string keys, lists,
     tuples, strings, numbers, booleans and None; NaN and infinities are refused.
     """
-    # Data is checked when each step is built and again after its handler ran: the
-    # common, storable case is answered without naming any place (``_is_json``); only
-    # a value found wanting is walked again for where its problem is.
-    if _is_json(value):
-        return None
-    return _problem_at(value, path)
-
-
-_INFINITIES = (float("inf"), float("-inf"))
-
-
-def _is_json(value: Any) -> bool:
-    """True when ``json_problem`` finds nothing wrong with ``value`` (the same rules)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
-    if kind is dict:
-        # Keys, then a lookup: one iterator for the collector to track, where items()
-        # makes a view and an iterator (the check runs twice for every step's data).
-        for key in value:
-            if type(key) is not str:
-                return False
-            item = value[key]
-            kind = type(item)
-            if kind is str or kind is int or kind is bool or item is None:
-                continue
-            if not _is_json(item):
-                return False
-        return True
-    if kind is float:
-        return value == value and value not in _INFINITIES
-    if kind is list or kind is tuple:
-        for item in value:
-            if not _is_json(item):
-                return False
-        return True
-    return isinstance(value, _JSON_SCALARS)  # subclasses such as IntEnum or str enums
-
-
-def _problem_at(value: Any, path: str) -> str | None:
-    """``json_problem``'s walk, naming the place of the first problem found."""
+    # Data is checked when each step is built and again after its handler ran: plain
+    # items (strings, numbers, booleans, None) are passed over in place, and the place
+    # of an item is named (a string built) only for one walked into.
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
         return None
@@ -562,22 +524,38 @@ def _problem_at(value: Any, path: str) -> str | None:
             else (f"{path} is {value!r}, which JSON cannot represent")
         )
     if kind is dict:
-        for key, item in value.items():
+        # Keys, then a lookup: one iterator for the collector to track, where items()
+        # makes a view and an iterator.
+        for key in value:
             if type(key) is not str:
                 return f"{path} has a non-string key {key!r}"
-            problem = _problem_at(item, f"{path}[{key!r}]")
+            item = value[key]
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if kind is float and item == item and item not in _INFINITIES:
+                continue
+            problem = json_problem(item, f"{path}[{key!r}]")
             if problem is not None:
                 return problem
         return None
     if kind is list or kind is tuple:
         for index, item in enumerate(value):
-            problem = _problem_at(item, f"{path}[{index}]")
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if kind is float and item == item and item not in _INFINITIES:
+                continue
+            problem = json_problem(item, f"{path}[{index}]")
             if problem is not None:
                 return problem
         return None
     if isinstance(value, _JSON_SCALARS):  # subclasses such as IntEnum or str enums
         return None
     return f"{path} holds a {kind.__name__} ({value!r:.60}), which is not JSON-serializable"
+
+
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def storable(value: Any) -> Any:
