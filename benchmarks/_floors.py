@@ -31,7 +31,16 @@ from aumai_transactions import (
     TransactionStep,
 )
 
-__all__ = ["DATA", "STEPS", "Boom", "design_floor", "floor", "pending_models", "result_model"]
+__all__ = [
+    "DATA",
+    "STEPS",
+    "Boom",
+    "design_floor",
+    "floor",
+    "model",
+    "pending_models",
+    "result_model",
+]
 
 STEPS = (("reserve", "release"), ("charge", "refund"), ("notify", "unnotify"))
 DATA: dict[str, Any] = {"user_id": "u-001"}
@@ -125,7 +134,7 @@ _SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
 _SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
-def _model(cls: type[_M], values: dict[str, Any]) -> _M:
+def model(cls: type[_M], values: dict[str, Any]) -> _M:
     """What pydantic's ``model_construct`` does for a model whose every field is given
     (no defaults to fill, no validation): the cheapest way to build one."""
     obj = object.__new__(cls)
@@ -140,7 +149,7 @@ def pending_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
     """A pending transaction of three pending steps, as the package's models (every
     field of each given in one dict display, the cheapest way to make the dict)."""
     steps = [
-        _model(
+        model(
             TransactionStep,
             {
                 "step_id": _record_id(bits),
@@ -170,7 +179,7 @@ def pending_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
         )
         for action, comp in STEPS
     ]
-    return _model(
+    return model(
         Transaction,
         {
             "transaction_id": tx_id,
@@ -191,7 +200,7 @@ def pending_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
 def result_model(tx: Transaction, completed: list[str], failed: str | None) -> TransactionResult:
     finished = tx.finished_at
     assert finished is not None
-    return _model(
+    return model(
         TransactionResult,
         {
             "transaction_id": tx.transaction_id,
@@ -212,7 +221,7 @@ def result_model(tx: Transaction, completed: list[str], failed: str | None) -> T
 async def design_floor(n: int, handlers: dict[str, Callable[..., Any]], is_async: bool) -> None:
     """``floor`` plus what the design and the public API ask of any engine on top: the
     transaction, its steps and its result as the package's pydantic models (built the
-    cheapest way, ``_model``), and with async handlers the timeout as an anyio cancel
+    cheapest way, ``model``), and with async handlers the timeout as an anyio cancel
     scope around the forward pass, and the compensations shielded, under their own time
     bound, in a task of their own (a plain ``task.cancel()`` of the caller must not land
     in one). Inline sync handlers never suspend, so no scope could interrupt them: an

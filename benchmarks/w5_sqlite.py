@@ -38,11 +38,25 @@ state change rides with the first intent, which is written before the first acti
 (The engine makes the state change and each completion a record of its own, lazy:
 each rides with the next durable one, so it too waits on three writes after the
 claim.) The journal the floor leaves is one the engine reads back.
+
+And the *design floor* (``_design_floor``): that floor plus what the design and the
+public API ask of any engine on top, as W1's design floor adds them (``_floors``): each
+claimed transaction validated into the package's models, in the writer thread, as the
+engine's claim does (a row that does not validate must never run: pydantic's
+``model_validate_json`` of each step row, ``model_validate`` of the transaction); each
+step row written as the model's JSON (pydantic's serializer of ``TransactionStep``);
+the compensation shielded from cancellation (``anyio.CancelScope(shield=True)``) under
+its own time bound (``anyio.move_on_after``), as the design asks; a
+``TransactionResult`` model per transaction, returned in a list as ``recover()`` does;
+and every transaction kept by id, as the manager does by default. Models are changed
+through their ``__dict__`` and built without validation (``_floors.model``): the
+cheapest ways there are. Its journal, too, is one the engine reads back (tested).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import shutil
 import sqlite3
@@ -50,13 +64,23 @@ import statistics
 import tempfile
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ._common import REPEATS, diagnostics, emit
-from ._sqlite_floor import CLAIM, RECORD, GroupWriter, apply_w5, dumps, now_us, thread_clock
+from ._sqlite_floor import (
+    CLAIM,
+    RECORD,
+    GroupWriter,
+    Write,
+    apply_w5,
+    dumps,
+    now_us,
+    thread_clock,
+)
 
 WORKLOADS = ("W5",)
 
@@ -132,51 +156,30 @@ IN_DOUBT = "interrupted: its driver stopped while this step ran; recovery compen
 ENDED = "the driver stopped mid-transaction; rolled back by recovery"
 LEASE_US = 60_000_000  # the floor's lease: a minute
 WINDOW = 1000  # transactions driven at once, as ``recover()``'s default limit
+COMPENSATION_BOUND = 60.0  # seconds: the manager's default compensation_timeout
 
 
-async def _floor(path: Path) -> tuple[float, int, float, float]:
-    """What ``_recover`` measures, for the least a recovery writes (see the module
-    docstring): seconds, transactions recovered, CPU seconds of the loop and writer."""
-    writer = GroupWriter(path, apply_w5)
+async def _drive_window(
+    path: Path,
+    apply: Callable[[sqlite3.Connection, list[Write]], None],
+    drive: Callable[[Callable[..., Awaitable[Any]], Any], Awaitable[None]],
+) -> tuple[float, int, float, float]:
+    """A recovery as ``recover()`` drives one, for a floor: ``apply`` (in the writer
+    thread) claims and writes, ``drive(submit, claimed)`` recovers one claimed
+    transaction; seconds, transactions recovered, CPU seconds of the loop and writer."""
+    writer = GroupWriter(path, apply)
     writer.start(asyncio.get_running_loop())
     submit = writer.submit
-    undone = recovered = taken = 0
-    queued: deque[tuple[int, int, list[dict[str, Any]]]] = deque()
+    recovered = taken = 0
+    queued: deque[Any] = deque()
     room, more = asyncio.Event(), asyncio.Event()
     closed = False
-
-    async def undo(action: str, data: dict[str, Any]) -> None:
-        nonlocal undone
-        undone += 1
-
-    async def drive(rid: int, epoch: int, steps: list[dict[str, Any]]) -> None:
-        header: tuple[Any, ...] | None = ("compensating", now_us())
-        done: list[tuple[int, str]] = []
-        for position in range(len(steps) - 1, -1, -1):
-            step = steps[position]
-            status = step["status"]
-            if status not in ("completed", "running"):
-                continue
-            if status == "running":  # in doubt: compensated like a completed one
-                step["interrupted"] = True
-                step["error"] = IN_DOUBT
-            step["status"] = "compensating"
-            step["compensation_attempts"] += 1
-            # The intent (with the state change first time, the last completion after).
-            await submit(RECORD, (rid, epoch, header, [(position, dumps(step)), *done]))
-            header = None
-            await undo(step["compensating_action"], step["data"])
-            step["status"] = "compensated"
-            step["compensated_at"] = datetime.now(UTC).isoformat()  # as the engine reads it
-            done = [(position, dumps(step))]
-        now = now_us()
-        await submit(RECORD, (rid, epoch, ("rolled_back", now, now, ENDED), done))
 
     async def worker() -> None:
         nonlocal recovered, taken
         while True:
             while queued:
-                await drive(*queued.popleft())
+                await drive(submit, queued.popleft())
                 recovered += 1
                 taken -= 1
                 if taken <= WINDOW // 2:
@@ -210,13 +213,213 @@ async def _floor(path: Path) -> tuple[float, int, float, float]:
         loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
     finally:
         writer.close()
-    if recovered != TRANSACTIONS or undone != 2 * TRANSACTIONS:
-        raise RuntimeError(f"floor recovered {recovered}, compensated {undone}")
     with closing(sqlite3.connect(path)) as conn:
         left = conn.execute("SELECT COUNT(*) FROM transactions WHERE state != 'rolled_back'")
         if left.fetchone()[0]:
             raise RuntimeError("the floor left a transaction unrecovered")
     return elapsed, recovered, loop_used, writer_used
+
+
+async def _floor(path: Path) -> tuple[float, int, float, float]:
+    """What ``_recover`` measures, for the least a recovery writes (see the module
+    docstring): seconds, transactions recovered, CPU seconds of the loop and writer."""
+    undone = 0
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        nonlocal undone
+        undone += 1
+
+    async def drive(
+        submit: Callable[..., Awaitable[Any]], claimed: tuple[int, int, list[dict[str, Any]]]
+    ) -> None:
+        rid, epoch, steps = claimed
+        header: tuple[Any, ...] | None = ("compensating", now_us())
+        done: list[tuple[int, str]] = []
+        for position in range(len(steps) - 1, -1, -1):
+            step = steps[position]
+            status = step["status"]
+            if status not in ("completed", "running"):
+                continue
+            if status == "running":  # in doubt: compensated like a completed one
+                step["interrupted"] = True
+                step["error"] = IN_DOUBT
+            step["status"] = "compensating"
+            step["compensation_attempts"] += 1
+            # The intent (with the state change first time, the last completion after).
+            await submit(RECORD, (rid, epoch, header, [(position, dumps(step)), *done]))
+            header = None
+            await undo(step["compensating_action"], step["data"])
+            step["status"] = "compensated"
+            step["compensated_at"] = datetime.now(UTC).isoformat()  # as the engine reads it
+            done = [(position, dumps(step))]
+        now = now_us()
+        await submit(RECORD, (rid, epoch, ("rolled_back", now, now, ENDED), done))
+
+    measured = await _drive_window(path, apply_w5, drive)
+    if measured[1] != TRANSACTIONS or undone != 2 * TRANSACTIONS:
+        raise RuntimeError(f"floor recovered {measured[1]}, compensated {undone}")
+    return measured
+
+
+# ---------------------------------------------------------------------- the design floor
+
+_CLAIM_HEADERS = (
+    "SELECT id, epoch, transaction_id, state, created_at, timeout_seconds, updated_at, "
+    "finished_at, error, recovery_attempts FROM transactions "
+    "WHERE state IN ('active', 'compensating') "
+    "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= ?) "
+    "ORDER BY created_at, id LIMIT ?"
+)
+_TAKE = (
+    "UPDATE transactions SET epoch=epoch+1, lease_owner=?, lease_expires=?, "
+    "recovery_attempts=recovery_attempts+1 WHERE id=? AND epoch=?"
+)
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _from_us(value: int | None) -> datetime | None:
+    return None if value is None else _UNIX_EPOCH + timedelta(microseconds=value)
+
+
+def _claim_models(conn: sqlite3.Connection, owner: str, expires: int, limit: int) -> list[Any]:
+    """The floor's claim, each transaction validated into the package's models (as the
+    design asks: a row that does not validate must not run): (row id, epoch, model)."""
+    from aumai_transactions import Transaction, TransactionStep
+
+    found = conn.execute(_CLAIM_HEADERS, (now_us(), limit)).fetchall()
+    if not found:
+        return []
+    taken = conn.executemany(_TAKE, ((owner, expires, row[0], row[1]) for row in found))
+    if taken.rowcount != len(found):
+        raise RuntimeError("a claim lost a race it cannot lose here")
+    bodies: dict[int, list[str]] = {row[0]: [] for row in found}
+    marks = ", ".join("?" * len(found))
+    for rid, body in conn.execute(
+        f"SELECT tx, body FROM steps WHERE tx IN ({marks}) ORDER BY tx, position",
+        [row[0] for row in found],
+    ):
+        bodies[rid].append(body)
+    claimed = []
+    for rid, epoch, tid, state, created, timeout, updated, finished, error, attempts in found:
+        steps = [TransactionStep.model_validate_json(body) for body in bodies[rid]]
+        tx = Transaction.model_validate(
+            {
+                "transaction_id": tid,
+                "steps": steps,
+                "state": state,
+                "created_at": _from_us(created),
+                "timeout_seconds": timeout,
+                "updated_at": _from_us(updated),
+                "finished_at": _from_us(finished),
+                "error": error,
+                "recovery_attempts": attempts + 1,
+                "blocked_reason": None,
+                "resolution": None,
+            }
+        )
+        claimed.append((rid, epoch + 1, tx))
+    return claimed
+
+
+def _apply_design(conn: sqlite3.Connection, batch: list[Write]) -> None:
+    rest = []
+    for write in batch:
+        if write.kind == CLAIM:
+            write.result = _claim_models(conn, *write.args)
+        else:
+            rest.append(write)
+    if rest:
+        apply_w5(conn, rest)
+
+
+async def _design_floor(path: Path) -> tuple[float, int, float, float]:
+    """The floor plus what the design and the public API ask of any engine on top (see
+    the module docstring): seconds, transactions recovered, CPU seconds of the loop and
+    writer."""
+    import anyio
+
+    from aumai_transactions import (
+        StepStatus,
+        Transaction,
+        TransactionResult,
+        TransactionState,
+        TransactionStep,
+    )
+
+    from ._floors import model
+
+    to_json = functools.partial(TransactionStep.__pydantic_serializer__.to_json, exclude_none=True)
+    running, completed = StepStatus.RUNNING, StepStatus.COMPLETED
+    compensating, compensated = StepStatus.COMPENSATING, StepStatus.COMPENSATED
+    registry: dict[str, Transaction] = {}  # what the manager keeps by default
+    results: list[TransactionResult] = []  # what recover() returns
+    undone = 0
+
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        nonlocal undone
+        undone += 1
+
+    async def drive(submit: Callable[..., Awaitable[Any]], claimed: Any) -> None:
+        rid, epoch, tx = claimed
+        registry[tx.transaction_id] = tx
+        started = datetime.now(UTC)
+        undone_ids: list[str] = []
+        with anyio.CancelScope(shield=True):  # compensation is finalization
+            fields = tx.__dict__
+            fields["state"] = TransactionState.COMPENSATING
+            fields["updated_at"] = started
+            header: tuple[Any, ...] | None = ("compensating", now_us())
+            done: list[tuple[int, str]] = []
+            with anyio.move_on_after(COMPENSATION_BOUND):  # under its own time bound
+                steps = tx.steps
+                for position in range(len(steps) - 1, -1, -1):
+                    step = steps[position]
+                    values = step.__dict__
+                    status = values["status"]
+                    if status is not completed and status is not running:
+                        continue
+                    if status is running:
+                        values["interrupted"] = True
+                        values["error"] = IN_DOUBT
+                    values["status"] = compensating
+                    values["compensation_attempts"] += 1
+                    body = to_json(step).decode()
+                    await submit(RECORD, (rid, epoch, header, [(position, body), *done]))
+                    header = None
+                    await undo(values["compensating_action"], values["data"])
+                    values["status"] = compensated
+                    values["compensated_at"] = datetime.now(UTC)
+                    done = [(position, to_json(step).decode())]
+                    undone_ids.append(values["step_id"])
+            finished = datetime.now(UTC)
+            fields["state"] = TransactionState.ROLLED_BACK
+            fields["updated_at"] = fields["finished_at"] = finished
+            fields["error"] = ENDED
+            now = now_us()
+            await submit(RECORD, (rid, epoch, ("rolled_back", now, now, ENDED), done))
+        results.append(
+            model(
+                TransactionResult,
+                {
+                    "transaction_id": tx.transaction_id,
+                    "state": TransactionState.ROLLED_BACK,
+                    "completed_steps": undone_ids,
+                    "failed_step": None,
+                    "error": ENDED,
+                    "compensation_errors": {},
+                    "started_at": started,
+                    "finished_at": finished,
+                    "duration_seconds": (finished - started).total_seconds(),
+                    "interrupted_steps": [],
+                    "recorded_only_steps": [],
+                },
+            )
+        )
+
+    measured = await _drive_window(path, _apply_design, drive)
+    if len(results) != TRANSACTIONS or undone != 2 * TRANSACTIONS:
+        raise RuntimeError(f"design floor recovered {len(results)}, compensated {undone}")
+    return measured
 
 
 def _per_tx(measured: tuple[float, int, float, float]) -> tuple[float, float, float]:
@@ -247,7 +450,8 @@ def main() -> None:
         template = root / "abandoned.db"
         asyncio.run(_abandon(template, TRANSACTIONS))
         # Per run: seconds, and the loop's and the writer's CPU µs per transaction.
-        times: dict[str, list[tuple[float, float, float]]] = {v: [] for v in (*variants, "floor")}
+        floors = {"floor": _floor, "design floor": _design_floor}
+        times: dict[str, list[tuple[float, float, float]]] = {v: [] for v in (*variants, *floors)}
         for run in range(REPEATS + 1):  # the first round is the warm-up
             for variant in variants:
                 path = root / f"run-{run}-{variants.index(variant)}.db"
@@ -270,12 +474,14 @@ def main() -> None:
                 path.unlink()
             if not run:
                 continue  # plain Python and sqlite3: the engine's warm-up serves it too
-            path = root / f"run-{run}-floor.db"
-            shutil.copy(template, path)
-            gc.collect()
-            times["floor"].append(_per_tx(asyncio.run(_floor(path))))
-            path.unlink()
+            for name, floor in floors.items():
+                path = root / f"run-{run}-{name.replace(' ', '-')}.db"
+                shutil.copy(template, path)
+                gc.collect()
+                times[name].append(_per_tx(asyncio.run(floor(path))))
+                path.unlink()
         floor_seconds, floor_loop, floor_writer = _medians(times["floor"])
+        design_seconds, design_loop, design_writer = _medians(times["design floor"])
         for variant in variants:
             seconds, loop_us, writer_us = _medians(times[variant])
             emit(
@@ -289,7 +495,10 @@ def main() -> None:
                 f"transaction: event loop {loop_us:.0f} µs, writer thread {writer_us:.0f} µs; "
                 f"floor of a write-ahead recovery {TRANSACTIONS / floor_seconds:,.0f} tx/s "
                 f"(CPU {floor_loop:.0f} + {floor_writer:.0f} µs), engine "
-                f"{floor_seconds / seconds:.2f}x it",
+                f"{floor_seconds / seconds:.2f}x it; design floor (with the package's "
+                f"models and scopes) {TRANSACTIONS / design_seconds:,.0f} tx/s (CPU "
+                f"{design_loop:.0f} + {design_writer:.0f} µs), engine "
+                f"{design_seconds / seconds:.2f}x it",
                 seconds=round(seconds, 3),
                 variant=variant,
                 loop_cpu_us_per_tx=round(loop_us, 1),
@@ -299,6 +508,11 @@ def main() -> None:
                 floor_loop_cpu_us_per_tx=round(floor_loop, 1),
                 floor_writer_cpu_us_per_tx=round(floor_writer, 1),
                 vs_floor=round(floor_seconds / seconds, 2),
+                design_floor=round(TRANSACTIONS / design_seconds),
+                design_floor_seconds=round(design_seconds, 3),
+                design_floor_loop_cpu_us_per_tx=round(design_loop, 1),
+                design_floor_writer_cpu_us_per_tx=round(design_writer, 1),
+                vs_design_floor=round(design_seconds / seconds, 2),
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -123,3 +123,38 @@ def test_the_design_floor_builds_the_package_models_whole() -> None:
     result = result_model(tx, [s.step_id for s in tx.steps], None)
     assert set(result.__dict__) == set(TransactionResult.model_fields)
     assert TransactionResult.model_validate(result.model_dump()) == result
+
+
+def test_the_recovery_floors_leave_a_journal_the_engine_reads_back(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """W5's floor and design floor recover a journal of abandoned transactions into
+    the one the engine's own recovery leaves: each rolled back, its completed and its
+    in-doubt step compensated, the pending one untouched, the lease given up (a floor
+    that skipped a write would be cheaper than any engine could be)."""
+    from aumai_transactions.models import StepStatus, TransactionState
+    from aumai_transactions.stores.sqlite import SqliteStore
+    from benchmarks import w5_sqlite
+
+    monkeypatch.setattr(w5_sqlite, "TRANSACTIONS", 30)
+    template = tmp_path / "abandoned.db"
+    asyncio.run(w5_sqlite._abandon(template, 30))
+
+    async def recovered(path: Any) -> list[Any]:
+        async with SqliteStore(path) as store:
+            txs = await store.list(state=None, limit=None)
+            leases = await store.leases([tx.transaction_id for tx in txs])
+        assert all(lease.expires_at is None for lease in leases.values())
+        return txs
+
+    for floor in (w5_sqlite._floor, w5_sqlite._design_floor):
+        path = tmp_path / f"{floor.__name__}.db"
+        path.write_bytes(template.read_bytes())
+        assert asyncio.run(floor(path))[1] == 30
+        txs = asyncio.run(recovered(path))
+        assert len(txs) == 30
+        for tx in txs:
+            assert tx.state is TransactionState.ROLLED_BACK
+            statuses = [step.status for step in tx.steps]
+            assert statuses == [StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.PENDING]
+            assert tx.steps[1].interrupted and tx.steps[1].compensation_attempts == 1
