@@ -33,6 +33,7 @@ __all__ = [
     "BEGIN",
     "CLAIM",
     "FINAL",
+    "LEASE",
     "RECORD",
     "STEP",
     "W3_SCHEMA",
@@ -40,6 +41,7 @@ __all__ = [
     "GroupWriter",
     "Write",
     "apply_w3",
+    "apply_w3_design",
     "apply_w5",
     "loads",
     "now_us",
@@ -51,6 +53,9 @@ __all__ = [
 # with the previous step's completion, the final state with the last completion.
 # W5: a claim of expired transactions, and a record (step rows, maybe the header).
 BEGIN, STEP, FINAL, CLAIM, RECORD = range(5)
+# W3's design floor, on the engine's own tables: a new transaction's lease with every
+# step's row (the first with its intent), then RECORDs as W5 writes them.
+LEASE = 5
 
 W3_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS transactions (
@@ -341,6 +346,34 @@ def apply_w5(conn: sqlite3.Connection, batch: list[Write]) -> None:
         _fenced(conn.executemany(_END, ends).rowcount, len(ends), "final states")
     if steps:
         _fenced(conn.executemany(_SET_STEP, steps).rowcount, len(steps), "step rows")
+
+
+_LEASE_TX = (
+    "INSERT INTO transactions (transaction_id, state, created_at, updated_at, "
+    "timeout_seconds, lease_owner, lease_expires, epoch) VALUES (?, 'active', ?, ?, ?, ?, ?, 1)"
+)
+_STEP_ROW = "INSERT INTO steps (tx, position, step_id, body) VALUES (?, ?, ?, ?)"
+_AGENT_ROW = "INSERT INTO transaction_agents (tx, agent_id) VALUES (?, ?)"
+
+
+def apply_w3_design(conn: sqlite3.Connection, batch: list[Write]) -> None:
+    """A batch of the W3 design floor's writes on the engine's own tables
+    (``stores/_sqlite_schema.py``). ``LEASE``: (transaction id, created, timeout,
+    owner, expires, step rows ((position, step id, body), ...), agent): the
+    transaction's row under a first lease (epoch 1), a row per step and the agent's
+    row; its result is the row id. ``RECORD``: as ``apply_w5`` writes it."""
+    records: list[Write] = []
+    for write in batch:
+        if write.kind != LEASE:
+            records.append(write)
+            continue
+        tid, created, timeout, owner, expires, rows, agent = write.args
+        rid = conn.execute(_LEASE_TX, (tid, created, created, timeout, owner, expires)).lastrowid
+        conn.executemany(_STEP_ROW, ((rid, *row) for row in rows))
+        conn.execute(_AGENT_ROW, (rid, agent))
+        write.result = rid
+    if records:
+        apply_w5(conn, records)
 
 
 def _claim(

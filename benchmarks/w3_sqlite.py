@@ -38,6 +38,19 @@ batch's waiters with one ``call_soon_threadsafe``. Nothing else: no agent filter
 per-step rows rewritten in place, no models, no deadline. The floor's line fields say
 how fast any engine could go here and how far this one is from it.
 
+And, at each level, the *design floor* (``_design_floor``): the same four durable
+writes plus what the design and the public API ask of any engine on top, as W1's
+design floor adds them (``_floors``), on the engine's own tables
+(``stores/_sqlite_schema.py``), written by the same group-committing thread: the
+transaction as the package's models (built the cheapest way); the plan durable with
+the lease, as ``resume`` recovery needs it (the transaction's row, a row per step, the
+first with its intent, and the agent's row, which ``list(agent_id=...)`` reads); each
+later write rewriting the rows of the steps it changes, in full, as the models' JSON
+(pydantic's serializer of ``TransactionStep``), fenced by the epoch; the final state in
+the transaction's row with the lease given up; the forward pass under the timeout's
+anyio cancel scope; a ``TransactionResult`` model a transaction. The engine reads its
+journal back (tested).
+
 Targets (issue 3): 256 in flight >= 30,000 steps/s and >= 3x the one-commit-per-step
 baseline; 1 in flight >= the writer-thread baseline.
 """
@@ -45,6 +58,7 @@ baseline; 1 in flight >= the writer-thread baseline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import random
@@ -53,8 +67,9 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +77,13 @@ from ._common import REPEATS, emit
 from ._sqlite_floor import (
     BEGIN,
     FINAL,
+    LEASE,
+    RECORD,
     STEP,
     W3_SCHEMA,
     GroupWriter,
     apply_w3,
+    apply_w3_design,
     dumps,
     now_us,
     step_fields,
@@ -178,6 +196,23 @@ def engine_once(scratch: _Scratch, inflight: int) -> tuple[float, float, float, 
 # ---------------------------------------------------------------------- the floor
 
 
+async def _lanes(
+    writer: GroupWriter, lane: Callable[[], Awaitable[None]], inflight: int
+) -> tuple[float, int, float, float]:
+    """Run ``inflight`` lanes over a started ``writer`` (closed at the end): seconds,
+    commits, and the CPU seconds of the event loop's thread and of the writer thread."""
+    writer_cpu = writer.cpu_clock()
+    try:
+        loop_start, writer_start = time.thread_time(), writer_cpu()
+        start = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(inflight)))
+        elapsed = time.perf_counter() - start
+        loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
+    finally:
+        writer.close()
+    return elapsed, writer.commits, loop_used, writer_used
+
+
 async def _floor(path: Path, transactions: int, inflight: int) -> tuple[float, int, float, float]:
     """What ``_engine_run`` measures, for the least a write-ahead engine writes (see the
     module docstring): seconds, commits, and the CPU seconds of the event loop's thread
@@ -214,26 +249,82 @@ async def _floor(path: Path, transactions: int, inflight: int) -> tuple[float, i
             body = dumps({"completed": done})
             await submit(FINAL, (rid, 1, len(steps), body, "committed", now_us()))
 
-    writer_cpu = writer.cpu_clock()
-    try:
-        loop_start, writer_start = time.thread_time(), writer_cpu()
-        start = time.perf_counter()
-        await asyncio.gather(*(lane() for _ in range(inflight)))
-        elapsed = time.perf_counter() - start
-        loop_used, writer_used = time.thread_time() - loop_start, writer_cpu() - writer_start
-    finally:
-        writer.close()
-    return elapsed, writer.commits, loop_used, writer_used
+    return await _lanes(writer, lane, inflight)
 
 
-def floor_once(scratch: _Scratch, inflight: int) -> tuple[float, float, float, float]:
-    """``engine_once`` for the floor."""
+def floor_once(
+    scratch: _Scratch, inflight: int, design: bool = False
+) -> tuple[float, float, float, float]:
+    """``engine_once`` for the floor (the design floor, with ``design``)."""
     transactions = FLOOR_TX_PER_RUN[inflight]
+    run = _design_floor if design else _floor
     elapsed, commits, loop_used, writer_used = asyncio.run(
-        _floor(scratch.fresh(), transactions, inflight)
+        run(scratch.fresh(), transactions, inflight)
     )
     steps = transactions * len(STEPS)
     return steps / elapsed, commits / steps, loop_used / steps * 1e6, writer_used / steps * 1e6
+
+
+async def _design_floor(
+    path: Path, transactions: int, inflight: int
+) -> tuple[float, int, float, float]:
+    """``_floor`` plus what the design and the public API ask of any engine on top (see
+    the module docstring), on the engine's own tables: seconds, commits, and the CPU
+    seconds of the event loop's thread and of the writer thread."""
+    import anyio
+
+    from aumai_transactions import StepStatus, TransactionState, TransactionStep
+    from aumai_transactions.stores.sqlite import SqliteStore
+
+    from ._floors import pending_models, result_model
+
+    async def handler(action: str, data: dict[str, Any]) -> Any:
+        return None
+
+    async with SqliteStore(path):  # the engine's tables, nothing in them
+        pass
+    writer = GroupWriter(path, apply_w3_design)
+    writer.start(asyncio.get_running_loop())
+    submit = writer.submit
+    to_json = functools.partial(TransactionStep.__pydantic_serializer__.to_json, exclude_none=True)
+    running, completed = StepStatus.RUNNING, StepStatus.COMPLETED
+    bits = random.Random(3).getrandbits
+    todo = iter(range(transactions))
+
+    async def lane() -> None:
+        loop_time = asyncio.get_running_loop().time
+        for _ in todo:
+            tx = pending_models(f"{bits(128):032x}", bits)
+            fields = tx.__dict__
+            fields["state"] = TransactionState.ACTIVE
+            fields["updated_at"] = datetime.now(UTC)
+            steps = tx.steps
+            rid, done = 0, (0, "")
+            with anyio.CancelScope(deadline=loop_time() + 60.0):  # the timeout
+                for position, step in enumerate(steps):
+                    values = step.__dict__
+                    values["status"] = running
+                    values["attempts"] = 1
+                    values["started_at"] = datetime.now(UTC)
+                    if position == 0:  # the lease, every step's row, the first intent
+                        every = [(i, s.step_id, to_json(s).decode()) for i, s in enumerate(steps)]
+                        created = now_us()
+                        args = (tx.transaction_id, created, 60.0, "floor", created + LEASE_US)
+                        rid = await submit(LEASE, (*args, every, "agent"))
+                    else:  # the intent, with the previous step's completion
+                        rows = [(position, to_json(step).decode()), done]
+                        await submit(RECORD, (rid, 1, None, rows))
+                    values["result"] = await handler(values["action"], values["data"])
+                    values["status"] = completed
+                    values["finished_at"] = datetime.now(UTC)
+                    done = (position, to_json(step).decode())
+            fields["state"] = TransactionState.COMMITTED
+            fields["updated_at"] = fields["finished_at"] = datetime.now(UTC)
+            now = now_us()
+            await submit(RECORD, (rid, 1, ("committed", now, now, None), [done]))
+            result_model(tx, [s.step_id for s in steps], None)
+
+    return await _lanes(writer, lane, inflight)
 
 
 # ---------------------------------------------------------------------- baselines
@@ -301,6 +392,32 @@ def thread_commit_per_step(scratch: _Scratch) -> float:
 # ---------------------------------------------------------------------- main
 
 
+def _medians(runs: list[tuple[float, float, float, float]]) -> tuple[float, ...]:
+    """The median of each figure of a floor's runs (rate, commits, loop and writer CPU)."""
+    return tuple(statistics.median(run[i] for run in runs) for i in range(4))
+
+
+def _floor_fields(
+    name: str,
+    runs: list[tuple[float, float, float, float]],
+    rate: float,
+    per_commit: float,
+    threaded: float,
+) -> dict[str, float]:
+    """A floor's fields of the engine's line: its medians, its ratios to the two
+    baselines, and the engine's to it (``vs_<name>``)."""
+    low, commits, loop_us, writer_us = _medians(runs)
+    return {
+        name: round(low),
+        f"{name}_commits_per_step": round(commits, 4),
+        f"{name}_loop_cpu_us_per_step": round(loop_us, 1),
+        f"{name}_writer_cpu_us_per_step": round(writer_us, 1),
+        f"{name}_vs_raw_commit_per_step": round(low / per_commit, 2),
+        f"{name}_vs_thread_commit_per_step": round(low / threaded, 2),
+        f"vs_{name}": round(rate / low, 2),
+    }
+
+
 def main() -> None:
     """Every measurement once per round, baselines interleaved with the engine runs
     and each level's floor right after the engine at that level (so a noisy machine
@@ -318,6 +435,7 @@ def main() -> None:
     writer_cpu: dict[int, list[float]] = {level: [] for level in LEVELS}
     # The floor's rate, commits per step, loop and writer CPU per step, by level.
     floor: dict[int, list[tuple[float, float, float, float]]] = {level: [] for level in LEVELS}
+    design: dict[int, list[tuple[float, float, float, float]]] = {level: [] for level in LEVELS}
     try:
         for round_number in range(REPEATS + 1):
             for name, measure in baselines.items():
@@ -336,6 +454,10 @@ def main() -> None:
                 measured = floor_once(scratch, inflight)
                 if round_number:
                     floor[inflight].append(measured)
+                gc.collect()
+                measured = floor_once(scratch, inflight, design=True)
+                if round_number:
+                    design[inflight].append(measured)
     finally:
         scratch.close()
     median = {key: statistics.median(values) for key, values in rates.items()}
@@ -364,9 +486,8 @@ def main() -> None:
         per_step = statistics.median(commits[inflight])
         loop_us = statistics.median(loop_cpu[inflight])
         writer_us = statistics.median(writer_cpu[inflight])
-        floor_rate, floor_commits, floor_loop, floor_writer = (
-            statistics.median(run[i] for run in floor[inflight]) for i in range(4)
-        )
+        floor_rate, _, floor_loop, floor_writer = _medians(floor[inflight])
+        design_rate, _, design_loop, design_writer = _medians(design[inflight])
         emit(
             "W3",
             "sqlite",
@@ -378,19 +499,19 @@ def main() -> None:
             f"{rate / threaded:.2f}x writer-thread baseline; CPU per step: event loop "
             f"{loop_us:.1f} µs, writer thread {writer_us:.1f} µs; floor of a write-ahead "
             f"engine {floor_rate:,.0f} steps/s ({floor_rate / per_commit:.2f}x raw; CPU per "
-            f"step {floor_loop:.1f} + {floor_writer:.1f} µs), engine {rate / floor_rate:.2f}x it",
+            f"step {floor_loop:.1f} + {floor_writer:.1f} µs), engine {rate / floor_rate:.2f}x it; "
+            f"design floor (the engine's tables, the package's models and scope) "
+            f"{design_rate:,.0f} steps/s ({design_rate / per_commit:.2f}x raw, "
+            f"{design_rate / threaded:.2f}x writer-thread; CPU per step {design_loop:.1f} + "
+            f"{design_writer:.1f} µs), engine {rate / design_rate:.2f}x it",
             inflight=inflight,
             commits_per_step=round(per_step, 4),
             loop_cpu_us_per_step=round(loop_us, 1),
             writer_cpu_us_per_step=round(writer_us, 1),
             vs_raw_commit_per_step=round(rate / per_commit, 2),
             vs_thread_commit_per_step=round(rate / threaded, 2),
-            floor=round(floor_rate),
-            floor_commits_per_step=round(floor_commits, 4),
-            floor_loop_cpu_us_per_step=round(floor_loop, 1),
-            floor_writer_cpu_us_per_step=round(floor_writer, 1),
-            floor_vs_raw_commit_per_step=round(floor_rate / per_commit, 2),
-            vs_floor=round(rate / floor_rate, 2),
+            **_floor_fields("floor", floor[inflight], rate, per_commit, threaded),
+            **_floor_fields("design_floor", design[inflight], rate, per_commit, threaded),
             **same_run,
         )
 

@@ -158,3 +158,31 @@ def test_the_recovery_floors_leave_a_journal_the_engine_reads_back(
             statuses = [step.status for step in tx.steps]
             assert statuses == [StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.PENDING]
             assert tx.steps[1].interrupted and tx.steps[1].compensation_attempts == 1
+
+
+def test_the_commit_design_floor_leaves_a_journal_the_engine_reads_back(tmp_path: Any) -> None:
+    """W3's design floor writes the engine's own tables as a commit of the engine
+    leaves them: each transaction committed with every step completed, listed by its
+    agent, its lease given up."""
+    from aumai_transactions.models import StepStatus, TransactionState
+    from aumai_transactions.stores.sqlite import SqliteStore
+    from benchmarks import w3_sqlite
+
+    path = tmp_path / "design.db"
+    _, commits, _, _ = asyncio.run(w3_sqlite._design_floor(path, 20, 4))
+    assert commits >= 4 * 20 // 4  # four durable writes a transaction, four lanes at once
+
+    async def stored() -> tuple[list[Any], int, dict[str, Any]]:
+        async with SqliteStore(path) as store:
+            txs = await store.list(state=None, limit=None)
+            by_agent = await store.list(agent_id="agent", state=None, limit=None)
+            leases = await store.leases([tx.transaction_id for tx in txs])
+        return txs, len(by_agent), leases
+
+    txs, by_agent, leases = asyncio.run(stored())
+    assert len(txs) == by_agent == 20
+    for tx in txs:
+        assert tx.state is TransactionState.COMMITTED and tx.finished_at is not None
+        assert [step.status for step in tx.steps] == [StepStatus.COMPLETED] * 3
+        assert all(step.attempts == 1 and step.finished_at for step in tx.steps)
+    assert all(lease.expires_at is None for lease in leases.values())
