@@ -35,11 +35,13 @@ __all__ = [
     "DATA",
     "STEPS",
     "Boom",
+    "active_models",
     "design_floor",
     "floor",
     "model",
     "pending_models",
     "result_model",
+    "start",
 ]
 
 STEPS = (("reserve", "release"), ("charge", "refund"), ("notify", "unnotify"))
@@ -195,6 +197,24 @@ def pending_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
             "resolution": None,
         },
     )
+
+
+def active_models(tx_id: str, bits: Callable[[int], int]) -> Transaction:
+    """``pending_models``, moved to ``active`` as a commit does before its first step."""
+    tx = pending_models(tx_id, bits)
+    fields = tx.__dict__
+    fields["state"] = TransactionState.ACTIVE
+    fields["updated_at"] = datetime.now(UTC)
+    return tx
+
+
+def start(step: TransactionStep) -> dict[str, Any]:
+    """Mark ``step`` running (its first attempt, started now); its fields, to change."""
+    values = step.__dict__
+    values["status"] = StepStatus.RUNNING
+    values["attempts"] = 1
+    values["started_at"] = datetime.now(UTC)
+    return values
 
 
 def result_model(tx: Transaction, completed: list[str], failed: str | None) -> TransactionResult:

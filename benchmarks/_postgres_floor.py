@@ -45,6 +45,7 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,21 +117,66 @@ class _Batch:
         self.j_seq: list[int] = []
         self.j_doc: list[str] = []
 
+    def empty(self) -> bool:
+        return not self.j_tid
 
-class Writer:
-    """Group commit over one connection: a task sends each batch when the last returns."""
+    def params(self, owner: str) -> dict[str, Any]:
+        """The statement's parameters for this batch."""
+        return {
+            "owner": owner,
+            "a_tid": self.a_tid,
+            "k_tid": self.k_tid,
+            "k_epoch": self.k_epoch,
+            "f_tid": self.f_tid,
+            "f_epoch": self.f_epoch,
+            "j_tid": self.j_tid,
+            "j_seq": self.j_seq,
+            "j_doc": self.j_doc,
+        }
+
+
+class GroupCommitter:
+    """Group commit over one connection: a task sends each batch when the last returns.
+
+    ``batch_class(done)`` makes the batch writes are queued in (``empty()``, and
+    ``params(owner)`` for the statement); ``done`` is resolved with the ids of the
+    transactions whose writes the statement refused.
+    """
+
+    batch_class: Any = _Batch
 
     def __init__(self, conn: Any, statement: bytes, owner: str) -> None:
         self.conn = conn
         self.statement = statement
         self.owner = owner
         self.loop = asyncio.get_running_loop()
-        self.pending = _Batch(self.loop.create_future())
+        self.pending: Any = self.batch_class(self.loop.create_future())
         self.wake = asyncio.Event()
         self.batches = 0
 
+    async def run(self) -> None:
+        while True:
+            if self.pending.empty():
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            batch = self.pending
+            self.pending = self.batch_class(self.loop.create_future())
+            try:
+                cur = await self.conn.execute(self.statement, batch.params(self.owner))
+                refused = frozenset(row[0] for row in await cur.fetchall())
+            except BaseException as exc:
+                batch.done.set_exception(exc)
+                raise
+            self.batches += 1
+            batch.done.set_result(refused)
+
+
+class Writer(GroupCommitter):
+    """The floor's writes: an acquire, a record and a finish, each a journal row."""
+
     def _journal(self, tid: str, seq: int, doc: str) -> _Batch:
-        batch = self.pending
+        batch: _Batch = self.pending
         batch.j_tid.append(tid)
         batch.j_seq.append(seq)
         batch.j_doc.append(doc)
@@ -153,34 +199,6 @@ class Writer:
         batch.f_tid.append(tid)
         batch.f_epoch.append(epoch)
         return batch.done
-
-    async def run(self) -> None:
-        while True:
-            if not self.pending.j_tid:
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            batch = self.pending
-            self.pending = _Batch(self.loop.create_future())
-            params = {
-                "owner": self.owner,
-                "a_tid": batch.a_tid,
-                "k_tid": batch.k_tid,
-                "k_epoch": batch.k_epoch,
-                "f_tid": batch.f_tid,
-                "f_epoch": batch.f_epoch,
-                "j_tid": batch.j_tid,
-                "j_seq": batch.j_seq,
-                "j_doc": batch.j_doc,
-            }
-            try:
-                cur = await self.conn.execute(self.statement, params)
-                refused = frozenset(row[0] for row in await cur.fetchall())
-            except BaseException as exc:
-                batch.done.set_exception(exc)
-                raise
-            self.batches += 1
-            batch.done.set_result(refused)
 
 
 def _now() -> str:
@@ -262,15 +280,31 @@ async def _transaction(writer: Writer, bits: Any) -> None:
 
 async def floor(url: str, schema: str, transactions: int, inflight: int) -> dict[str, Any]:
     """One timed run of the floor: elapsed seconds, batches, client and server CPU."""
+    return await timed(url, schema, transactions, inflight, BATCH, Writer, _transaction)
+
+
+async def timed(
+    url: str,
+    schema: str,
+    transactions: int,
+    inflight: int,
+    statement_text: str,
+    writer_class: type[GroupCommitter],
+    transaction: Callable[[Any, Callable[[int], int]], Awaitable[None]],
+) -> dict[str, Any]:
+    """One timed run of ``transaction(writer, bits)`` in lanes over one group-committing
+    ``writer_class`` sending ``statement_text``: elapsed seconds, batches, client and
+    server CPU."""
     import psycopg
     from psycopg import sql
 
     from ._postgres import backend_cpu
 
-    statement = sql.SQL(" ".join(BATCH.split())).format(s=sql.Identifier(schema)).as_bytes(None)
+    text = " ".join(statement_text.split())
+    statement = sql.SQL(text).format(s=sql.Identifier(schema)).as_bytes(None)
     bits = random.Random(os.getpid() ^ time.time_ns()).getrandbits
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        writer = Writer(conn, statement, f"floor-{os.getpid()}")
+        writer = writer_class(conn, statement, f"floor-{os.getpid()}")
         task = asyncio.ensure_future(writer.run())
 
         async def run(count: int) -> None:
@@ -278,7 +312,7 @@ async def floor(url: str, schema: str, transactions: int, inflight: int) -> dict
 
             async def lane() -> None:
                 for _ in todo:
-                    await _transaction(writer, bits)
+                    await transaction(writer, bits)
 
             await asyncio.gather(*(lane() for _ in range(min(inflight, count))))
 

@@ -13,7 +13,11 @@ At 4 processes x 256 in flight, the row whose target is a multiple of that basel
 the same rounds also time a *floor* (``_postgres_floor``): the least any engine keeping
 the design's journal rules must write, in plain asyncio and psycopg with no project
 code (four fenced, group-committed durable writes a transaction; see that module for
-what each holds and why nothing less would do). Every run of the engine or the floor
+what each holds and why nothing less would do); and a *design floor*
+(``_postgres_design_floor``): the same writes with what the design and the public API
+ask on top (the package's models, the engine's own tables with the plan durable with
+the lease, each changed step row rewritten in full as the models' JSON, the timeout's
+anyio scope). Every run of the engine or the floor
 also reports the CPU its client processes used (``cpu``) and that of the server
 backends serving its connections (``server_cpu``, read from ``/proc``, so 0 for a
 server on another machine), in µs a step: on two cores shared by the clients and the
@@ -29,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from . import _postgres_floor
+from . import _postgres_design_floor, _postgres_floor
 from ._common import REPEATS, emit
 from ._postgres import (
     Children,
@@ -153,6 +157,12 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         return asyncio.run(
             _postgres_floor.floor(job["url"], job["schema"], job["transactions"], job["inflight"])
         )
+    if job["kind"] == "design floor":
+        return asyncio.run(
+            _postgres_design_floor.design_floor(
+                job["url"], job["schema"], job["transactions"], job["inflight"]
+            )
+        )
     return anyio.run(_raw, job["url"], job["schema"], job["rows"], job["batch"])
 
 
@@ -205,7 +215,8 @@ def _level(
     """Medians over the repetitions of one level: the engine, the raw baseline, and
     the floor (when ``floor``), run in turn in each repetition; ratios are medians of
     each repetition's own ratio."""
-    jobs = [raw_job, job] + ([{**job, "kind": "floor"}] if floor else [])
+    floors = [{**job, "kind": "floor"}, {**job, "kind": "design floor"}] if floor else []
+    jobs = [raw_job, job, *floors]
     rounds = _rounds(children, jobs)
     med = statistics.median
     raw = [_rate(r[0])[0] for r in rounds]
@@ -219,15 +230,16 @@ def _level(
         "server_cpu": med(_cpu(r[1], "server_cpu") for r in rounds),
     }
     if floor:
-        low = [_rate(r[2])[0] for r in rounds]
-        out |= {
-            "floor": med(low),
-            "floor_flushes": med(_rate(r[2])[1] for r in rounds),
-            "floor_ratio": med(f / b for f, b in zip(low, raw, strict=True)),
-            "of_floor": med(e / f for e, f in zip(rate, low, strict=True)),
-            "cpu_floor": med(_cpu(r[2], "cpu") for r in rounds),
-            "server_cpu_floor": med(_cpu(r[2], "server_cpu") for r in rounds),
-        }
+        for index, name in ((2, "floor"), (3, "design_floor")):
+            low = [_rate(r[index])[0] for r in rounds]
+            out |= {
+                name: med(low),
+                f"{name}_flushes": med(_rate(r[index])[1] for r in rounds),
+                f"{name}_ratio": med(f / b for f, b in zip(low, raw, strict=True)),
+                f"of_{name}": med(e / f for e, f in zip(rate, low, strict=True)),
+                f"cpu_{name}": med(_cpu(r[index], "cpu") for r in rounds),
+                f"server_cpu_{name}": med(_cpu(r[index], "server_cpu") for r in rounds),
+            }
     return out
 
 
@@ -295,16 +307,23 @@ def main() -> None:
                             f"{got['floor_ratio']:.2f}x the raw baseline, the engine at "
                             f"{got['of_floor']:.2f} of it; CPU us/step client / server: "
                             f"engine {got['cpu']:.0f} / {got['server_cpu']:.0f}, "
-                            f"floor {got['cpu_floor']:.0f} / {got['server_cpu_floor']:.0f}"
+                            f"floor {got['cpu_floor']:.0f} / {got['server_cpu_floor']:.0f}; "
+                            f"same-run design floor (the engine's tables, the package's "
+                            f"models and scope): {got['design_floor']:,.0f} steps/s, "
+                            f"{got['design_floor_ratio']:.2f}x the raw baseline, the engine "
+                            f"at {got['of_design_floor']:.2f} of it; CPU us/step "
+                            f"{got['cpu_design_floor']:.0f} / "
+                            f"{got['server_cpu_design_floor']:.0f}"
                         )
-                        cpu |= {
-                            "floor": round(got["floor"], 1),
-                            "floor_commits_per_step": round(got["floor_flushes"], 4),
-                            "floor_ratio": round(got["floor_ratio"], 3),
-                            "of_floor": round(got["of_floor"], 3),
-                            "cpu_floor": round(got["cpu_floor"], 1),
-                            "server_cpu_floor": round(got["server_cpu_floor"], 1),
-                        }
+                        for name in ("floor", "design_floor"):
+                            cpu |= {
+                                name: round(got[name], 1),
+                                f"{name}_commits_per_step": round(got[f"{name}_flushes"], 4),
+                                f"{name}_ratio": round(got[f"{name}_ratio"], 3),
+                                f"of_{name}": round(got[f"of_{name}"], 3),
+                                f"cpu_{name}": round(got[f"cpu_{name}"], 1),
+                                f"server_cpu_{name}": round(got[f"server_cpu_{name}"], 1),
+                            }
                     emit(
                         "W3",
                         "postgres",

@@ -276,7 +276,7 @@ async def _design_floor(
     from aumai_transactions import StepStatus, TransactionState, TransactionStep
     from aumai_transactions.stores.sqlite import SqliteStore
 
-    from ._floors import pending_models, result_model
+    from ._floors import active_models, result_model, start
 
     async def handler(action: str, data: dict[str, Any]) -> Any:
         return None
@@ -287,25 +287,20 @@ async def _design_floor(
     writer.start(asyncio.get_running_loop())
     submit = writer.submit
     to_json = functools.partial(TransactionStep.__pydantic_serializer__.to_json, exclude_none=True)
-    running, completed = StepStatus.RUNNING, StepStatus.COMPLETED
+    completed = StepStatus.COMPLETED
     bits = random.Random(3).getrandbits
     todo = iter(range(transactions))
 
     async def lane() -> None:
         loop_time = asyncio.get_running_loop().time
         for _ in todo:
-            tx = pending_models(f"{bits(128):032x}", bits)
+            tx = active_models(f"{bits(128):032x}", bits)
             fields = tx.__dict__
-            fields["state"] = TransactionState.ACTIVE
-            fields["updated_at"] = datetime.now(UTC)
             steps = tx.steps
             rid, done = 0, (0, "")
             with anyio.CancelScope(deadline=loop_time() + 60.0):  # the timeout
                 for position, step in enumerate(steps):
-                    values = step.__dict__
-                    values["status"] = running
-                    values["attempts"] = 1
-                    values["started_at"] = datetime.now(UTC)
+                    values = start(step)
                     if position == 0:  # the lease, every step's row, the first intent
                         every = [(i, s.step_id, to_json(s).decode()) for i, s in enumerate(steps)]
                         created = now_us()

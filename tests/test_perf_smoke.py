@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from aumai_transactions import TransactionManager
 from aumai_transactions import sync as blocking
 
@@ -186,3 +188,35 @@ def test_the_commit_design_floor_leaves_a_journal_the_engine_reads_back(tmp_path
         assert [step.status for step in tx.steps] == [StepStatus.COMPLETED] * 3
         assert all(step.attempts == 1 and step.finished_at for step in tx.steps)
     assert all(lease.expires_at is None for lease in leases.values())
+
+
+@pytest.mark.postgres
+def test_the_postgres_design_floor_leaves_a_journal_the_engine_reads_back() -> None:
+    """W3's design floor on PostgreSQL writes the engine's own tables as a commit of the
+    engine leaves them: committed, every step completed, listed by its agent, the lease
+    given up."""
+    import uuid
+
+    from aumai_transactions.models import StepStatus, TransactionState
+    from aumai_transactions.stores.postgres import PostgresStore
+    from benchmarks._postgres_design_floor import design_floor
+    from tests.stores.conftest import postgres_url
+
+    url = postgres_url()
+    schema = f"aumai_test_{uuid.uuid4().hex[:12]}"
+
+    async def run() -> tuple[dict[str, Any], list[Any], int, dict[str, Any]]:
+        async with PostgresStore(url, schema=schema, drop_schema_on_close=True) as store:
+            measured = await design_floor(url, schema, 10, 4)
+            txs = await store.list(state=None, limit=None)
+            by_agent = await store.list(agent_id="agent", state=None, limit=None)
+            leases = await store.leases([tx.transaction_id for tx in txs])
+        return measured, txs, len(by_agent), leases
+
+    measured, txs, by_agent, leases = asyncio.run(run())
+    assert measured["steps"] == 30
+    assert len(txs) == by_agent == 30  # with the 20 of the warm-up
+    for tx in txs:
+        assert tx.state is TransactionState.COMMITTED and tx.finished_at is not None
+        assert [step.status for step in tx.steps] == [StepStatus.COMPLETED] * 3
+    assert not any(lease.live for lease in leases.values())
