@@ -43,6 +43,7 @@ __all__ = [
     "apply_w3",
     "apply_w3_design",
     "apply_w5",
+    "claim_expired",
     "loads",
     "now_us",
     "step_fields",
@@ -376,25 +377,38 @@ def apply_w3_design(conn: sqlite3.Connection, batch: list[Write]) -> None:
         apply_w5(conn, records)
 
 
-def _claim(
-    conn: sqlite3.Connection, owner: str, expires: int, limit: int
-) -> list[tuple[int, int, list[dict[str, Any]]]]:
-    found = conn.execute(_EXPIRED, (now_us(), limit)).fetchall()
+def claim_expired(
+    conn: sqlite3.Connection, owner: str, expires: int, limit: int, query: str = _EXPIRED
+) -> list[tuple[tuple[Any, ...], list[str]]]:
+    """Take the lease (epoch bump, fenced by the epoch read) of up to ``limit``
+    in-flight transactions whose lease expired, oldest first, as the engine's claim
+    does: each one's row as ``query`` reads it (row id and epoch first) with its step
+    rows' bodies, in position order."""
+    found = conn.execute(query, (now_us(), limit)).fetchall()
     if not found:
         return []
     _fenced(
-        conn.executemany(_TAKE, ((owner, expires, rid, epoch) for rid, epoch in found)).rowcount,
+        conn.executemany(_TAKE, ((owner, expires, row[0], row[1]) for row in found)).rowcount,
         len(found),
         "claims",
     )
     marks = ", ".join("?" * len(found))
-    decoded: dict[int, list[dict[str, Any]]] = {rid: [] for rid, _ in found}
+    bodies: dict[int, list[str]] = {row[0]: [] for row in found}
     for rid, position, body in conn.execute(
         f"SELECT tx, position, body FROM steps WHERE tx IN ({marks}) ORDER BY tx, position",
-        [rid for rid, _ in found],
+        [row[0] for row in found],
     ):
-        steps = decoded[rid]
+        steps = bodies[rid]
         if position != len(steps):
             raise RuntimeError(f"transaction row {rid} has no step at position {len(steps)}")
-        steps.append(loads(body))
-    return [(rid, epoch + 1, decoded[rid]) for rid, epoch in found]
+        steps.append(body)
+    return [(row, bodies[row[0]]) for row in found]
+
+
+def _claim(
+    conn: sqlite3.Connection, owner: str, expires: int, limit: int
+) -> list[tuple[int, int, list[dict[str, Any]]]]:
+    return [
+        (row[0], row[1] + 1, [loads(body) for body in bodies])
+        for row, bodies in claim_expired(conn, owner, expires, limit)
+    ]

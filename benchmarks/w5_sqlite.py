@@ -66,7 +66,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from ._sqlite_floor import (
     GroupWriter,
     Write,
     apply_w5,
+    claim_expired,
     dumps,
     now_us,
     thread_clock,
@@ -270,47 +271,27 @@ _CLAIM_HEADERS = (
     "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= ?) "
     "ORDER BY created_at, id LIMIT ?"
 )
-_TAKE = (
-    "UPDATE transactions SET epoch=epoch+1, lease_owner=?, lease_expires=?, "
-    "recovery_attempts=recovery_attempts+1 WHERE id=? AND epoch=?"
-)
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _from_us(value: int | None) -> datetime | None:
-    return None if value is None else _UNIX_EPOCH + timedelta(microseconds=value)
 
 
 def _claim_models(conn: sqlite3.Connection, owner: str, expires: int, limit: int) -> list[Any]:
     """The floor's claim, each transaction validated into the package's models (as the
     design asks: a row that does not validate must not run): (row id, epoch, model)."""
     from aumai_transactions import Transaction, TransactionStep
+    from aumai_transactions.stores._sqlite_schema import from_us
 
-    found = conn.execute(_CLAIM_HEADERS, (now_us(), limit)).fetchall()
-    if not found:
-        return []
-    taken = conn.executemany(_TAKE, ((owner, expires, row[0], row[1]) for row in found))
-    if taken.rowcount != len(found):
-        raise RuntimeError("a claim lost a race it cannot lose here")
-    bodies: dict[int, list[str]] = {row[0]: [] for row in found}
-    marks = ", ".join("?" * len(found))
-    for rid, body in conn.execute(
-        f"SELECT tx, body FROM steps WHERE tx IN ({marks}) ORDER BY tx, position",
-        [row[0] for row in found],
-    ):
-        bodies[rid].append(body)
     claimed = []
-    for rid, epoch, tid, state, created, timeout, updated, finished, error, attempts in found:
-        steps = [TransactionStep.model_validate_json(body) for body in bodies[rid]]
+    for row, bodies in claim_expired(conn, owner, expires, limit, _CLAIM_HEADERS):
+        rid, epoch, tid, state, created, timeout, updated, finished, error, attempts = row
+        steps = [TransactionStep.model_validate_json(body) for body in bodies]
         tx = Transaction.model_validate(
             {
                 "transaction_id": tid,
                 "steps": steps,
                 "state": state,
-                "created_at": _from_us(created),
+                "created_at": from_us(created),
                 "timeout_seconds": timeout,
-                "updated_at": _from_us(updated),
-                "finished_at": _from_us(finished),
+                "updated_at": from_us(updated),
+                "finished_at": from_us(finished),
                 "error": error,
                 "recovery_attempts": attempts + 1,
                 "blocked_reason": None,
