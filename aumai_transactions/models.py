@@ -503,6 +503,7 @@ class TransactionResult(BaseModel):
 
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def json_problem(value: Any, path: str = "data") -> str | None:
@@ -553,9 +554,6 @@ def json_problem(value: Any, path: str = "data") -> str | None:
     if isinstance(value, _JSON_SCALARS):  # subclasses such as IntEnum or str enums
         return None
     return f"{path} holds a {kind.__name__} ({value!r:.60}), which is not JSON-serializable"
-
-
-_INFINITIES = (float("inf"), float("-inf"))
 
 
 def storable(value: Any) -> Any:

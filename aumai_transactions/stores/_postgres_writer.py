@@ -309,6 +309,13 @@ class _Batch:
         }
 
 
+def _wake_all(op: Op) -> None:
+    """Wake every task waiting for ``op`` (it is done)."""
+    for waiter in op.waiters or ():
+        if not waiter.done():
+            waiter.set_result(None)
+
+
 def take_batch(queue: deque[Op], limit: int = MAX_BATCH) -> list[Op]:
     """Pop the longest prefix of ``queue`` that one statement can write.
 
@@ -412,9 +419,7 @@ class Writer:
                     pass
                 else:  # withdrawn: done, for whoever else waits for it (a drain)
                     op.done = True
-                    for waiter in op.waiters or ():
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    _wake_all(op)
             # This task may have been woken to lead: someone else must, then.
             self._pass_on()
             raise
@@ -447,9 +452,7 @@ class Writer:
             self._inflight = None
             self._leading = False
             for op in batch:  # every op of the batch is done, whatever happened
-                for waiter in op.waiters or ():
-                    if not waiter.done():
-                        waiter.set_result(None)
+                _wake_all(op)
             self._pass_on()
 
     def _pass_on(self) -> None:
