@@ -187,6 +187,8 @@ class CompensationPass(DriverCore):
                     outcome = self._handlers.call_inline(handler, action, step.data, context)
                     if outcome is not None and inspect.isawaitable(outcome):
                         await self._guarded(outcome)
+                elif handler.is_async and context is None:
+                    await handler.func(action, step.data)  # without handlers.call's frame
                 else:
                     await self._handlers.call(handler, action, step.data, context)
             except Exception as exc:
@@ -216,7 +218,8 @@ class CompensationPass(DriverCore):
         fields["status"] = _COMPENSATED
         fields["compensation_error"] = None
         fields["compensated_at"] = utcnow()
-        await self._journal(step, durable=False)
+        if (pending := self._record_lazily(step)) is not None:
+            await pending
         if emit is not None:
             self._step_event(
                 CompensationCompleted,
@@ -361,7 +364,10 @@ class CompensationPass(DriverCore):
             # Without an interrupted step, the journal already tells recovery to
             # compensate (a failed step, or the recovery's own decision): the state
             # change may ride with the first compensation's intent.
-            await self._journal(durable=bool(interrupted))
+            if interrupted:
+                await self._journal()
+            elif (pending := self._record_lazily()) is not None:
+                await pending
             if self._emit is not None:
                 self._tx_event(TransactionCompensating, error=tx.error)
         await self._compensate_within_bound(steps)

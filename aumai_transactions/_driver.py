@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 
@@ -42,7 +42,7 @@ from .models import (
     TransactionStep,
     utcnow,
 )
-from .stores import Lease, Store
+from .stores import Lease, RecordsNowait, Store
 
 __all__ = [
     "DriverCore",
@@ -66,6 +66,21 @@ _ENDED: dict[TransactionState, type[TransactionEnded]] = {
 }
 
 _COMPLETED = StepStatus.COMPLETED
+
+
+_RECORDS_NOWAIT: dict[type, bool] = {}
+
+
+def records_nowait(kind: type) -> bool:
+    """Whether the engine may journal through ``record_nowait`` for stores of ``kind``:
+    it has one, defined beside the ``record`` it has. A subclass that overrides
+    ``record`` alone (to watch or change the writes) is then still called through
+    its ``record``."""
+    known = _RECORDS_NOWAIT.get(kind)
+    if known is None:
+        owner = next((c for c in kind.__mro__ if "record" in c.__dict__), None)
+        known = _RECORDS_NOWAIT[kind] = owner is not None and "record_nowait" in owner.__dict__
+    return known
 
 
 class LeaseRenewal:
@@ -163,6 +178,7 @@ class DriverCore:
         "_native_cancel",
         "_options",
         "_durable",
+        "_nowait",
         "_emit",
         "_run",
         "_started_at",
@@ -185,6 +201,9 @@ class DriverCore:
         self._options = options
         self._lease: Lease | None = None
         self._durable = store.durable
+        # The store again, when it has ``record_nowait`` (a reference, not a bound
+        # method: no object more per transaction).
+        self._nowait = cast(RecordsNowait, store) if records_nowait(type(store)) else None
         self._undone: list[str] = []
         self._compensation_errors: dict[str, str] = {}
         self._worker_calls: dict[str, WorkerCall] = {}
@@ -257,13 +276,52 @@ class DriverCore:
 
     # ------------------------------------------------------------------ journal
 
+    # A store's ``record_nowait`` hands a record over without a coroutine of its own:
+    # the engine journals two or three records a step, and every coroutine is an object
+    # the garbage collector traces for as long as it waits.
+
     async def _journal(self, step: TransactionStep | None = None, durable: bool = True) -> None:
+        """Journal the header and ``step`` (when given); a durable record, until the
+        store says it is durable."""
+        written = self._hand_over(step, durable)
+        if written is not None:
+            try:
+                await written
+            except StoreError as exc:
+                self._stopped(exc)
+                raise
+
+    def _record_lazily(self, step: TransactionStep | None = None) -> Awaitable[object] | None:
+        """Journal the header and ``step`` non-durably (a completion, which rides with
+        the next durable record): None when the store took it at once, as every
+        built-in store does, else what to await first."""
+        written = self._hand_over(step, False)
+        return None if written is None else self._reported(written)
+
+    def _hand_over(self, step: TransactionStep | None, durable: bool) -> Awaitable[object] | None:
+        """Hand the store a record: what to await for it, or None when nothing."""
         lease = self._lease
         assert lease is not None
         try:
             if self._durable and self._options.renewal.claim():
-                await self._store.renew(lease.owner, self._options.lease_ttl)
-            await self._store.record(lease, self.tx, step, durable=durable)
+                return self._renew_and_record(lease, step, durable)
+            nowait = self._nowait
+            if nowait is None:
+                return self._store.record(lease, self.tx, step, durable=durable)
+            return nowait.record_nowait(lease, self.tx, step, durable=durable)
+        except StoreError as exc:
+            self._stopped(exc)
+            raise
+
+    async def _renew_and_record(
+        self, lease: Lease, step: TransactionStep | None, durable: bool
+    ) -> None:
+        await self._store.renew(lease.owner, self._options.lease_ttl)
+        await self._store.record(lease, self.tx, step, durable=durable)
+
+    async def _reported(self, written: Awaitable[object]) -> None:
+        try:
+            await written
         except StoreError as exc:
             self._stopped(exc)
             raise

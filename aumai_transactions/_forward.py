@@ -253,7 +253,8 @@ class ForwardPass(DriverCore):
                 fields["result"] = storable_result(step, result, self.tx.transaction_id)
             fields["finished_at"] = utcnow()
             # The completion rides with the next durable write: nothing happens in between.
-            await self._journal(step, durable=False)
+            if (pending := self._record_lazily(step)) is not None:
+                await pending
             if emit is not None:
                 self._step_event(
                     StepCompleted,

@@ -27,6 +27,7 @@ from aumai_transactions import (
     TransactionState,
     TransactionStep,
 )
+from aumai_transactions._driver import records_nowait
 from aumai_transactions.stores import Lease
 
 from ._support import Recorder, completed_actions
@@ -694,6 +695,49 @@ async def test_every_step_intent_is_journaled_before_its_handler_runs() -> None:
         ("rolled_back", None, None),
     ]
     assert await spy.load(tx.transaction_id) is tx
+
+
+class NowaitSpy(MemoryStore):
+    """Has ``record_nowait`` beside its ``record``: the engine journals through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed: list[tuple[str | None, bool]] = []
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        raise AssertionError("the engine journals through record_nowait")
+
+    def record_nowait(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        self.handed.append((step.action if step else None, durable))
+        super().record_nowait(lease, tx, step, durable=durable)
+
+
+async def test_the_engine_journals_through_record_nowait_where_the_store_has_it() -> None:
+    spy = NowaitSpy()
+    manager = TransactionManager({"a": lambda action, data: None}, store=spy)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a")
+    result = await manager.commit(tx)
+    assert result.state is TransactionState.COMMITTED
+    # The intent durable, the completion lazy, the final state durable.
+    assert spy.handed == [("a", True), ("a", False), (None, True)]
+    assert records_nowait(NowaitSpy) and records_nowait(MemoryStore)
+    # A store overriding ``record`` alone is journaled through its ``record`` (above).
+    assert not records_nowait(JournalSpy)
 
 
 async def test_a_handler_that_opens_its_own_cancel_scope_runs_under_the_deadline() -> None:

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Lease, ListPosition, OperatorStore, Store
+from ._base import Lease, ListPosition, OperatorStore, RecordsNowait, Store
 from .memory import MemoryStore
 
-__all__ = ["Lease", "ListPosition", "MemoryStore", "OperatorStore", "Store", "open_store"]
+__all__ = [
+    "Lease",
+    "ListPosition",
+    "MemoryStore",
+    "OperatorStore",
+    "RecordsNowait",
+    "Store",
+    "open_store",
+]
 
 _SCHEMES = ("memory://", "sqlite:///path/to/file.db", "postgresql://user@host:port/database")
 

@@ -12,6 +12,11 @@ crash of this process (and, for file and server backends, of the machine). With
 the next write; the engine uses it for a step's completion, which is always followed
 by another write before any further side effect.
 
+A store may also offer ``record_nowait`` (``RecordsNowait``; every built-in store
+does): the same write as ``record``, handed over without a coroutine of its own. The
+engine journals two or three records per step, so on the hot path it uses it when the
+store has it.
+
 ``OperatorStore`` adds what operators and workers with a stable identity need (every
 built-in backend has it): reading leases, handing a dead worker's leases back to
 recovery, and taking one stored transaction for an operator action. It is a protocol
@@ -21,13 +26,20 @@ else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..models import LeaseInfo, LeaseSummary, Transaction, TransactionState, TransactionStep
 
-__all__ = ["Lease", "ListPosition", "OperatorStore", "Store"]
+__all__ = [
+    "Lease",
+    "ListPosition",
+    "OperatorStore",
+    "RecordThroughNowait",
+    "RecordsNowait",
+    "Store",
+]
 
 
 class Lease(NamedTuple):
@@ -210,6 +222,58 @@ class Store(Protocol):
         In-flight states are never purged. Returns how many were removed.
         """
         ...
+
+
+@runtime_checkable
+class RecordsNowait(Protocol):
+    """A store that can hand a record over without suspending (optional)."""
+
+    def record_nowait(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> Awaitable[object] | None:
+        """Start ``record(lease, tx, step, durable=durable)`` now; return None when
+        nothing is left to wait for (a non-durable record, or one written already),
+        else what to await: it completes, or raises, as ``record`` would.
+
+        The record is handed over before this returns, so records keep the order of
+        these calls; errors found at once (a closed store, a stale epoch) are raised
+        here. Whatever is returned must be awaited.
+        """
+        ...
+
+
+class RecordThroughNowait:
+    """``record`` for a store whose ``record_nowait`` does the writing (a mixin of the
+    built-in stores, so that the two cannot drift apart)."""
+
+    __slots__ = ()
+
+    def record_nowait(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> Awaitable[object] | None:
+        raise NotImplementedError
+
+    async def record(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        written = self.record_nowait(lease, tx, step, durable=durable)
+        if written is not None:
+            await written
 
 
 @runtime_checkable

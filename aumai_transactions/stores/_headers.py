@@ -25,7 +25,7 @@ from typing import Any
 
 from ..models import Transaction
 
-__all__ = ["SentHeaders", "raw_header"]
+__all__ = ["SentHeaders", "confirm", "raw_header"]
 
 # Every field a record's header is made of: all but the steps (rows of their own) and
 # the two a record never rewrites. Derived from the model, so a field added to it is
@@ -52,6 +52,18 @@ class _Sent:
         self.epoch = epoch
         self.state = state
         self.committed = committed
+
+
+def confirm(token: object | None) -> None:
+    """The durable write that sent ``token`` (from ``SentHeaders.sending``) committed.
+
+    A header sent since replaced ``token`` in its ``SentHeaders``, so confirming a
+    superseded one changes nothing: a writer may confirm whenever its write commits,
+    without knowing what was sent after it.
+    """
+    if token is not None:
+        assert isinstance(token, _Sent)
+        token.committed = True
 
 
 class SentHeaders:
@@ -87,13 +99,6 @@ class SentHeaders:
             return sent
         self._sent.pop(tid, None)
         return None
-
-    def confirm(self, tid: str, token: object | None) -> None:
-        """The durable write that sent ``token`` returned: it is committed, unless a
-        later record sent another header meanwhile."""
-        if token is not None and self._sent.get(tid) is token:
-            assert isinstance(token, _Sent)
-            token.committed = True
 
     def forget(self, tid: str, epoch: int | None = None) -> None:
         """Drop what was noted for ``tid`` (under ``epoch`` only, when given: a later

@@ -37,9 +37,21 @@ class Record(Op):
     writer then only checks the epoch); ``state`` is the state either way. A step is
     an update of its known row (``body``, ``position``, ``step_id``) or, appended since
     the acquire, the rows to insert (``appended``: position, step id, body, agent).
+    ``sent`` is the token of the header a durable record sends (``_headers``), which
+    the writer confirms once the record committed.
     """
 
-    __slots__ = ("appended", "body", "epoch", "header", "position", "state", "step_id", "tid")
+    __slots__ = (
+        "appended",
+        "body",
+        "epoch",
+        "header",
+        "position",
+        "sent",
+        "state",
+        "step_id",
+        "tid",
+    )
 
     def __init__(self, tid: str, epoch: int, state: str, header: tuple[Any, ...] | None) -> None:
         self.kind = RECORD
@@ -55,3 +67,4 @@ class Record(Op):
         self.position = 0
         self.step_id: str | None = None
         self.appended: tuple[tuple[int, str, str, str], ...] | None = None
+        self.sent: object | None = None

@@ -39,6 +39,7 @@ from typing import Any
 
 from ..errors import StoreError, StoreUnavailableError
 from ._base import Lease
+from ._headers import confirm
 from ._sqlite_ops import Journal
 from ._sqlite_requests import RECORD, Op, Record
 from ._sqlite_schema import connect, translate_error
@@ -166,6 +167,8 @@ class Writer:
             future = op.future
             if future is None:
                 continue
+            if op.error is None and isinstance(op, Record):
+                confirm(op.sent)  # its header is committed (before its waiter resumes)
             if future.done():  # the waiter was cancelled
                 if op.kind == ACQUIRE and isinstance(op.result, Lease) and not self.closing:
                     # Taken after all, but nobody will drive it: let it go at once.

@@ -22,7 +22,7 @@ from ..models import (
     TransactionStep,
     utcnow,
 )
-from ._base import Lease, ListPosition, driven_elsewhere
+from ._base import Lease, ListPosition, RecordThroughNowait, driven_elsewhere
 
 __all__ = ["MemoryStore"]
 
@@ -51,7 +51,7 @@ def _check_expected(
         )
 
 
-class MemoryStore:
+class MemoryStore(RecordThroughNowait):
     """A non-durable store in this process's memory."""
 
     never_suspends = True
@@ -128,7 +128,7 @@ class MemoryStore:
         self._transactions[tid] = tx
         return Lease(tid, owner, lease.epoch, lease.expires_at)
 
-    async def record(
+    def record_nowait(
         self,
         lease: Lease,
         tx: Transaction,
@@ -136,6 +136,7 @@ class MemoryStore:
         *,
         durable: bool = True,
     ) -> None:
+        """``record``, done before it returns: nothing is ever left to wait for."""
         held = self._leases.get(lease.transaction_id)
         if held is None or held.epoch != lease.epoch:
             raise LeaseLostError(

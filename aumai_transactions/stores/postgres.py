@@ -30,7 +30,7 @@ How it keeps the Store contract across processes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -63,8 +63,8 @@ from ..models import (
     TransactionState,
     TransactionStep,
 )
-from ._base import Lease, ListPosition, driven_elsewhere
-from ._headers import SentHeaders, raw_header
+from ._base import Lease, ListPosition, RecordThroughNowait, driven_elsewhere
+from ._headers import SentHeaders, confirm, raw_header
 from ._positions import StepPositions
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
 from ._postgres_writer import Op, Writer, header_json
@@ -100,7 +100,7 @@ def _mask(conninfo: str) -> str:
     return psycopg.conninfo.make_conninfo("", **params)
 
 
-class PostgresStore:
+class PostgresStore(RecordThroughNowait):
     """A durable Store in a PostgreSQL schema, safe for many processes at once.
 
     ``conninfo`` is a libpq URL or ``key=value`` string. ``schema`` names the schema
@@ -388,14 +388,14 @@ class PostgresStore:
             + "."
         )
 
-    async def record(
+    def record_nowait(
         self,
         lease: Lease,
         tx: Transaction,
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
-    ) -> None:
+    ) -> Coroutine[Any, Any, object] | None:
         writer = self._open_writer()
         if lease.transaction_id != tx.transaction_id:
             raise ValueError(
@@ -414,11 +414,10 @@ class PostgresStore:
             header = header_json(tx)
             token = headers.sending(tid, epoch, raw, state, durable)
         op = Op.record(lease, tx, step, durable, self._positions, state, header)
-        if durable:
-            await writer.submit(op)
-            headers.confirm(tid, token)
-        else:
-            writer.enqueue(op)
+        writer.enqueue(op)
+        if not durable:
+            return None
+        return writer.wait(op) if token is None else _confirmed(writer.wait(op), token)
 
     async def renew(self, owner: str, ttl: float) -> int:
         result: int = await self._open_writer().submit(
@@ -640,3 +639,9 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+async def _confirmed(written: Coroutine[Any, Any, object], token: object) -> None:
+    """Await a durable record, then note the header it sent as committed."""
+    await written
+    confirm(token)

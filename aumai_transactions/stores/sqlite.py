@@ -46,7 +46,7 @@ from ..models import (
     TransactionState,
     TransactionStep,
 )
-from ._base import Lease, ListPosition
+from ._base import Lease, ListPosition, RecordThroughNowait
 from ._codec import step_json
 from ._headers import SentHeaders, raw_header
 from ._positions import StepPositions
@@ -103,7 +103,7 @@ def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, s
     return full_header_of(tx), steps, tx.agents
 
 
-class SqliteStore:
+class SqliteStore(RecordThroughNowait):
     """A durable journal in one SQLite file, shared safely by many processes.
 
     ``path`` may start with ``~``; missing parent directories are created (0700).
@@ -326,14 +326,14 @@ class SqliteStore:
         self._headers.committed(tid, epoch, raw, header[0])
         return lease
 
-    async def record(
+    def record_nowait(
         self,
         lease: Lease,
         tx: Transaction,
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         writer = self._writer
         if writer is None or not writer.here():
             writer = self._require()
@@ -350,23 +350,21 @@ class SqliteStore:
         headers = self._headers
         raw = raw_header(tx)
         state = headers.unchanged(tid, epoch, raw)
-        token: object | None = None
         if state is not None:
             op = Record(tid, epoch, state, None)
         else:
             header = header_of(tx)
             op = Record(tid, epoch, header[0], header)
-            token = headers.sending(tid, epoch, raw, header[0], durable)
+            op.sent = headers.sending(tid, epoch, raw, header[0], durable)
         if step is not None:
             self._record_step(op, tx, step)
-        if durable:
-            future: asyncio.Future[None] = writer.loop.create_future()
-            op.future = future
-            writer.submit(op)
-            await future
-            headers.confirm(tid, token)  # committed, unless another was sent since
-        else:
+        if not durable:
             writer.submit_lazy(op)
+            return None
+        future: asyncio.Future[None] = writer.loop.create_future()
+        op.future = future
+        writer.submit(op)
+        return future
 
     def _record_step(self, op: Record, tx: Transaction, step: TransactionStep) -> None:
         """What ``op`` writes of ``step``: an update of its known row or (a step appended

@@ -33,7 +33,7 @@ from aumai_transactions.models import (
     TransactionStep,
     utcnow,
 )
-from aumai_transactions.stores import Lease, ListPosition, OperatorStore, Store
+from aumai_transactions.stores import Lease, ListPosition, OperatorStore, RecordsNowait, Store
 
 PENDING = TransactionState.PENDING
 ACTIVE = TransactionState.ACTIVE
@@ -274,6 +274,37 @@ async def test_a_non_durable_record_is_kept_with_the_next_write(store: Store) ->
         StepStatus.RUNNING,
         StepStatus.PENDING,
     ]
+
+
+async def test_record_nowait_hands_records_over_in_call_order(store: Store) -> None:
+    # Every built-in store has it; the engine journals through it (``RecordsNowait``).
+    assert isinstance(store, RecordsNowait)
+    tx, lease = await in_flight(store)
+    running, completed = copy(tx), copy(tx)
+    running.steps[0].status = StepStatus.RUNNING
+    completed.steps[0].status = StepStatus.COMPLETED
+    intent = store.record_nowait(lease, running, running.steps[0])
+    # Handed over after the intent (not awaited yet: a store that wrote it already has
+    # nothing to wait for), so stored after it.
+    assert store.record_nowait(lease, completed, completed.steps[0], durable=False) is None
+    if intent is not None:
+        await intent
+    await store.record(lease, completed)
+    loaded = await store.load(tx.transaction_id)
+    assert loaded is not None and loaded.steps[0].status is StepStatus.COMPLETED
+
+
+async def test_record_nowait_rejects_a_stale_lease_as_record_does(store: Store) -> None:
+    assert isinstance(store, RecordsNowait)
+    tx, stale = await in_flight(store, ttl=EXPIRED)
+    await store.acquire(copy(tx), "driver-b", LIVE, [ACTIVE])
+    before = dump(await store.load(tx.transaction_id))
+    tx.steps[0].status = StepStatus.COMPLETED
+    with pytest.raises(LeaseLostError):  # at once, or once awaited
+        written = store.record_nowait(stale, tx, tx.steps[0])
+        if written is not None:
+            await written
+    assert dump(await store.load(tx.transaction_id)) == before
 
 
 async def test_a_stale_record_is_rejected_and_changes_nothing(store: Store) -> None:
