@@ -316,10 +316,12 @@ class DriverCore:
     async def _renew_and_record(
         self, lease: Lease, step: TransactionStep | None, durable: bool
     ) -> None:
+        """The record that falls due for the owner's lease renewal: renew first."""
         await self._store.renew(lease.owner, self._options.lease_ttl)
         await self._store.record(lease, self.tx, step, durable=durable)
 
     async def _reported(self, written: Awaitable[object]) -> None:
+        """Await a record handed over; a journal error ends this run (``_stopped``)."""
         try:
             await written
         except StoreError as exc:

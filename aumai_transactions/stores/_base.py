@@ -14,8 +14,9 @@ by another write before any further side effect.
 
 A store may also offer ``record_nowait`` (``RecordsNowait``; every built-in store
 does): the same write as ``record``, handed over without a coroutine of its own. The
-engine journals two or three records per step, so on the hot path it uses it when the
-store has it.
+engine journals two or three records a step, so it uses it wherever a store class
+defines it beside its ``record`` (``RecordThroughNowait`` makes ``record`` of it); a
+subclass that overrides ``record`` alone is still called through its ``record``.
 
 ``OperatorStore`` adds what operators and workers with a stable identity need (every
 built-in backend has it): reading leases, handing a dead worker's leases back to
