@@ -176,6 +176,7 @@ class HandlerRegistry:
             )
         self.inline = sync_handlers == "inline"
         self._handlers: dict[str, _Handler] = {}
+        self._async = 0  # how many of them are async (``all_sync`` runs every blocking call)
         self.names = self._handlers.keys()
         """A live view of the registered action names."""
         for name, func in (handlers or {}).items():
@@ -189,7 +190,13 @@ class HandlerRegistry:
             raise TypeError(
                 f"The handler for action {action!r} must be callable, not {type(func).__name__}."
             )
-        self._handlers[action] = _Handler(action, func)
+        handler = _Handler(action, func)
+        replaced = self._handlers.get(action)
+        if replaced is not None and replaced.is_async:
+            self._async -= 1
+        if handler.is_async:
+            self._async += 1
+        self._handlers[action] = handler
 
     def __contains__(self, action: object) -> bool:
         return action in self._handlers
@@ -197,7 +204,7 @@ class HandlerRegistry:
     @property
     def all_sync(self) -> bool:
         """True when no registered handler is async."""
-        return not any(h.is_async for h in self._handlers.values())
+        return not self._async
 
     def __bool__(self) -> bool:
         return bool(self._handlers)

@@ -63,6 +63,25 @@ def test_registry_basics() -> None:
     assert registry.actions == ["a", "b", "c"]
 
 
+def test_all_sync_follows_registrations_and_replacements() -> None:
+    async def undo(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    registry = HandlerRegistry({"a": print})
+    assert registry.all_sync and HandlerRegistry().all_sync
+    registry.register("b", undo)
+    assert not registry.all_sync
+    registry.register("c", undo)
+    registry.register("b", print)  # replaced by a sync one: "c" is still async
+    assert not registry.all_sync
+    registry.register("c", len)
+    assert registry.all_sync
+    registry.register("a", undo)
+    registry.register("a", undo)  # the same async handler again counts once
+    registry.register("a", print)
+    assert registry.all_sync
+
+
 # ---------------------------------------------------------------- calling conventions
 
 
