@@ -242,8 +242,9 @@ class RecordsNowait(Protocol):
         else what to await: it completes, or raises, as ``record`` would.
 
         The record is handed over before this returns, so records keep the order of
-        these calls; errors found at once (a closed store, a stale epoch) are raised
-        here. Whatever is returned must be awaited.
+        these calls. An error found at once (a closed store; a stale epoch, where the
+        store knows it already) is raised here, any other by what it returns, which
+        must be awaited.
         """
         ...
 
