@@ -160,11 +160,17 @@ def audit(
             tally.open_recovered += 1
             if tx.state is not TransactionState.ROLLED_BACK:
                 problem(tid, None, f"an open transaction recovered ended {tx.state.value!r}")
-            # Found active, it is compensated because it was open, and says so (found
-            # compensating, it keeps the reason its own run gave).
+            # Found active with a step journaled (an open transaction's steps are stored
+            # as live), it is compensated because it was open, and says so; found
+            # compensating, it keeps the reason its own run gave. Found before its first
+            # step was journaled (the process died between entering the block and the
+            # first intent's commit), nothing in the journal tells it from any other
+            # transaction without a step: recovery rolls it back as one.
             first = snapshots[min(directions)][tid]
-            if first.state is TransactionState.ACTIVE and "open transaction" not in (
-                tx.error or ""
+            if (
+                first.state is TransactionState.ACTIVE
+                and first.is_open
+                and "open transaction" not in (tx.error or "")
             ):
                 problem(tid, None, f"recovered open transaction; its error says {tx.error!r}")
         if tx.state not in terminal:

@@ -306,6 +306,18 @@ async def test_an_open_transaction_that_timed_out_ends_failed_when_recovery_comp
     assert tx.error is not None and tx.error.startswith("the open transaction's driver stopped")
 
 
+async def test_an_open_transaction_that_died_before_its_first_step_is_rolled_back() -> None:
+    """Entered, its lease taken, no step journaled yet: nothing in the journal tells it
+    from any other transaction without a step, and nothing ran, so recovery rolls it
+    back with the plain reason and calls no handler (the crash matrix's audit relies on
+    this for a process killed in that window)."""
+    tx = crashed([])
+    _, ledger, results = await recover_with(tx)
+    assert ledger.actions == []
+    assert [r.state for r in results] == [TransactionState.ROLLED_BACK]
+    assert tx.error == "the driver stopped mid-transaction; rolled back by recovery"
+
+
 async def test_a_slow_compensation_holds_up_only_its_own_transaction() -> None:
     """Recovery keeps at most ``limit`` transactions in flight, topping the window up as
     they finish: the others are recovered while one compensation still waits."""
