@@ -41,6 +41,7 @@ from ..errors import LeaseLostError, StoreError
 from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
 from ._base import Lease
 from ._codec import step_json
+from ._headers import confirm
 from ._positions import StepPositions
 from ._postgres_sql import HEADER_EXCLUDE, Statements
 
@@ -126,6 +127,7 @@ class Op:
     error: BaseException | None = None
     result: Any = None
     waiters: list[asyncio.Future[None]] | None = None  # the tasks waiting for it
+    sent: object | None = None  # a durable record's header token, confirmed once written
 
     @classmethod
     def whole(
@@ -523,6 +525,7 @@ class Writer:
             elif kind == "save":
                 op.result = op.tid in acquired
             elif kind == "record" and op.tid in fenced:
+                confirm(op.sent)  # its header is committed (before its waiter resumes)
                 if op.state in _ENDED:
                     # The record ended the lease too: release() has nothing left to do.
                     if len(self.released) > _MAX_REMEMBERED:

@@ -64,7 +64,7 @@ from ..models import (
     TransactionStep,
 )
 from ._base import Lease, ListPosition, RecordThroughNowait, driven_elsewhere
-from ._headers import SentHeaders, confirm, raw_header
+from ._headers import SentHeaders, raw_header
 from ._positions import StepPositions
 from ._postgres_sql import Statements, decode_transaction, migrate, validate_schema_name
 from ._postgres_writer import Op, Writer, header_json
@@ -414,10 +414,9 @@ class PostgresStore(RecordThroughNowait):
             header = header_json(tx)
             token = headers.sending(tid, epoch, raw, state, durable)
         op = Op.record(lease, tx, step, durable, self._positions, state, header)
+        op.sent = token
         writer.enqueue(op)
-        if not durable:
-            return None
-        return writer.wait(op) if token is None else _confirmed(writer.wait(op), token)
+        return writer.wait(op) if durable else None
 
     async def renew(self, owner: str, ttl: float) -> int:
         result: int = await self._open_writer().submit(
@@ -639,9 +638,3 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
-
-
-async def _confirmed(written: Coroutine[Any, Any, object], token: object) -> None:
-    """Await a durable record, then note the header it sent as committed."""
-    await written
-    confirm(token)

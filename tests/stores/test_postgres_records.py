@@ -18,6 +18,7 @@ import pytest
 
 from aumai_transactions.errors import LeaseLostError, StoreError
 from aumai_transactions.models import StepStatus, TransactionState
+from aumai_transactions.stores._headers import raw_header
 from aumai_transactions.stores.postgres import PostgresStore
 
 from .test_postgres import ACTIVE, db, expire, make_tx, pg, pg_url, refuse, schema, sql, start
@@ -135,6 +136,17 @@ async def test_a_header_whose_durable_write_failed_is_sent_again(
     loaded = await pg.load(tx.transaction_id)
     assert loaded is not None and loaded.error == "changed"
     assert loaded.steps[0].status is StepStatus.RUNNING
+
+
+@needs_server
+async def test_a_header_committed_by_a_durable_record_is_not_sent_again(pg: PostgresStore) -> None:
+    # The writer confirms the header of a durable record once it is written: the next
+    # record with the same header only checks the lease.
+    tx = make_tx()
+    lease = await start(pg, tx)
+    tx.error = "changed"
+    await pg.record(lease, tx)
+    assert pg._headers.unchanged(tx.transaction_id, lease.epoch, raw_header(tx)) == "active"
 
 
 @needs_server

@@ -50,6 +50,7 @@ from aumai_transactions.models import (
     utcnow,
 )
 from aumai_transactions.stores import Lease, _sqlite_schema, open_store
+from aumai_transactions.stores._headers import raw_header
 from aumai_transactions.stores.sqlite import SqliteStore
 
 from .test_conformance import EXPIRED, LIVE, copy, drive_a_parallel_group, dump, make_tx
@@ -701,6 +702,18 @@ async def test_a_header_whose_durable_write_failed_is_sent_again(db_path: Path, 
         loaded = await store.load(tx.transaction_id)
         assert loaded is not None and loaded.error == "changed"
         assert loaded.steps[0].status is StepStatus.RUNNING
+
+
+async def test_a_header_committed_by_a_durable_record_is_not_sent_again(
+    store: SqliteStore,
+) -> None:
+    # The writer confirms the header of a durable record once it is committed: the next
+    # record with the same header only checks the lease.
+    tx = make_tx(state=ACTIVE)
+    lease = await store.acquire(tx, "me", LIVE, [PENDING])
+    tx.error = "changed"
+    await store.record(lease, tx)
+    assert store._headers.unchanged(tx.transaction_id, lease.epoch, raw_header(tx)) == "active"
 
 
 async def test_records_between_header_changes_keep_the_newest_header(store: SqliteStore) -> None:
