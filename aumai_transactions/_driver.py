@@ -170,6 +170,8 @@ class DriverCore:
 
     __slots__ = (
         "_bound_deadline",
+        "_carried",
+        "_carrying",
         "_compensation_errors",
         "_guarding",
         "_held",
@@ -204,6 +206,11 @@ class DriverCore:
         # The store again, when it has ``record_nowait`` (a reference, not a bound
         # method: no object more per transaction).
         self._nowait = cast(RecordsNowait, store) if records_nowait(type(store)) else None
+        # While a pass whose every completion is followed at once by another record
+        # runs (``carry_completions``): the completion not handed over yet, which the
+        # next record carries (``record_nowait``'s ``previous``).
+        self._carrying = False
+        self._carried: TransactionStep | None = None
         self._undone: list[str] = []
         self._compensation_errors: dict[str, str] = {}
         self._worker_calls: dict[str, WorkerCall] = {}
@@ -291,34 +298,73 @@ class DriverCore:
                 self._stopped(exc)
                 raise
 
+    def carry_completions(self) -> None:
+        """From now on, fold each completion into the record that follows it.
+
+        For the passes that record again at once after every completion and end with
+        a record: a closed transaction's commit, a rollback, a recovery (never an open
+        transaction, whose next step waits on the caller's code). A completion is
+        journaled non-durably anyway, riding with the next durable write; folded, the
+        next record writes it (``record_nowait``'s ``previous``), one record fewer,
+        and a header change alone (the move to ``compensating``) is left to the next
+        record, which writes the header as it then is. Only with a durable store that
+        has ``record_nowait``: the in-memory store holds the transaction itself, and
+        finds a lost lease at each record, before anything changes it further.
+        """
+        self._carrying = self._durable and self._nowait is not None
+
     def _record_lazily(self, step: TransactionStep | None = None) -> Awaitable[object] | None:
         """Journal the header and ``step`` non-durably (a completion, which rides with
         the next durable record): None when the store took it at once, as every
-        built-in store does, else what to await first."""
+        built-in store does, or when the next record carries it; else what to await
+        first."""
+        if self._carrying:
+            if step is None:  # the header alone: the next record writes it as it is then
+                return None
+            carried = self._carried
+            self._carried = step
+            if carried is None or carried is step:
+                return None
+            step = carried  # two completions in a row (parallel siblings): hand one over
         written = self._hand_over(step, False)
         return None if written is None else self._reported(written)
 
     def _hand_over(self, step: TransactionStep | None, durable: bool) -> Awaitable[object] | None:
-        """Hand the store a record: what to await for it, or None when nothing."""
+        """Hand the store a record (with the completion it carries, if any): what to
+        await for it, or None when nothing."""
         lease = self._lease
         assert lease is not None
+        carried = self._carried
+        if carried is not None:
+            self._carried = None
+            if carried is step:
+                carried = None  # this record writes the step as it is now
         try:
             if self._durable and self._options.renewal.claim():
-                return self._renew_and_record(lease, step, durable)
+                return self._renew_and_record(lease, step, durable, carried)
             nowait = self._nowait
             if nowait is None:
                 return self._store.record(lease, self.tx, step, durable=durable)
-            return nowait.record_nowait(lease, self.tx, step, durable=durable)
+            if carried is None:
+                return nowait.record_nowait(lease, self.tx, step, durable=durable)
+            return nowait.record_nowait(lease, self.tx, step, durable=durable, previous=carried)
         except StoreError as exc:
             self._stopped(exc)
             raise
 
     async def _renew_and_record(
-        self, lease: Lease, step: TransactionStep | None, durable: bool
+        self,
+        lease: Lease,
+        step: TransactionStep | None,
+        durable: bool,
+        carried: TransactionStep | None,
     ) -> None:
         """The record that falls due for the owner's lease renewal: renew first."""
-        await self._store.renew(lease.owner, self._options.lease_ttl)
-        await self._store.record(lease, self.tx, step, durable=durable)
+        store = self._store
+        await store.renew(lease.owner, self._options.lease_ttl)
+        if carried is not None:
+            await store.record(lease, self.tx, carried, durable=False)
+        await store.record(lease, self.tx, step, durable=durable)
 
     async def _reported(self, written: Awaitable[object]) -> None:
         """Await a record handed over; a journal error ends this run (``_stopped``)."""

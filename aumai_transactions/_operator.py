@@ -121,6 +121,7 @@ class OperatorDriver(TransactionDriver):
         driver died), and ends ``committed`` or ``compensation_failed``.
         """
         self.adopt_lease(lease, "retry_compensations")
+        self.carry_completions()  # both ways end with a record
         tx = self.tx
         steps, keeps_commit = retry_plan(tx)
         if not keeps_commit:

@@ -51,6 +51,7 @@ class TransactionDriver(ForwardPass, CompensationPass):
         which is what makes a second concurrent commit fail).
         """
         tx = self.tx
+        self.carry_completions()  # every step's completion is followed by a record
         tx.__dict__["updated_at"] = started = self._started_at
         timeout = tx.timeout_seconds
         remaining = None if timeout is None else timeout - (started - tx.created_at).total_seconds()
@@ -150,6 +151,7 @@ class TransactionDriver(ForwardPass, CompensationPass):
 
     async def rollback(self, expected: Iterable[TransactionState]) -> TransactionResult:
         """Compensate every step in reverse order (the caller set ``compensating``)."""
+        self.carry_completions()
         await self.take_lease(expected, "rollback")
         await self._compensate_shielded(self.tx.steps[::-1], TransactionState.ROLLED_BACK)
         return self.result()

@@ -91,6 +91,7 @@ class RecoveryDriver(TransactionDriver):
         collector traces for as long as the transaction is driven.)
         """
         self.adopt_lease(lease)
+        self.carry_completions()  # every way through ends with a record
         tx = self.tx
         logger.info(
             "transaction %s: recovering it (attempt %d, policy %s)",

@@ -702,7 +702,7 @@ class NowaitSpy(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.handed: list[tuple[str | None, bool]] = []
+        self.handed: list[tuple[str | None, bool, str | None]] = []
 
     async def record(
         self,
@@ -721,9 +721,12 @@ class NowaitSpy(MemoryStore):
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
+        previous: TransactionStep | None = None,
     ) -> None:
-        self.handed.append((step.action if step else None, durable))
-        super().record_nowait(lease, tx, step, durable=durable)
+        self.handed.append(
+            (step.action if step else None, durable, previous.action if previous else None)
+        )
+        super().record_nowait(lease, tx, step, durable=durable, previous=previous)
 
 
 async def test_the_engine_journals_through_record_nowait_where_the_store_has_it() -> None:
@@ -734,10 +737,57 @@ async def test_the_engine_journals_through_record_nowait_where_the_store_has_it(
     result = await manager.commit(tx)
     assert result.state is TransactionState.COMMITTED
     # The intent durable, the completion lazy, the final state durable.
-    assert spy.handed == [("a", True), ("a", False), (None, True)]
+    assert spy.handed == [("a", True, None), ("a", False, None), (None, True, None)]
     assert records_nowait(NowaitSpy) and records_nowait(MemoryStore)
     # A store overriding ``record`` alone is journaled through its ``record`` (above).
     assert not records_nowait(JournalSpy)
+
+
+class DurableNowaitSpy(NowaitSpy):
+    """As a durable store: the engine folds each completion into the next record."""
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+
+async def test_a_durable_store_gets_each_completion_with_the_record_that_follows() -> None:
+    spy = DurableNowaitSpy()
+    manager = TransactionManager(
+        {"a": lambda action, data: None, "undo_a": lambda action, data: None}, store=spy
+    )
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", {}, "undo_a")
+    manager.add_step(tx, "agent", "a", {}, "undo_a")
+    result = await manager.commit(tx)
+    assert result.state is TransactionState.COMMITTED
+    # Each intent durable, carrying the completion before it; the end carries the last.
+    assert spy.handed == [("a", True, None), ("a", True, "a"), (None, True, "a")]
+
+    # A rollback: the move to compensating rides with the first compensation's intent.
+    spy.handed.clear()
+    failing = TransactionManager(
+        {"a": lambda action, data: None, "undo_a": lambda action, data: None, "b": _fails},
+        store=spy,
+    )
+    tx = failing.begin()
+    failing.add_step(tx, "agent", "a", {}, "undo_a")
+    failing.add_step(tx, "agent", "b")
+    result = await failing.commit(tx)
+    assert result.state is TransactionState.ROLLED_BACK
+    assert spy.handed == [
+        ("a", True, None),
+        ("b", True, "a"),  # b's intent, with a's completion
+        ("b", True, None),  # b failed
+        ("a", True, None),  # a's compensation intent, with the move to compensating
+        (None, True, "a"),  # the end, with the compensation's completion
+    ]
+    stored = await spy.load(tx.transaction_id)
+    assert stored is not None and stored.steps[0].status is StepStatus.COMPENSATED
+
+
+def _fails(action: str, data: dict[str, Any]) -> None:
+    raise RuntimeError("no")
 
 
 async def test_a_handler_that_opens_its_own_cancel_scope_runs_under_the_deadline() -> None:

@@ -236,10 +236,17 @@ class RecordsNowait(Protocol):
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
+        previous: TransactionStep | None = None,
     ) -> Awaitable[object] | None:
         """Start ``record(lease, tx, step, durable=durable)`` now; return None when
         nothing is left to wait for (a non-durable record, or one written already),
         else what to await: it completes, or raises, as ``record`` would.
+
+        ``previous``, when given, is another step of ``tx`` whose row this record
+        writes too, before ``step``'s: what ``record(lease, tx, previous,
+        durable=False)`` just before would write, in the same fenced write. The engine
+        folds a step's completion into the record that follows it at once (the next
+        step's intent, the transaction's end) this way: one record where there were two.
 
         The record is handed over before this returns, so records keep the order of
         these calls. An error found at once (a closed store; a stale epoch, where the
@@ -262,6 +269,7 @@ class RecordThroughNowait:
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
+        previous: TransactionStep | None = None,
     ) -> Awaitable[object] | None:
         raise NotImplementedError
 

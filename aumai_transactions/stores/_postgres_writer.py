@@ -164,6 +164,7 @@ class Op:
         positions: StepPositions,
         state: str,
         header: str | None,
+        previous: tuple[TransactionStep, int] | None = None,
     ) -> Op:
         """A fenced write of the header of ``tx`` and, if given, the row of ``step``.
 
@@ -172,9 +173,13 @@ class Op:
         only checks the lease). A step appended since the acquire comes with every
         other step the store has not written under this lease yet (see
         ``StepPositions``), so that the stored positions never have a gap.
+        ``previous``: another step, with its known position, whose row goes first.
         """
         rows = []
         appends = False
+        if previous is not None:
+            done, index = previous
+            rows.append((done.step_id, index, done.agent_id, step_json(done, tx.transaction_id)))
         if step is not None:
             tid, epoch = tx.transaction_id, lease.epoch
             position = positions.position(tid, epoch, step.step_id)

@@ -260,6 +260,15 @@ class BatchedJournal:
                 continue
             if op.header is not None:
                 newest[tid] = op
+            previous = op.previous
+            if previous is not None:
+                key = _step_key(tid, previous.position)
+                if appended and key in appended:  # inserted earlier in this batch
+                    assert previous.body is not None and previous.step_id is not None
+                    row = (stored[3], previous.position, previous.step_id, previous.body)
+                    appended[key] = (tid, previous.position, row)
+                else:
+                    steps[key] = previous
             if op.step_id is not None:
                 key = _step_key(tid, op.position)
                 if appended and key in appended:  # inserted earlier in this batch
@@ -368,6 +377,8 @@ class BatchedJournal:
 
 def _carries(op: Record, step_id: str) -> bool:
     """True when the record ``op`` writes the step ``step_id``."""
+    if op.previous is not None and op.previous.step_id == step_id:
+        return True
     if op.step_id is not None:
         return op.step_id == step_id
     return any(row[1] == step_id for row in op.appended or ())

@@ -38,7 +38,9 @@ class Record(Op):
     an update of its known row (``body``, ``position``, ``step_id``) or, appended since
     the acquire, the rows to insert (``appended``: position, step id, body, agent).
     ``sent`` is the token of the header a durable record sends (``_headers``), which
-    the writer confirms once the record committed.
+    the writer confirms once the record committed. ``previous`` is the update of
+    another known step row the record carries, written first (``body``, ``position``
+    and ``step_id`` of a ``Record`` of its own, never queued).
     """
 
     __slots__ = (
@@ -47,6 +49,7 @@ class Record(Op):
         "epoch",
         "header",
         "position",
+        "previous",
         "sent",
         "state",
         "step_id",
@@ -68,3 +71,4 @@ class Record(Op):
         self.step_id: str | None = None
         self.appended: tuple[tuple[int, str, str, str], ...] | None = None
         self.sent: object | None = None
+        self.previous: Record | None = None

@@ -135,8 +135,10 @@ class MemoryStore(RecordThroughNowait):
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
+        previous: TransactionStep | None = None,
     ) -> None:
-        """``record``, done before it returns: nothing is ever left to wait for."""
+        """``record``, done before it returns: nothing is ever left to wait for (the
+        store holds ``tx`` itself, ``previous`` and ``step`` with it)."""
         held = self._leases.get(lease.transaction_id)
         if held is None or held.epoch != lease.epoch:
             raise LeaseLostError(

@@ -395,6 +395,7 @@ class PostgresStore(RecordThroughNowait):
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
+        previous: TransactionStep | None = None,
     ) -> Coroutine[Any, Any, object] | None:
         writer = self._open_writer()
         if lease.transaction_id != tx.transaction_id:
@@ -404,6 +405,13 @@ class PostgresStore(RecordThroughNowait):
             )
         tid, epoch = tx.transaction_id, lease.epoch
         writer.check_poisoned(tid, epoch)
+        carried: tuple[TransactionStep, int] | None = None
+        if previous is not None:
+            position = self._positions.position(tid, epoch, previous.step_id)
+            if position is None:  # appended since the acquire: a record of its own first
+                self.record_nowait(lease, tx, previous, durable=False)
+            else:
+                carried = (previous, position)
         headers = self._headers
         raw = raw_header(tx)
         state = headers.unchanged(tid, epoch, raw)
@@ -413,7 +421,7 @@ class PostgresStore(RecordThroughNowait):
             state = tx.state.value
             header = header_json(tx)
             token = headers.sending(tid, epoch, raw, state, durable)
-        op = Op.record(lease, tx, step, durable, self._positions, state, header)
+        op = Op.record(lease, tx, step, durable, self._positions, state, header, carried)
         op.sent = token
         writer.enqueue(op)
         return writer.wait(op) if durable else None

@@ -333,6 +333,7 @@ class SqliteStore(RecordThroughNowait):
         step: TransactionStep | None = None,
         *,
         durable: bool = True,
+        previous: TransactionStep | None = None,
     ) -> asyncio.Future[None] | None:
         writer = self._writer
         if writer is None or not writer.here():
@@ -343,6 +344,11 @@ class SqliteStore(RecordThroughNowait):
                 f"record: the lease is for transaction {tid}, not {tx.transaction_id}."
             )
         epoch = lease.epoch
+        carried: int | None = None  # the known position of ``previous``
+        if previous is not None:
+            carried = self._positions.position(tid, epoch, previous.step_id)
+            if carried is None:  # appended since the acquire: a record of its own first
+                self.record_nowait(lease, tx, previous, durable=False)
         # A header known to be committed under this lease, and the last one sent (by
         # the acquire or a durable record; the records of the steps in between change
         # none of it), is not sent again: the writer then only checks the epoch. It is
@@ -356,6 +362,12 @@ class SqliteStore(RecordThroughNowait):
             header = header_of(tx)
             op = Record(tid, epoch, header[0], header)
             op.sent = headers.sending(tid, epoch, raw, header[0], durable)
+        if carried is not None:
+            assert previous is not None
+            op.previous = done = Record(tid, epoch, op.state, None)
+            done.body = step_json(previous, tid)
+            done.position = carried
+            done.step_id = previous.step_id
         if step is not None:
             self._record_step(op, tx, step)
         if not durable:

@@ -307,6 +307,50 @@ async def test_record_nowait_rejects_a_stale_lease_as_record_does(store: Store) 
     assert dump(await store.load(tx.transaction_id)) == before
 
 
+async def _nowait(store: RecordsNowait, *args: Any, **kwargs: Any) -> None:
+    written = store.record_nowait(*args, **kwargs)
+    if written is not None:
+        await written
+
+
+async def test_record_nowait_writes_the_previous_step_it_carries(store: Store) -> None:
+    assert isinstance(store, RecordsNowait)
+    tx, lease = await in_flight(store)
+    first, second, third = tx.steps
+    first.status = StepStatus.RUNNING
+    await _nowait(store, lease, copy(tx), first)
+    # The first step's completion rides with the second's intent: one record.
+    first.status, first.result = StepStatus.COMPLETED, {"id": "r-1"}
+    second.status = StepStatus.RUNNING
+    await _nowait(store, lease, copy(tx), tx.steps[1], previous=copy(tx).steps[0])
+    assert dump(await store.load(tx.transaction_id)) == dump(tx)
+    # The end carries the last completion; a step appended since the acquire too.
+    second.status = StepStatus.COMPLETED
+    late = append(tx, "late-agent", "book", StepStatus.COMPLETED)
+    late.result = "booked"
+    tx.state = COMMITTED
+    held = copy(tx)
+    await _nowait(store, lease, held, None, previous=held.steps[3])
+    await _nowait(store, lease, held, held.steps[1], durable=False)
+    await store.record(lease, held)
+    loaded = await store.load(tx.transaction_id)
+    assert dump(loaded) == dump(tx)
+    assert loaded is not None and third.status is StepStatus.PENDING
+    assert ids(await store.list(agent_id="late-agent")) == [tx.transaction_id]
+
+
+async def test_record_nowait_with_a_stale_lease_writes_neither_step(store: Store) -> None:
+    assert isinstance(store, RecordsNowait)
+    tx, stale = await in_flight(store, ttl=EXPIRED)
+    await store.acquire(copy(tx), "driver-b", LIVE, [ACTIVE])
+    before = dump(await store.load(tx.transaction_id))
+    tx.steps[0].status = StepStatus.COMPLETED
+    tx.steps[1].status = StepStatus.RUNNING
+    with pytest.raises(LeaseLostError):
+        await _nowait(store, stale, tx, tx.steps[1], previous=tx.steps[0])
+    assert dump(await store.load(tx.transaction_id)) == before
+
+
 async def test_a_stale_record_is_rejected_and_changes_nothing(store: Store) -> None:
     tx, stale = await in_flight(store, owner="driver-a", ttl=EXPIRED)
     taker = copy(tx)
