@@ -260,24 +260,18 @@ class BatchedJournal:
                 continue
             if op.header is not None:
                 newest[tid] = op
-            previous = op.previous
-            if previous is not None:
-                key = _step_key(tid, previous.position)
+            # The known rows it updates: the step it carries first, then its own.
+            for update in (op,) if op.previous is None else (op.previous, op):
+                if update.step_id is None:
+                    continue
+                key = _step_key(tid, update.position)
                 if appended and key in appended:  # inserted earlier in this batch
-                    assert previous.body is not None and previous.step_id is not None
-                    row = (stored[3], previous.position, previous.step_id, previous.body)
-                    appended[key] = (tid, previous.position, row)
+                    assert update.body is not None
+                    row = (stored[3], update.position, update.step_id, update.body)
+                    appended[key] = (tid, update.position, row)
                 else:
-                    steps[key] = previous
-            if op.step_id is not None:
-                key = _step_key(tid, op.position)
-                if appended and key in appended:  # inserted earlier in this batch
-                    assert op.body is not None
-                    row = (stored[3], op.position, op.step_id, op.body)
-                    appended[key] = (tid, op.position, row)
-                else:
-                    steps[key] = op
-            elif op.appended:
+                    steps[key] = update
+            if op.step_id is None and op.appended:
                 rid = stored[3]
                 for position, step_id, body, agent_id in op.appended:
                     key = _step_key(tid, position)

@@ -276,6 +276,13 @@ async def test_a_non_durable_record_is_kept_with_the_next_write(store: Store) ->
     ]
 
 
+async def _nowait(store: RecordsNowait, *args: Any, **kwargs: Any) -> None:
+    """``record_nowait``, and its write awaited when there is one to wait for."""
+    written = store.record_nowait(*args, **kwargs)
+    if written is not None:
+        await written
+
+
 async def test_record_nowait_hands_records_over_in_call_order(store: Store) -> None:
     # Every built-in store has it; the engine journals through it (``RecordsNowait``).
     assert isinstance(store, RecordsNowait)
@@ -301,16 +308,8 @@ async def test_record_nowait_rejects_a_stale_lease_as_record_does(store: Store) 
     before = dump(await store.load(tx.transaction_id))
     tx.steps[0].status = StepStatus.COMPLETED
     with pytest.raises(LeaseLostError):  # at once, or once awaited
-        written = store.record_nowait(stale, tx, tx.steps[0])
-        if written is not None:
-            await written
+        await _nowait(store, stale, tx, tx.steps[0])
     assert dump(await store.load(tx.transaction_id)) == before
-
-
-async def _nowait(store: RecordsNowait, *args: Any, **kwargs: Any) -> None:
-    written = store.record_nowait(*args, **kwargs)
-    if written is not None:
-        await written
 
 
 async def test_record_nowait_writes_the_previous_step_it_carries(store: Store) -> None:
