@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -179,6 +179,7 @@ class DriverCore:
         "_lease",
         "_native_cancel",
         "_options",
+        "_prewritten",
         "_durable",
         "_nowait",
         "_emit",
@@ -211,6 +212,9 @@ class DriverCore:
         # next record carries (``record_nowait``'s ``previous``).
         self._carrying = False
         self._carried: TransactionStep | None = None
+        # A step whose intent the lease carried (``carry_first_intent``): its first
+        # attempt writes no intent of its own.
+        self._prewritten: TransactionStep | None = None
         self._undone: list[str] = []
         self._compensation_errors: dict[str, str] = {}
         self._worker_calls: dict[str, WorkerCall] = {}
@@ -373,6 +377,40 @@ class DriverCore:
         except StoreError as exc:
             self._stopped(exc)
             raise
+
+    def carry_first_intent(self, steps: Sequence[TransactionStep]) -> TransactionStep | None:
+        """Mark the first of ``steps`` running, for the acquire to carry its intent.
+
+        With a store whose acquire of a transaction with a step running is durable
+        when it returns (``acquire_carries_intent``), the lease and the first intent
+        are one write instead of two. Only while completions are carried (a closed
+        commit), and only for a step of its own (a parallel group's steps start in
+        tasks of their own). Returns the step, or None when nothing is carried; on a
+        refused acquire, ``uncarry`` puts it back as it was.
+        """
+        if not self._carrying or not steps:
+            return None
+        step = steps[0]
+        if (
+            step.group is not None
+            or step.status is not StepStatus.PENDING
+            or not getattr(self._store, "acquire_carries_intent", False)
+        ):
+            return None
+        fields = step.__dict__
+        fields["attempts"] += 1
+        fields["status"] = StepStatus.RUNNING
+        fields["started_at"] = utcnow()
+        self._prewritten = step
+        return step
+
+    def uncarry(self, step: TransactionStep) -> None:
+        """The acquire that was to carry ``step``'s intent was refused: nothing ran."""
+        fields = step.__dict__
+        fields["attempts"] -= 1
+        fields["status"] = StepStatus.PENDING
+        fields["started_at"] = None
+        self._prewritten = None
 
     @property
     def started_at(self) -> datetime:

@@ -175,10 +175,14 @@ class ForwardPass(DriverCore):
         fields = step.__dict__
         emit = self._emit
         while True:
-            attempt = fields["attempts"] = fields["attempts"] + 1
-            fields["status"] = _RUNNING
-            fields["started_at"] = utcnow()
-            await self._journal(step)  # intent first: nothing runs unrecorded
+            if self._prewritten is step:  # the lease carried this attempt's intent
+                self._prewritten = None
+                attempt = fields["attempts"]
+            else:
+                attempt = fields["attempts"] = fields["attempts"] + 1
+                fields["status"] = _RUNNING
+                fields["started_at"] = utcnow()
+                await self._journal(step)  # intent first: nothing runs unrecorded
             if emit is not None:
                 self._step_event(StepStarted, step)
             if handler is None:

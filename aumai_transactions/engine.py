@@ -63,8 +63,14 @@ class TransactionDriver(ForwardPass, CompensationPass):
             await self.take_lease((TransactionState.PENDING,))
             await self._finish(TransactionState.FAILED)
             return self.result()
-        await self.take_lease((TransactionState.PENDING,))
         steps = tx.steps
+        carried = self.carry_first_intent(steps)
+        try:
+            await self.take_lease((TransactionState.PENDING,))
+        except StoreError:
+            if carried is not None:
+                self.uncarry(carried)
+            raise
         failed: TransactionStep | None = None
         try:
             if remaining is None:

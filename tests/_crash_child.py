@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from aumai_transactions import (
     TransactionStep,
 )
 from aumai_transactions.models import StepStatus
+from aumai_transactions.stores import RecordsNowait
 
 from ._delegating_store import DelegatingStore
 from ._ledger import Ledger
@@ -156,6 +157,64 @@ class KillingStore(DelegatingStore):
             reached("group_held")
         if step is None and tx.state is TransactionState.COMMITTED:
             reached("after_commit")
+
+
+class KillingNowaitStore(KillingStore):
+    """``KillingStore`` on the path the engine takes with a built-in durable store:
+    records handed over through ``record_nowait`` (each completion folded into the
+    next record) and the first intent carried by the acquire."""
+
+    acquire_carries_intent = True
+    # Beside record_nowait, so that the engine takes it (see _driver.records_nowait).
+    record = KillingStore.record
+
+    async def acquire(
+        self, tx: Transaction, owner: str, ttl: float, expected: Iterable[TransactionState]
+    ) -> Lease:
+        intent = any(step.status is StepStatus.RUNNING for step in tx.steps)
+        if intent:
+            self.kill.reached("before_intent")
+        lease = await self.inner.acquire(tx, owner, ttl, expected)
+        if intent:
+            self.kill.reached("after_intent")
+        return lease
+
+    def record_nowait(
+        self,
+        lease: Lease,
+        tx: Transaction,
+        step: TransactionStep | None = None,
+        *,
+        durable: bool = True,
+        previous: TransactionStep | None = None,
+    ) -> Awaitable[object] | None:
+        reached = self.kill.reached
+        intent = step is not None and step.status is StepStatus.RUNNING
+        if intent:
+            reached("before_intent")
+        if step is None and tx.state is TransactionState.COMMITTED:
+            reached("before_commit")
+        if step is None and tx.state is TransactionState.ROLLED_BACK:
+            reached("before_rolled_back")
+        inner = self.inner
+        assert isinstance(inner, RecordsNowait)
+        written = inner.record_nowait(lease, tx, step, durable=durable, previous=previous)
+        compensation = step is not None and step.status is StepStatus.COMPENSATING
+        committed = step is None and tx.state is TransactionState.COMMITTED
+        if not (intent or compensation or committed):
+            return written
+
+        async def then() -> None:
+            if written is not None:
+                await written
+            if intent:
+                reached("after_intent")
+            if compensation:
+                reached("comp_after_intent")
+            if committed:
+                reached("after_commit")
+
+        return then()
 
 
 # ---------------------------------------------------------------------- handlers
@@ -387,6 +446,7 @@ class Spec:
     max_recovery_attempts: int = 3
     lease_ttl: float = 3600.0
     gate: bool = False  # gated compensations wait for a poison (see Handlers)
+    nowait: bool = False  # the engine's path with a built-in store (KillingNowaitStore)
 
 
 def _summary(result: TransactionResult) -> dict[str, Any]:
@@ -398,7 +458,7 @@ async def run(spec: Spec) -> list[dict[str, Any]]:
 
     kill = KillSwitch(spec.point, spec.occurrence)
     handlers = Handlers(Ledger(spec.ledger, spec.stage), kill, gate=spec.gate)
-    store = KillingStore(SqliteStore(spec.db), kill)
+    store = (KillingNowaitStore if spec.nowait else KillingStore)(SqliteStore(spec.db), kill)
     manager = TransactionManager(
         handlers.mapping(spec.missing),
         store=store,

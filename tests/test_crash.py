@@ -135,15 +135,20 @@ def compensations_pending(journal: Journal) -> int:
     )
 
 
-async def crash_and_recover(point: str, seed: int, tmp: Path, limiter: Any) -> Tally:
-    """Kill a child at ``point``, recover (maybe through a second crash), audit."""
+async def crash_and_recover(
+    point: str, seed: int, tmp: Path, limiter: Any, nowait: bool = False
+) -> Tally:
+    """Kill a child at ``point``, recover (maybe through a second crash), audit.
+
+    ``nowait``: the children journal as the engine does with a built-in store
+    (``KillingNowaitStore``), not through ``record`` alone."""
     db, ledger = tmp / "journal.db", tmp / "ledger.jsonl"
     txs, occurrence = plan_case(point, seed)
     rng = random.Random(f"recovery:{point}:{seed}")
     policy = "resume" if seed % 4 == 3 else "compensate"
-    label = f"{point} seed {seed} ({policy})"
+    label = f"{point} seed {seed} ({policy}{', nowait' if nowait else ''})"
     tally = Tally()
-    spec = Spec(str(db), str(ledger), point=point, occurrence=occurrence, txs=txs)
+    spec = Spec(str(db), str(ledger), point=point, occurrence=occurrence, txs=txs, nowait=nowait)
     if not await killed(spec, limiter, tally, label):
         return tally
     snapshots: dict[int, Journal] = {1: await read_journal(db)}
@@ -163,6 +168,7 @@ async def crash_and_recover(point: str, seed: int, tmp: Path, limiter: Any) -> T
             mode="recover",
             point=second,
             occurrence=rng.randint(1, pending),
+            nowait=nowait,
         )
         await killed(spec, limiter, tally, label)
         tally.recoveries_killed += 1
@@ -228,6 +234,25 @@ async def test_sigkill_at_every_journal_point_then_recover(tmp_path: Path) -> No
     assert total.transactions >= len(cases)
     assert total.committed and total.rolled_back and total.repeated_compensations
     assert total.resumed_in_doubt and total.recoveries_killed
+
+
+NOWAIT_SEEDS = 4  # per kill point: the path of a built-in store, on top of the above
+
+
+async def test_sigkill_at_every_journal_point_on_the_built_in_stores_path(
+    tmp_path: Path,
+) -> None:
+    """The same matrix, journaled as the engine journals to a built-in store: each
+    completion folded into the next record, the first intent carried by the lease."""
+    cases = [(point, seed) for point in POINTS for seed in range(NOWAIT_SEEDS)]
+
+    async def case(point: str, seed: int, tmp: Path, limiter: Any) -> Tally:
+        return await crash_and_recover(point, seed, tmp, limiter, nowait=True)
+
+    total = await run_matrix(tmp_path, cases, case)
+    assert total.anomalies == []
+    assert total.transactions >= len(cases)
+    assert total.committed and total.rolled_back and total.repeated_compensations
 
 
 # ---------------------------------------------------------------------- poison

@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from aumai_transactions import (
+    LeaseConflictError,
     MemoryStore,
     RetryPolicy,
     StepStatus,
@@ -784,6 +785,82 @@ async def test_a_durable_store_gets_each_completion_with_the_record_that_follows
     ]
     stored = await spy.load(tx.transaction_id)
     assert stored is not None and stored.steps[0].status is StepStatus.COMPENSATED
+
+
+class CarryingSpy(DurableNowaitSpy):
+    """As a store whose acquire carries a running step's intent: what each acquire saw."""
+
+    acquire_carries_intent = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acquired: list[list[tuple[str, StepStatus, int]]] = []
+        self.refuse = False
+
+    async def acquire(self, tx: Transaction, owner: str, ttl: float, expected: Any) -> Lease:
+        self.acquired.append([(s.action, s.status, s.attempts) for s in tx.steps])
+        if self.refuse:
+            raise LeaseConflictError("refused, for the test")
+        return await super().acquire(tx, owner, ttl, expected)
+
+
+async def test_the_lease_carries_the_first_intent_where_the_store_says_it_can() -> None:
+    spy = CarryingSpy()
+    ran: list[StepStatus] = []
+
+    async def first(action: str, data: dict[str, Any]) -> None:
+        stored = await spy.load(tx.transaction_id)  # what the journal says meanwhile
+        assert stored is not None
+        ran.append(stored.steps[0].status)
+
+    def noop(action: str, data: dict[str, Any]) -> None:
+        return None
+
+    manager = TransactionManager({"first": first, "a": noop, "undo_a": noop}, store=spy)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "first", {}, "undo_a")
+    manager.add_step(tx, "agent", "a", {}, "undo_a")
+    result = await manager.commit(tx)
+    assert result.state is TransactionState.COMMITTED
+    # The acquire wrote the first step running (its intent), before its handler ran.
+    assert spy.acquired == [[("first", StepStatus.RUNNING, 1), ("a", StepStatus.PENDING, 0)]]
+    assert ran == [StepStatus.RUNNING]
+    assert tx.steps[0].attempts == 1 and tx.steps[0].status is StepStatus.COMPLETED
+    # No intent of its own for the first step: the second's carries its completion.
+    assert spy.handed == [("a", True, "first"), (None, True, "a")]
+
+
+async def test_a_refused_acquire_leaves_the_first_step_as_it_was() -> None:
+    spy = CarryingSpy()
+    spy.refuse = True
+    manager = TransactionManager({"a": lambda action, data: None}, store=spy)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a")
+    with pytest.raises(LeaseConflictError):
+        await manager.commit(tx)
+    step = tx.steps[0]
+    assert (step.status, step.attempts, step.started_at) == (StepStatus.PENDING, 0, None)
+    assert tx.state is TransactionState.PENDING
+    spy.refuse = False
+    result = await manager.commit(tx)  # nothing ran: it may be committed again
+    assert result.state is TransactionState.COMMITTED and step.attempts == 1
+
+
+async def test_a_parallel_first_step_or_a_store_without_it_gets_an_intent_of_its_own() -> None:
+    spy = CarryingSpy()
+    manager = TransactionManager({"a": lambda action, data: None}, store=spy)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a", group="g")
+    manager.add_step(tx, "agent", "a", group="g")
+    await manager.commit(tx)
+    assert [status for _, status, _ in spy.acquired[0]] == [StepStatus.PENDING] * 2
+
+    plain = DurableNowaitSpy()  # no acquire_carries_intent
+    manager = TransactionManager({"a": lambda action, data: None}, store=plain)
+    tx = manager.begin()
+    manager.add_step(tx, "agent", "a")
+    await manager.commit(tx)
+    assert plain.handed == [("a", True, None), (None, True, "a")]
 
 
 def _fails(action: str, data: dict[str, Any]) -> None:

@@ -130,6 +130,13 @@ class Store(Protocol):
         states and not held under a live lease; otherwise raises
         ``LeaseConflictError`` and writes nothing. The returned lease has an epoch
         greater than any given out before for this transaction.
+
+        The acquire itself need not be durable when it returns: nothing happens
+        under the lease before the driver's next durable record. A store whose class
+        says ``acquire_carries_intent = True`` (every built-in durable store) makes
+        the acquire of a transaction with a step ``running`` durable before it
+        returns: the lease then carries that step's intent, and the engine writes no
+        intent of its own for the step's first attempt (one write a commit fewer).
         """
         ...
 

@@ -38,7 +38,13 @@ import psycopg
 from pydantic_core import PydanticSerializationError
 
 from ..errors import LeaseLostError, StoreError
-from ..models import TERMINAL_STATES, Transaction, TransactionState, TransactionStep
+from ..models import (
+    TERMINAL_STATES,
+    StepStatus,
+    Transaction,
+    TransactionState,
+    TransactionStep,
+)
 from ._base import Lease
 from ._codec import step_json
 from ._headers import confirm
@@ -55,6 +61,7 @@ _MAX_RETRIES = 5
 # States after which a lease has nothing left to drive (see the record statement).
 _ENDED = frozenset(s.value for s in TERMINAL_STATES)
 _MAX_REMEMBERED = 100_000
+_RUNNING = StepStatus.RUNNING
 # A batch this large already shares one flush between hundreds of writers; bigger ones
 # only make one statement longer to build, send and parse.
 MAX_BATCH = 1024
@@ -142,8 +149,9 @@ class Op:
         return cls(
             kind="save" if owner is None else "acquire",
             tid=tx.transaction_id,
-            # An acquire need not wait for the WAL flush: see the batch statement.
-            durable=owner is None,
+            # An acquire need not wait for the WAL flush (see the batch statement),
+            # unless it carries a step's intent (a step running: see Store.acquire).
+            durable=owner is None or any(s.status is _RUNNING for s in tx.steps),
             state=tx.state.value,
             attempts=tx.recovery_attempts,
             header=header_json(tx),

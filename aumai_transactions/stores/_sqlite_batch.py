@@ -173,7 +173,7 @@ class BatchedJournal:
         step_rows: list[tuple[int, int, str, str]] = []
         agent_rows: list[tuple[int, str]] = []
         for op in ops:
-            tid, owner, ttl, expected, header, steps, agents = op.args
+            tid, owner, ttl, expected, header, steps, agents, _durable = op.args
             expires = now + round(ttl * 1_000_000)
             row = found.get(tid)
             if row is None:

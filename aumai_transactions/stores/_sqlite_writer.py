@@ -15,7 +15,8 @@ Three kinds of operations:
 * *execution-only* (``acquire`` and reads): resolved as soon as they ran. An acquire
   needs no fsync of its own: nothing happens under the lease before the driver's
   next, durable, write, which commits in the same or a later transaction. The SQLite
-  transaction then stays open (at most ``hold`` seconds) for that write to join it;
+  transaction then stays open (at most ``hold`` seconds) for that write to join it.
+  An acquire that carries a step's intent (a step running) is durable instead;
 * *lazy* (a non-durable ``record``, ``release``): not waited for and not even a
   wake-up; they ride with the next commit, or are flushed after ``hold`` seconds.
 
@@ -259,7 +260,7 @@ class Writer:
                     writes = True
                     if op.future is None:
                         at_risk.append(op)
-                    elif kind == ACQUIRE:
+                    elif kind == ACQUIRE and not op.args[-1]:
                         ready.append(op)
                         at_risk.append(op)
                     else:

@@ -110,6 +110,8 @@ class PostgresStore(RecordThroughNowait):
     store closes (for tests). Nothing connects before ``open()``.
     """
 
+    acquire_carries_intent = True  # see Store.acquire
+
     def __init__(
         self,
         conninfo: str,

@@ -42,6 +42,7 @@ from ..models import (
     TERMINAL_STATES,
     LeaseInfo,
     LeaseSummary,
+    StepStatus,
     Transaction,
     TransactionState,
     TransactionStep,
@@ -103,6 +104,9 @@ def _full_rows(tx: Transaction) -> tuple[tuple[Any, ...], list[tuple[int, str, s
     return full_header_of(tx), steps, tx.agents
 
 
+_RUNNING = StepStatus.RUNNING
+
+
 class SqliteStore(RecordThroughNowait):
     """A durable journal in one SQLite file, shared safely by many processes.
 
@@ -116,6 +120,8 @@ class SqliteStore(RecordThroughNowait):
     ``StoreUnavailableError`` on open, and no file or directory is created (what a
     command that only reads wants).
     """
+
+    acquire_carries_intent = True  # see Store.acquire
 
     def __init__(
         self,
@@ -317,8 +323,10 @@ class SqliteStore(RecordThroughNowait):
         states = frozenset(TransactionState(state).value for state in expected)
         tid = tx.transaction_id
         raw = raw_header(tx)  # what the acquire writes, before the await
+        # Durable when it carries a step's intent (``acquire_carries_intent``).
+        carries = any(step.status is _RUNNING for step in tx.steps)
         lease: Lease = await self._call(
-            ACQUIRE, tid, owner, float(ttl), states, header, steps, agents
+            ACQUIRE, tid, owner, float(ttl), states, header, steps, agents, carries
         )
         epoch = lease.epoch
         self._positions.written(tid, epoch, (step_id for _, step_id, _ in steps))

@@ -494,6 +494,18 @@ async def test_only_durable_writes_wait_for_the_wal_flush(pg: PostgresStore) -> 
 
 
 @needs_server
+async def test_an_acquire_carrying_a_running_step_waits_for_the_wal_flush(
+    pg: PostgresStore,
+) -> None:
+    assert pg.acquire_carries_intent
+    tx = make_tx()
+    tx.steps[0].status = StepStatus.RUNNING  # its intent rides with the lease
+    before = pg.stats
+    await start(pg, tx)
+    assert pg.stats["durable_batches"] == before["durable_batches"] + 1
+
+
+@needs_server
 async def test_record_writes_the_header_and_the_step(pg: PostgresStore) -> None:
     tx = make_tx()
     lease = await start(pg, tx)

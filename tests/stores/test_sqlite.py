@@ -621,6 +621,32 @@ async def test_one_transaction_in_flight_costs_at_most_one_commit_per_step_plus_
         assert store.stats.commits - before <= 5 * 4
 
 
+async def test_an_acquire_carrying_a_running_step_is_committed_when_it_returns(
+    db_path: Path, raw: Callable[[], sqlite3.Connection]
+) -> None:
+    # With a delay no test reaches, an acquire that is not durable stays uncommitted:
+    # another connection then sees neither the transaction nor its running step.
+    async with SqliteStore(db_path, group_commit_delay=30) as store:
+        assert store.acquire_carries_intent
+        pending = make_tx(state=ACTIVE)
+        await store.acquire(pending, "me", LIVE, [PENDING])
+        carrying = make_tx(state=ACTIVE)
+        carrying.steps[0].status = StepStatus.RUNNING
+        commits = store.stats.commits
+        await store.acquire(carrying, "me", LIVE, [PENDING])
+        assert store.stats.commits == commits + 1  # the pending one rode along
+        rows = (
+            raw()
+            .execute(
+                "SELECT t.transaction_id, s.body FROM transactions t JOIN steps s ON s.tx = t.id "
+                "WHERE s.position = 0"
+            )
+            .fetchall()
+        )
+    seen = {tid: json.loads(body)["status"] for tid, body in rows}
+    assert seen == {pending.transaction_id: "pending", carrying.transaction_id: "running"}
+
+
 async def test_a_cancelled_durable_write_is_still_applied_in_order(store: SqliteStore) -> None:
     tx = make_tx(state=ACTIVE)
     lease = await store.acquire(tx, "me", LIVE, [PENDING])
