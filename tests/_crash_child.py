@@ -125,6 +125,32 @@ class KillingStore(DelegatingStore):
         super().__init__(inner)
         self.kill = kill
 
+    def _before(self, tx: Transaction, step: TransactionStep | None) -> None:
+        """Reach the points that sit before the record of ``step`` (or the header)."""
+        reached = self.kill.reached
+        if step is not None and step.status is StepStatus.RUNNING:
+            reached("before_intent")
+        if step is None and tx.state is TransactionState.COMMITTED:
+            reached("before_commit")
+        if step is None and tx.state is TransactionState.ROLLED_BACK:
+            reached("before_rolled_back")
+
+    @staticmethod
+    def _after(tx: Transaction, step: TransactionStep | None) -> list[str]:
+        """The points that sit after that record is durable, in the order reached."""
+        if step is None:
+            return ["after_commit"] if tx.state is TransactionState.COMMITTED else []
+        grouped = step.group is not None
+        if step.status is StepStatus.RUNNING:
+            return ["after_intent", "group_after_intent"] if grouped else ["after_intent"]
+        if step.status is StepStatus.COMPENSATING:
+            return (
+                ["comp_after_intent", "group_comp_after_intent"]
+                if grouped
+                else ["comp_after_intent"]
+            )
+        return []
+
     async def record(
         self,
         lease: Lease,
@@ -133,30 +159,17 @@ class KillingStore(DelegatingStore):
         *,
         durable: bool = True,
     ) -> None:
-        reached = self.kill.reached
-        if step is not None and step.status is StepStatus.RUNNING:
-            reached("before_intent")
-        if step is None and tx.state is TransactionState.COMMITTED:
-            reached("before_commit")
-        if step is None and tx.state is TransactionState.ROLLED_BACK:
-            reached("before_rolled_back")
+        self._before(tx, step)
+        after = self._after(tx, step)
         await self.inner.record(lease, tx, step, durable=durable)
-        if step is not None and step.status is StepStatus.RUNNING:
-            reached("after_intent")
-            if step.group is not None:
-                reached("group_after_intent")
-        if step is not None and step.status is StepStatus.COMPENSATING:
-            reached("comp_after_intent")
-            if step.group is not None:
-                reached("group_comp_after_intent")
+        for point in after:
+            self.kill.reached(point)
         if step is not None and step.status is StepStatus.COMPLETED and step.data.get("watch"):
             if step.data.get("flush"):
                 # As when another transaction's durable write shares the batch: the
                 # completion, which rides with the next durable write, is on disk now.
                 await self.inner.record(lease, tx)
-            reached("group_held")
-        if step is None and tx.state is TransactionState.COMMITTED:
-            reached("after_commit")
+            self.kill.reached("group_held")
 
 
 class KillingNowaitStore(KillingStore):
@@ -188,31 +201,19 @@ class KillingNowaitStore(KillingStore):
         durable: bool = True,
         previous: TransactionStep | None = None,
     ) -> Awaitable[object] | None:
-        reached = self.kill.reached
-        intent = step is not None and step.status is StepStatus.RUNNING
-        if intent:
-            reached("before_intent")
-        if step is None and tx.state is TransactionState.COMMITTED:
-            reached("before_commit")
-        if step is None and tx.state is TransactionState.ROLLED_BACK:
-            reached("before_rolled_back")
+        self._before(tx, step)
+        after = self._after(tx, step)  # read now: the caller changes tx and step after
         inner = self.inner
         assert isinstance(inner, RecordsNowait)
         written = inner.record_nowait(lease, tx, step, durable=durable, previous=previous)
-        compensation = step is not None and step.status is StepStatus.COMPENSATING
-        committed = step is None and tx.state is TransactionState.COMMITTED
-        if not (intent or compensation or committed):
+        if not after:
             return written
 
         async def then() -> None:
             if written is not None:
                 await written
-            if intent:
-                reached("after_intent")
-            if compensation:
-                reached("comp_after_intent")
-            if committed:
-                reached("after_commit")
+            for point in after:
+                self.kill.reached(point)
 
         return then()
 

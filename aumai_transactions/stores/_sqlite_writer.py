@@ -260,7 +260,7 @@ class Writer:
                     writes = True
                     if op.future is None:
                         at_risk.append(op)
-                    elif kind == ACQUIRE and not op.args[-1]:
+                    elif kind == ACQUIRE and not op.args[-1]:  # not carrying an intent
                         ready.append(op)
                         at_risk.append(op)
                     else:
